@@ -1,0 +1,43 @@
+use std::{fmt, sync::Arc};
+
+/// The name of the route that matched a request.
+///
+/// Written into request extensions by the router; read by metrics (as a bounded label: route names
+/// come from configuration, never from the client), per-route policies and logs. Cloning is a
+/// reference-count increment.
+///
+/// # Example
+///
+/// ```
+/// use gateway_core::RouteId;
+///
+/// let id = RouteId::new("orders-v2");
+/// assert_eq!(id.as_str(), "orders-v2");
+/// assert_eq!(id.to_string(), "orders-v2");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(Arc<str>);
+
+impl RouteId {
+    /// Creates a route id from its configured name.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The route name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RouteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RouteId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
