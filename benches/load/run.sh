@@ -401,7 +401,8 @@ target_port() {
 for t in "${TARGETS[@]}"; do
     url="http://$HOST:$(target_port "$t")/"
     code=$(curl -s -o "$WORKDIR/probe" -w '%{http_code}' --max-time 5 "$url" || true)
-    body=$(cat "$WORKDIR/probe" 2>/dev/null || true)
+    body=$(tr -s '\r\n' '  ' <"$WORKDIR/probe" 2>/dev/null || true)
+    body=${body% }
     if [[ $code != 200 || $body != ok ]]; then
         if [[ $t == gateway ]]; then show_log "$WORKDIR/gateway.log"; fi
         die "$t ($url) answered status '$code' body '${body:0:80}', expected 200 'ok'"

@@ -155,8 +155,7 @@ impl ClassifyFailure for DefaultClassifier {
         if status == StatusCode::TOO_MANY_REQUESTS {
             return self.rate_limited.then_some(FailureKind::RateLimited);
         }
-        if status.is_server_error() && !(self.ignore_501 && status == StatusCode::NOT_IMPLEMENTED)
-        {
+        if status.is_server_error() && !(self.ignore_501 && status == StatusCode::NOT_IMPLEMENTED) {
             return Some(FailureKind::Status(status));
         }
         None
@@ -216,7 +215,10 @@ mod tests {
     fn not_implemented_can_be_ignored() {
         let (h, e) = (HeaderMap::new(), Extensions::new());
         let c = DefaultClassifier::new().ignore_not_implemented(true);
-        assert_eq!(c.classify_response(StatusCode::NOT_IMPLEMENTED, &h, &e), None);
+        assert_eq!(
+            c.classify_response(StatusCode::NOT_IMPLEMENTED, &h, &e),
+            None
+        );
         assert_eq!(
             DefaultClassifier::new().classify_response(StatusCode::NOT_IMPLEMENTED, &h, &e),
             Some(FailureKind::Status(StatusCode::NOT_IMPLEMENTED))

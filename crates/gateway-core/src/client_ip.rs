@@ -211,25 +211,26 @@ impl TrustedProxies {
             }
         };
         match self.header {
-            ForwardedHeader::XForwardedFor => 'outer: for line in
-                headers.get_all("x-forwarded-for").iter().rev()
-            {
-                let Ok(line) = line.to_str() else { break };
-                for entry in line.rsplit(',') {
-                    if !walk(parse_node(entry.trim())) {
-                        break 'outer;
+            ForwardedHeader::XForwardedFor => {
+                'outer: for line in headers.get_all("x-forwarded-for").iter().rev() {
+                    let Ok(line) = line.to_str() else { break };
+                    for entry in line.rsplit(',') {
+                        if !walk(parse_node(entry.trim())) {
+                            break 'outer;
+                        }
                     }
                 }
-            },
-            ForwardedHeader::Forwarded => 'outer: for line in headers.get_all(FORWARDED).iter().rev()
-            {
-                let Ok(line) = line.to_str() else { break };
-                for element in line.rsplit(',') {
-                    if !walk(forwarded_for(element)) {
-                        break 'outer;
+            }
+            ForwardedHeader::Forwarded => {
+                'outer: for line in headers.get_all(FORWARDED).iter().rev() {
+                    let Ok(line) = line.to_str() else { break };
+                    for element in line.rsplit(',') {
+                        if !walk(forwarded_for(element)) {
+                            break 'outer;
+                        }
                     }
                 }
-            },
+            }
         }
         ClientIp {
             ip: client,
@@ -401,7 +402,10 @@ mod tests {
     #[test]
     fn rightmost_untrusted_hop_wins_across_header_lines() {
         let t: TrustedProxies = "10.0.0.0/8".parse().unwrap();
-        let h = headers("x-forwarded-for", &["6.6.6.6, 5.5.5.5", "10.0.0.9, 10.0.0.8"]);
+        let h = headers(
+            "x-forwarded-for",
+            &["6.6.6.6, 5.5.5.5", "10.0.0.9, 10.0.0.8"],
+        );
         let c = t.resolve(ip("10.0.0.1"), &h);
         assert_eq!(c.ip(), ip("5.5.5.5"));
         assert!(c.via_trusted_proxy());

@@ -328,7 +328,8 @@ impl Problem {
     /// errors, say). The caller guarantees `json` is valid JSON.
     #[must_use]
     pub fn extension_json(mut self, name: impl Into<String>, json: impl Into<String>) -> Self {
-        self.extensions.push((name.into(), ExtValue::Raw(json.into())));
+        self.extensions
+            .push((name.into(), ExtValue::Raw(json.into())));
         self
     }
 

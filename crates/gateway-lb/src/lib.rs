@@ -1,1 +1,53 @@
-//! placeholder
+//! Upstream proxying and load balancing as tower services.
+//!
+//! [`Upstream`] forwards requests to a set of endpoints over pooled keep-alive connections
+//! (HTTP/1.1, or HTTP/2 with prior knowledge), streaming bodies both ways. It is the last service
+//! of a gateway's stack: everything in front of it (auth, rate limits, caching) is a layer.
+//!
+//! Endpoints are picked round robin; health checks, outlier ejection and the other balancing
+//! algorithms build on this crate.
+//!
+//! # Example
+//!
+//! ```
+//! use gateway_lb::Upstream;
+//! use http::{Request, StatusCode};
+//! use http_body_util::{BodyExt, Empty};
+//! use bytes::Bytes;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // A real upstream on 127.0.0.1 that answers "hello".
+//! let backend = gateway_test::TestUpstream::fixed("hello").await;
+//!
+//! let upstream = Upstream::builder([backend.addr().to_string().parse().unwrap()])
+//!     .build::<Empty<Bytes>>();
+//! let res = upstream
+//!     .oneshot(Request::get("/greeting").body(Empty::new()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello");
+//! assert_eq!(backend.requests()[0].uri, "/greeting");
+//! # }
+//! ```
+//!
+//! # Security considerations
+//!
+//! - Hop-by-hop fields (RFC 9110 §7.6.1) are removed in both directions, including every field
+//!   named in `Connection`, plus `Proxy-Connection`, `Keep-Alive`, `TE` (except `TE: trailers`),
+//!   `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-Authorization`.
+//! - `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` (RFC 7239) sent by
+//!   a client are replaced unless its peer is a trusted proxy (see
+//!   [`gateway_core::ClientIp::via_trusted_proxy`]); from a trusted proxy they are appended to.
+//! - Connections that saw a protocol error are closed, never returned to the pool.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+
+mod proxy;
+
+pub use proxy::{
+    Endpoint, EndpointError, HostHeader, Protocol, ResponseBody, ResponseFuture, Upstream,
+    UpstreamBuilder, headers::strip_hop_by_hop,
+};

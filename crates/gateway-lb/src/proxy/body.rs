@@ -1,0 +1,98 @@
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a response from [`Upstream`](crate::Upstream): the upstream's body streamed
+    /// through untouched, or a body the proxy generated (a problem+json error).
+    #[derive(Debug)]
+    pub struct ResponseBody {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Upstream { #[pin] body: Incoming },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(body: Incoming) -> Self {
+        Self {
+            kind: Kind::Upstream { body },
+        }
+    }
+
+    /// A complete body from bytes.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: Kind::Full {
+                body: Full::new(bytes.into()),
+            },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl From<String> for ResponseBody {
+    fn from(s: String) -> Self {
+        Self::full(s)
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(b: Bytes) -> Self {
+        Self::full(b)
+    }
+}
+
+impl Default for ResponseBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Full { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body } => body.size_hint(),
+            Kind::Full { body } => body.size_hint(),
+        }
+    }
+}

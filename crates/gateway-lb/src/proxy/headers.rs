@@ -1,0 +1,272 @@
+//! Hop-by-hop stripping and forwarding headers.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Version,
+    header::{self, CONNECTION, FORWARDED, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA},
+};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1) from `headers`.
+///
+/// Removes every field named in `Connection`, then `Connection`, `Proxy-Connection`,
+/// `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `Trailer`, `Proxy-Authorization` and `TE`;
+/// `TE: trailers` is kept because gRPC over HTTP/2 needs it and it only says the recipient accepts
+/// trailers.
+///
+/// # Example
+///
+/// ```
+/// use gateway_lb::strip_hop_by_hop;
+/// use http::HeaderMap;
+///
+/// let mut h = HeaderMap::new();
+/// h.insert("connection", "close, x-secret".parse().unwrap());
+/// h.insert("x-secret", "1".parse().unwrap());
+/// h.insert("keep-alive", "timeout=5".parse().unwrap());
+/// h.insert("accept", "*/*".parse().unwrap());
+/// strip_hop_by_hop(&mut h);
+/// assert_eq!(h.len(), 1);
+/// assert!(h.contains_key("accept"));
+/// ```
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &TRAILER,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if let Some(te) = headers.get(TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(TE);
+    }
+}
+
+/// What the proxy knows about the inbound request, for the forwarding headers.
+pub(crate) struct Forwarding<'a> {
+    /// The socket peer, if known.
+    pub(crate) peer: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy (its forwarding headers are kept and appended to).
+    pub(crate) trusted: bool,
+    /// Whether the inbound connection was TLS.
+    pub(crate) tls: bool,
+    /// The host the client asked for.
+    pub(crate) host: Option<&'a HeaderValue>,
+    /// The inbound HTTP version.
+    pub(crate) version: Version,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`, `Forwarded` and `Via` on an outbound request.
+pub(crate) fn apply_forwarding(
+    headers: &mut HeaderMap,
+    fwd: &Forwarding<'_>,
+    via: Option<&str>,
+    x_forwarded: bool,
+    forwarded: bool,
+) {
+    let proto = if fwd.tls { "https" } else { "http" };
+    if !fwd.trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(FORWARDED);
+    }
+    if let Some(peer) = fwd.peer {
+        let mut buf = String::with_capacity(48);
+        if x_forwarded {
+            append_list(headers, &X_FORWARDED_FOR, &mut buf, |b| {
+                let _ = write!(b, "{peer}");
+            });
+        }
+        if forwarded {
+            append_list(headers, &FORWARDED, &mut buf, |b| {
+                match peer {
+                    IpAddr::V4(v4) => {
+                        let _ = write!(b, "for={v4}");
+                    }
+                    IpAddr::V6(v6) => {
+                        let _ = write!(b, "for=\"[{v6}]\"");
+                    }
+                }
+                let _ = write!(b, ";proto={proto}");
+                if let Some(host) = fwd.host.and_then(|h| h.to_str().ok())
+                    && host
+                        .bytes()
+                        .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+                {
+                    let _ = write!(b, ";host=\"{host}\"");
+                }
+            });
+        }
+    }
+    if x_forwarded {
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = fwd.host
+        {
+            headers.insert(&X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if let Some(via) = via {
+        let version = match fwd.version {
+            Version::HTTP_09 => "0.9",
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            Version::HTTP_3 => "3",
+            _ => "1.1",
+        };
+        let mut buf = String::with_capacity(16);
+        append_list(headers, &VIA, &mut buf, |b| {
+            let _ = write!(b, "{version} {via}");
+        });
+    }
+}
+
+/// Appends an element to a comma-separated list header, folding existing lines into one.
+fn append_list(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    buf: &mut String,
+    element: impl FnOnce(&mut String),
+) {
+    buf.clear();
+    for existing in headers.get_all(name) {
+        if let Ok(s) = existing.to_str() {
+            buf.push_str(s);
+            buf.push_str(", ");
+        }
+    }
+    element(buf);
+    if let Ok(value) = HeaderValue::from_str(buf) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(trusted: bool, host: Option<&HeaderValue>) -> Forwarding<'_> {
+        Forwarding {
+            peer: Some("10.0.0.1".parse().unwrap()),
+            trusted,
+            tls: false,
+            host,
+            version: Version::HTTP_11,
+        }
+    }
+
+    #[test]
+    fn untrusted_peers_forwarding_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let host = HeaderValue::from_static("api.example.com");
+        apply_forwarding(
+            &mut h,
+            &fwd(false, Some(&host)),
+            Some("gateway"),
+            true,
+            true,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1;proto=http;host=\"api.example.com\""
+        );
+        assert_eq!(h["via"], "1.1 gateway");
+    }
+
+    #[test]
+    fn trusted_peers_forwarding_headers_are_appended_to() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("via", "1.1 edge".parse().unwrap());
+        apply_forwarding(&mut h, &fwd(true, None), Some("gateway"), true, false);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["via"], "1.1 edge, 1.1 gateway");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn ipv6_peers_are_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        let f = Forwarding {
+            peer: Some("2001:db8::1".parse().unwrap()),
+            trusted: false,
+            tls: true,
+            host: None,
+            version: Version::HTTP_2,
+        };
+        apply_forwarding(&mut h, &f, None, false, true);
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+        assert!(!h.contains_key("via"));
+    }
+
+    #[test]
+    fn te_trailers_survives_other_te_values_do_not() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        h.insert("te", "gzip, trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn all_fixed_hop_by_hop_fields_go() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "proxy-connection",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+            "trailer",
+            "proxy-authorization",
+            "connection",
+        ] {
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+        }
+        h.insert("x", "kept? no: named in Connection".parse().unwrap());
+        h.insert("y", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["y"], "kept");
+    }
+}

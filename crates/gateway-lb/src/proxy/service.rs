@@ -1,0 +1,427 @@
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use gateway_core::{ClientIp, ConnectionInfo, Problem, RejectReason, ResponseFlags};
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::HOST,
+    uri::{PathAndQuery, Scheme},
+};
+use http_body::Body;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tower_service::Service;
+
+use super::{
+    Endpoint, ResponseBody, ResponseFuture,
+    headers::{Forwarding, apply_forwarding, strip_hop_by_hop},
+};
+
+/// What `Host` the upstream sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostHeader {
+    /// The client's `Host` (the default), so virtual hosting behind the gateway keeps working.
+    #[default]
+    Preserve,
+    /// The endpoint's `host:port`.
+    Endpoint,
+    /// A fixed value.
+    Fixed(HeaderValue),
+}
+
+/// The protocol spoken to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (h2c), multiplexed on one connection.
+    Http2,
+}
+
+/// Builder for [`Upstream`].
+#[derive(Clone, Debug)]
+pub struct UpstreamBuilder {
+    endpoints: Vec<Endpoint>,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    host: HostHeader,
+    protocol: Protocol,
+    via: Option<String>,
+    x_forwarded: bool,
+    forwarded: bool,
+}
+
+impl UpstreamBuilder {
+    /// Timeout for establishing a TCP connection (default 1 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Timeout from sending the request until the response headers arrive (default 15 s;
+    /// `None` disables it). The response body is not covered.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s).
+    #[must_use]
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// How many idle connections are kept per endpoint (default 256).
+    #[must_use]
+    pub fn pool_max_idle_per_endpoint(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// What `Host` the upstream sees (default: the client's).
+    #[must_use]
+    pub fn host(mut self, host: HostHeader) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The protocol spoken to the upstream (default HTTP/1.1).
+    #[must_use]
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The pseudonym in the `Via` header this proxy adds (default `gateway`; `None` adds none).
+    #[must_use]
+    pub fn via(mut self, pseudonym: Option<&str>) -> Self {
+        self.via = pseudonym.map(str::to_owned);
+        self
+    }
+
+    /// Whether `X-Forwarded-For/-Proto/-Host` are set (default `true`).
+    #[must_use]
+    pub fn x_forwarded(mut self, yes: bool) -> Self {
+        self.x_forwarded = yes;
+        self
+    }
+
+    /// Whether the RFC 7239 `Forwarded` header is set (default `true`).
+    #[must_use]
+    pub fn forwarded(mut self, yes: bool) -> Self {
+        self.forwarded = yes;
+        self
+    }
+
+    /// Builds the service for request bodies of type `B`.
+    ///
+    /// Call once per runtime (per core): the connection pool belongs to the `Upstream` and its
+    /// clones, so a per-core `Upstream` keeps connections on the core that uses them.
+    pub fn build<B>(self) -> Upstream<B>
+    where
+        B: Body + Send + 'static + Unpin,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .http2_only(self.protocol == Protocol::Http2)
+            .set_host(true)
+            .build(connector);
+        Upstream {
+            shared: Arc::new(Shared {
+                endpoints: self.endpoints.into_boxed_slice(),
+                next: AtomicUsize::new(0),
+                request_timeout: self.request_timeout,
+                host: self.host,
+                protocol: self.protocol,
+                via: self.via,
+                x_forwarded: self.x_forwarded,
+                forwarded: self.forwarded,
+            }),
+            client,
+        }
+    }
+}
+
+struct Shared {
+    endpoints: Box<[Endpoint]>,
+    next: AtomicUsize,
+    request_timeout: Option<Duration>,
+    host: HostHeader,
+    protocol: Protocol,
+    via: Option<String>,
+    x_forwarded: bool,
+    forwarded: bool,
+}
+
+/// A tower service that forwards requests to one of a set of endpoints.
+///
+/// - Endpoints are picked round robin. With none, the answer is `503` with flag `UH`.
+/// - Connections are pooled and kept alive; request and response bodies stream both ways.
+/// - The request's path and query are forwarded as they are: normalize and route before this
+///   service.
+/// - Errors become responses with an RFC 9457 body and a [`Rejection`](gateway_core::Rejection):
+///   `502` (`UF` connect failure, `UPE` protocol error, `UC` connection reset), `504` (`UT`
+///   timeout), `413` when a length-limited request body (`http_body_util::Limited`) overflows.
+///
+/// Always ready (`poll_ready` never waits): the pool opens connections on demand. `Clone` shares
+/// the endpoints, the round-robin position and the connection pool.
+pub struct Upstream<B> {
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, B>,
+}
+
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Upstream<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("endpoints", &self.shared.endpoints)
+            .field("protocol", &self.shared.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream<()> {
+    /// A builder for an upstream over `endpoints`.
+    pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> UpstreamBuilder {
+        UpstreamBuilder {
+            endpoints: endpoints.into_iter().collect(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Some(Duration::from_secs(15)),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            host: HostHeader::Preserve,
+            protocol: Protocol::Http1,
+            via: Some("gateway".to_owned()),
+            x_forwarded: true,
+            forwarded: true,
+        }
+    }
+}
+
+impl<B> Upstream<B> {
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.shared.endpoints
+    }
+
+    fn pick(&self) -> Option<&Endpoint> {
+        let endpoints = &self.shared.endpoints;
+        match endpoints.len() {
+            0 => None,
+            1 => endpoints.first(),
+            n => endpoints.get(self.shared.next.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(endpoint) = self.pick() else {
+            return ResponseFuture::ready(
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .detail("no upstream endpoint is available")
+                    .reason(
+                        RejectReason::NoHealthyUpstream,
+                        ResponseFlags::NO_HEALTHY_UPSTREAM,
+                    )
+                    .into_response(),
+            );
+        };
+        let shared = &*self.shared;
+        let (mut parts, body) = req.into_parts();
+
+        // Target: the endpoint's authority with the request's path and query, no re-parsing.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority().clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are valid");
+
+        strip_hop_by_hop(&mut parts.headers);
+        let conn = parts.extensions.get::<ConnectionInfo>();
+        let client_ip = parts.extensions.get::<ClientIp>();
+        let fwd = Forwarding {
+            peer: conn.map(|c| c.peer.ip().to_canonical()),
+            trusted: client_ip.is_some_and(ClientIp::via_trusted_proxy),
+            tls: conn.is_some_and(|c| c.tls),
+            host: client_host.as_ref(),
+            version: parts.version,
+        };
+        apply_forwarding(
+            &mut parts.headers,
+            &fwd,
+            shared.via.as_deref(),
+            shared.x_forwarded,
+            shared.forwarded,
+        );
+        match &shared.host {
+            HostHeader::Preserve => {
+                if let Some(host) = client_host {
+                    parts.headers.insert(HOST, host);
+                }
+            }
+            HostHeader::Endpoint => {
+                parts.headers.remove(HOST);
+            }
+            HostHeader::Fixed(v) => {
+                parts.headers.insert(HOST, v.clone());
+            }
+        }
+        parts.version = match shared.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => Version::HTTP_2,
+        };
+        if shared.protocol == Protocol::Http2 {
+            // HTTP/2 carries the host in :authority (the endpoint); a Host field would conflict.
+            parts.headers.remove(HOST);
+        }
+
+        let fut = self.client.request(Request::from_parts(parts, body));
+        ResponseFuture::upstream(fut, shared.request_timeout)
+    }
+}
+
+/// Builds the response for a failed upstream exchange.
+pub(crate) fn error_response(err: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+    use std::error::Error as _;
+    let mut source = err.source();
+    let mut io_kind = None;
+    let mut hyper_err: Option<&hyper::Error> = None;
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
+                .detail("request body exceeds the configured limit")
+                .reason(
+                    RejectReason::PayloadTooLarge,
+                    ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                )
+                .into_response();
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            hyper_err.get_or_insert(h);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        if io_kind == Some(std::io::ErrorKind::TimedOut) {
+            return Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                .detail("timed out connecting to the upstream")
+                .reason(
+                    RejectReason::UpstreamTimeout,
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_TIMEOUT,
+                )
+                .into_response();
+        }
+        return Problem::new(StatusCode::BAD_GATEWAY)
+            .detail("could not connect to the upstream")
+            .reason(
+                RejectReason::UpstreamConnect,
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+            )
+            .into_response();
+    }
+    if hyper_err.is_some_and(|h| h.is_body_write_aborted() || h.is_user()) {
+        // The client's request body failed mid-stream (the client went away or sent garbage).
+        return Problem::new(StatusCode::BAD_REQUEST)
+            .detail("the request body could not be read")
+            .reason(
+                RejectReason::BadRequest,
+                ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            )
+            .into_response();
+    }
+    let flags = if hyper_err.is_some_and(hyper::Error::is_parse) {
+        ResponseFlags::UPSTREAM_PROTOCOL_ERROR
+    } else {
+        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+    };
+    Problem::new(StatusCode::BAD_GATEWAY)
+        .detail("the upstream connection failed")
+        .reason(RejectReason::UpstreamProtocol, flags)
+        .into_response()
+}
+
+pub(crate) fn timeout_response() -> Response<ResponseBody> {
+    Problem::new(StatusCode::GATEWAY_TIMEOUT)
+        .detail("the upstream did not answer in time")
+        .reason(
+            RejectReason::UpstreamTimeout,
+            ResponseFlags::UPSTREAM_TIMEOUT,
+        )
+        .into_response()
+}
+
+#[allow(dead_code)]
+fn _assert_send<B: Body + Send + 'static + Unpin>()
+where
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn is_send<T: Send>() {}
+    is_send::<Upstream<B>>();
+    is_send::<ResponseFuture>();
+    let _ = Bytes::new;
+}

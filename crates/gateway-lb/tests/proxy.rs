@@ -1,0 +1,389 @@
+//! End-to-end tests of `Upstream` against real servers on 127.0.0.1.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_core::{
+    ClientIp, ConnectionInfo, PROBLEM_JSON, Rejection, ResponseFlags, TrustedProxies,
+};
+use gateway_lb::{HostHeader, Protocol, Upstream};
+use gateway_test::{TestUpstream, full};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tower::ServiceExt;
+
+fn upstream_for(addrs: &[std::net::SocketAddr]) -> gateway_lb::UpstreamBuilder {
+    Upstream::builder(addrs.iter().map(|a| a.to_string().parse().unwrap()))
+}
+
+fn request(method: &str, uri: &str, body: &'static str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "api.example.com")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+async fn body_text(res: Response<gateway_lb::ResponseBody>) -> (http::response::Parts, String) {
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn forwards_method_path_query_headers_and_body() {
+    let backend = TestUpstream::echo().await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    let mut req = request("PUT", "/orders/7?expand=items&x=%20y", "{\"qty\":3}");
+    req.headers_mut()
+        .insert("x-custom", "kept".parse().unwrap());
+    let (parts, body) = body_text(upstream.oneshot(req).await.unwrap()).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, "{\"qty\":3}");
+    let seen = backend.last_request();
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.uri, "/orders/7?expand=items&x=%20y");
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.headers["host"], "api.example.com");
+    assert_eq!(seen.version, Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_endpoints() {
+    let a = TestUpstream::fixed("a").await;
+    let b = TestUpstream::fixed("b").await;
+    let upstream = upstream_for(&[a.addr(), b.addr()]).build::<Full<Bytes>>();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (_, body) = body_text(
+            upstream
+                .clone()
+                .oneshot(request("GET", "/", ""))
+                .await
+                .unwrap(),
+        )
+        .await;
+        seen.push(body);
+    }
+    assert_eq!(seen, ["a", "b", "a", "b"]);
+}
+
+#[tokio::test]
+async fn keeps_connections_alive_between_requests() {
+    let backend = TestUpstream::fixed("ok").await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    for _ in 0..5 {
+        let (parts, _) = body_text(
+            upstream
+                .clone()
+                .oneshot(request("GET", "/", ""))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, 200);
+    }
+    assert_eq!(backend.requests().len(), 5);
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn strips_hop_by_hop_fields_in_both_directions() {
+    let backend = TestUpstream::start(|_req| async {
+        Response::builder()
+            .header("connection", "x-upstream-hop")
+            .header("x-upstream-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-end-to-end", "kept")
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    let mut req = request("GET", "/", "");
+    let h = req.headers_mut();
+    h.insert("connection", "x-client-hop, keep-alive".parse().unwrap());
+    h.insert("x-client-hop", "secret".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("proxy-connection", "keep-alive".parse().unwrap());
+    h.insert("te", "gzip".parse().unwrap());
+    h.insert("trailer", "x-checksum".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("proxy-authorization", "Basic Zm9vOmJhcg==".parse().unwrap());
+    let (parts, _) = body_text(upstream.oneshot(req).await.unwrap()).await;
+    let seen = backend.last_request().headers;
+    for name in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+    assert!(!parts.headers.contains_key("x-upstream-hop"));
+    assert!(!parts.headers.contains_key("keep-alive"));
+    assert!(!parts.headers.contains_key("connection"));
+    assert_eq!(parts.headers["x-end-to-end"], "kept");
+}
+
+fn with_peer(
+    mut req: Request<Full<Bytes>>,
+    peer: &str,
+    trusted: &TrustedProxies,
+) -> Request<Full<Bytes>> {
+    let peer: std::net::SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(ConnectionInfo::new(peer));
+    let ip = trusted.resolve(peer.ip(), req.headers());
+    req.extensions_mut().insert(ip);
+    req
+}
+
+#[tokio::test]
+async fn client_sent_forwarding_headers_are_replaced_from_untrusted_peers() {
+    let backend = TestUpstream::echo().await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    let mut req = request("GET", "/", "");
+    req.headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-host", "evil.example".parse().unwrap());
+    req.headers_mut()
+        .insert("forwarded", "for=6.6.6.6".parse().unwrap());
+    let req = with_peer(req, "203.0.113.5:5000", &TrustedProxies::none());
+    upstream.oneshot(req).await.unwrap();
+    let seen = backend.last_request().headers;
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.5");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "api.example.com");
+    assert_eq!(
+        seen["forwarded"],
+        "for=203.0.113.5;proto=http;host=\"api.example.com\""
+    );
+    assert_eq!(seen["via"], "1.1 gateway");
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_trusted_proxies_are_appended_to() {
+    let backend = TestUpstream::echo().await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+    let mut req = request("GET", "/", "");
+    req.headers_mut()
+        .insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let req = with_peer(req, "10.1.1.1:5000", &trusted);
+    assert_eq!(
+        req.extensions().get::<ClientIp>().unwrap().ip().to_string(),
+        "198.51.100.7"
+    );
+    upstream.oneshot(req).await.unwrap();
+    let seen = backend.last_request().headers;
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.7, 10.1.1.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn host_header_policies() {
+    let backend = TestUpstream::echo().await;
+    let endpoint = backend.addr().to_string();
+    for (policy, want) in [
+        (HostHeader::Preserve, "api.example.com".to_owned()),
+        (HostHeader::Endpoint, endpoint.clone()),
+        (
+            HostHeader::Fixed("internal.svc".parse().unwrap()),
+            "internal.svc".to_owned(),
+        ),
+    ] {
+        let upstream = upstream_for(&[backend.addr()])
+            .host(policy)
+            .build::<Full<Bytes>>();
+        upstream.oneshot(request("GET", "/", "")).await.unwrap();
+        assert_eq!(backend.last_request().headers["host"], want.as_str());
+    }
+}
+
+#[tokio::test]
+async fn speaks_http2_prior_knowledge_to_the_upstream() {
+    let backend = TestUpstream::echo().await;
+    let upstream = upstream_for(&[backend.addr()])
+        .protocol(Protocol::Http2)
+        .build::<Full<Bytes>>();
+    for _ in 0..3 {
+        let (parts, body) = body_text(
+            upstream
+                .clone()
+                .oneshot(request("POST", "/h2", "over h2"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "over h2");
+    }
+    assert_eq!(backend.last_request().version, Version::HTTP_2);
+    assert_eq!(
+        backend.connections(),
+        1,
+        "HTTP/2 multiplexes on one connection"
+    );
+}
+
+async fn assert_problem(
+    res: Response<gateway_lb::ResponseBody>,
+    status: StatusCode,
+    flag: ResponseFlags,
+) {
+    assert_eq!(res.status(), status);
+    assert_eq!(res.headers()["content-type"], PROBLEM_JSON);
+    let rejection = *res
+        .extensions()
+        .get::<Rejection>()
+        .expect("rejection extension");
+    assert!(rejection.flags.contains(flag), "{rejection:?}");
+    let (_, body) = body_text(res).await;
+    assert!(
+        body.contains(&format!("\"status\":{}", status.as_u16())),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn no_endpoints_is_503_no_healthy_upstream() {
+    let upstream = Upstream::builder([]).build::<Full<Bytes>>();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refused_connection_is_502_connection_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let upstream = upstream_for(&[addr]).build::<Full<Bytes>>();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::BAD_GATEWAY,
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_timeout() {
+    let backend = TestUpstream::start(|_req| std::future::pending()).await;
+    let upstream = upstream_for(&[backend.addr()])
+        .request_timeout(Some(Duration::from_millis(200)))
+        .build::<Full<Bytes>>();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::GATEWAY_TIMEOUT,
+        ResponseFlags::UPSTREAM_TIMEOUT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_limited_body_is_413() {
+    let backend = TestUpstream::echo().await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Limited<Full<Bytes>>>();
+    let req = request("POST", "/", "0123456789abcdef").map(|b| Limited::new(b, 8));
+    let res = upstream.oneshot(req).await.unwrap();
+    assert_problem(
+        res,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+    )
+    .await;
+}
+
+/// A raw server: the first connection answers garbage, later ones answer properly.
+#[tokio::test]
+async fn connection_with_protocol_error_is_not_reused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut accepted = 0usize;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted += 1;
+            let first = accepted == 1;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let answer: &[u8] = if first {
+                        b"NOT-HTTP garbage\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let upstream = upstream_for(&[addr]).build::<Full<Bytes>>();
+    let res = upstream
+        .clone()
+        .oneshot(request("GET", "/", ""))
+        .await
+        .unwrap();
+    assert_problem(
+        res,
+        StatusCode::BAD_GATEWAY,
+        ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+    )
+    .await;
+    // The poisoned connection was dropped: the next request gets a fresh one and succeeds.
+    let (parts, body) = body_text(upstream.oneshot(request("GET", "/", "")).await.unwrap()).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "ok");
+    server.abort();
+}
+
+#[tokio::test]
+async fn response_body_streams_before_the_upstream_finishes() {
+    let (tx, body) = gateway_test::channel_body(1);
+    let body = std::sync::Mutex::new(Some(body));
+    let backend = TestUpstream::start(move |_req| {
+        let body = body.lock().unwrap().take().expect("one request");
+        async move { Response::new(body) }
+    })
+    .await;
+    let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    let mut body = res.into_body();
+    // The first chunk arrives while the upstream is still holding the rest back.
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first");
+    tx.send(Bytes::from_static(b"second")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+}
