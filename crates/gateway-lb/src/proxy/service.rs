@@ -264,6 +264,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.send(req)
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Forwards `req`; the same as [`Service::call`] but through a shared reference, so one
+    /// `Upstream` can serve many connections without cloning per request.
+    pub fn send(&self, req: Request<B>) -> ResponseFuture {
         let Some(endpoint) = self.pick() else {
             return ResponseFuture::ready(
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)

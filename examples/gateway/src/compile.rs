@@ -1,0 +1,393 @@
+//! Turning a parsed [`Config`] into the immutable structures the request path reads.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use gateway_core::{ForwardedHeader, RouteId, TrustedProxies};
+use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::{
+    config::{
+        Config, ConfigError, ForwardedHeaderConfig, HostConfig, Issues, Limits, ProtocolConfig,
+        check_unique_names,
+    },
+    router::{
+        HostMatch, PathMatch, Rewrite, Route, Router, Segment, ValueMatch, parse_rewrite_template,
+        parse_template,
+    },
+};
+
+/// A validated configuration, compiled for the request path. Shared read-only by all workers.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Public listener addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// Worker threads.
+    pub workers: usize,
+    /// The routing table.
+    pub router: Router,
+    /// Upstreams, indexed by [`Route::upstream`].
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Limits.
+    pub limits: Limits,
+    /// Lower-case header name prefixes stripped at ingress.
+    pub internal_prefixes: Vec<String>,
+    /// Trusted proxies.
+    pub trusted: TrustedProxies,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// An upstream's name and how to build its client (one per worker).
+#[derive(Debug)]
+pub struct UpstreamSpec {
+    /// The configured name.
+    pub name: String,
+    /// The builder.
+    pub builder: UpstreamBuilder,
+}
+
+impl UpstreamSpec {
+    /// Builds this worker's client.
+    pub fn build(&self) -> Upstream<crate::pipeline::RequestBody> {
+        self.builder.clone().build()
+    }
+}
+
+impl Compiled {
+    /// Validates and compiles `config`; `file` names it in errors. Every problem found is
+    /// reported, not just the first.
+    pub fn new(config: &Config, file: &str) -> Result<Arc<Self>, ConfigError> {
+        let mut issues = Issues::default();
+        if config.listeners.is_empty() {
+            issues.nowhere("listeners", "at least one listener is required");
+        }
+        if config.workers == Some(0) {
+            issues.nowhere("workers", "must be at least 1");
+        }
+        let mut trusted = Vec::new();
+        for (i, entry) in config.trusted_proxies.iter().enumerate() {
+            match TrustedProxies::parse_entry(&entry.value) {
+                Ok(net) => trusted.push(net),
+                Err(e) => issues.at(entry, format!("trusted_proxies[{i}]"), e.to_string()),
+            }
+        }
+        let trusted = TrustedProxies::new(trusted).header(match config.forwarded_header {
+            ForwardedHeaderConfig::XForwardedFor => ForwardedHeader::XForwardedFor,
+            ForwardedHeaderConfig::Forwarded => ForwardedHeader::Forwarded,
+        });
+        let mut internal_prefixes = Vec::new();
+        for (i, p) in config.internal_header_prefixes.iter().enumerate() {
+            let lower = p.to_ascii_lowercase();
+            if lower.is_empty() || HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                issues.nowhere(
+                    format!("internal_header_prefixes[{i}]"),
+                    format!("`{p}` is not a valid header name prefix"),
+                );
+            }
+            internal_prefixes.push(lower);
+        }
+
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (name, spanned) in &config.upstreams {
+            let up = &spanned.value;
+            let field = format!("upstreams.{name}");
+            let mut endpoints = Vec::new();
+            for (i, e) in up.endpoints.iter().enumerate() {
+                match e.value.parse::<Endpoint>() {
+                    Ok(ep) => endpoints.push(ep),
+                    Err(err) => issues.at(e, format!("{field}.endpoints[{i}]"), err.to_string()),
+                }
+            }
+            if up.endpoints.is_empty() {
+                issues.at(
+                    spanned,
+                    format!("{field}.endpoints"),
+                    "at least one endpoint is required",
+                );
+            }
+            let host = match &up.host {
+                HostConfig::Preserve => HostHeader::Preserve,
+                HostConfig::Endpoint => HostHeader::Endpoint,
+                HostConfig::Set(v) => match HeaderValue::from_str(v) {
+                    Ok(v) => HostHeader::Fixed(v),
+                    Err(_) => {
+                        issues.at(
+                            spanned,
+                            format!("{field}.host.set"),
+                            format!("`{v}` is not a valid Host value"),
+                        );
+                        HostHeader::Preserve
+                    }
+                },
+            };
+            let via = up.forwarding.via.trim();
+            if !via.is_empty() && HeaderValue::from_str(via).is_err() {
+                issues.at(
+                    spanned,
+                    format!("{field}.forwarding.via"),
+                    "not a valid header value",
+                );
+            }
+            let builder = Upstream::builder(endpoints)
+                .connect_timeout(up.timeouts.connect.0)
+                .request_timeout(Some(up.timeouts.request.0))
+                .host(host)
+                .protocol(match up.protocol {
+                    ProtocolConfig::Http1 => Protocol::Http1,
+                    ProtocolConfig::Http2 => Protocol::Http2,
+                })
+                .via((!via.is_empty()).then_some(via))
+                .x_forwarded(up.forwarding.x_forwarded)
+                .forwarded(up.forwarding.forwarded);
+            upstreams.push(UpstreamSpec {
+                name: name.clone(),
+                builder,
+            });
+        }
+
+        check_unique_names(&config.routes, &mut issues);
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, spanned) in config.routes.iter().enumerate() {
+            if let Some(route) = compile_route(i, spanned, &upstreams, &mut issues) {
+                routes.push(route);
+            }
+        }
+
+        if !issues.0.is_empty() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                issues: issues.0,
+            });
+        }
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        Ok(Arc::new(Self {
+            listeners: config.listeners.iter().map(|l| l.value.bind).collect(),
+            admin: config.admin.as_ref().map(|a| a.bind),
+            workers,
+            router: Router::new(routes),
+            upstreams,
+            limits: config.limits.clone(),
+            internal_prefixes,
+            trusted,
+            drain_timeout: config.shutdown.drain_timeout.0,
+        }))
+    }
+}
+
+fn compile_route(
+    i: usize,
+    spanned: &serde_saphyr::Spanned<crate::config::RouteConfig>,
+    upstreams: &[UpstreamSpec],
+    issues: &mut Issues,
+) -> Option<Route> {
+    let rc = &spanned.value;
+    let field = format!("routes[{i}]");
+    let before = issues.0.len();
+    if rc.name.is_empty() || rc.name.len() > 128 || !rc.name.bytes().all(|b| b.is_ascii_graphic()) {
+        issues.at(
+            spanned,
+            format!("{field}.name"),
+            "route names are 1 to 128 visible ASCII characters",
+        );
+    }
+    let m = &rc.matches;
+    let host = match &m.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let v = h.value.to_ascii_lowercase();
+            if let Some(suffix) = v.strip_prefix('*') {
+                if !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') {
+                    issues.at(
+                        h,
+                        format!("{field}.match.host"),
+                        format!("`{}`: a wildcard host looks like `*.example.com`", h.value),
+                    );
+                }
+                HostMatch::Wildcard(suffix.to_owned())
+            } else {
+                if v.is_empty() || v.contains(['*', '/', ' ']) || v.contains(':') {
+                    issues.at(
+                        h,
+                        format!("{field}.match.host"),
+                        format!("`{}` is not a host name (no port, scheme or path)", h.value),
+                    );
+                }
+                HostMatch::Exact(v)
+            }
+        }
+    };
+    let kinds = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_template.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        issues.at(
+            spanned,
+            format!("{field}.match"),
+            "use only one of `path`, `path_prefix` and `path_template`",
+        );
+    }
+    let check_normal = |p: &serde_saphyr::Spanned<String>, key: &str, issues: &mut Issues| {
+        match gateway_core::normalize_path(&p.value) {
+            Ok(n) if n == p.value => {}
+            Ok(n) => issues.at(
+                p,
+                format!("{field}.match.{key}"),
+                format!(
+                    "`{}` is not normalized (requests are matched on `{n}`)",
+                    p.value
+                ),
+            ),
+            Err(e) => issues.at(
+                p,
+                format!("{field}.match.{key}"),
+                format!("`{}`: {e}", p.value),
+            ),
+        }
+    };
+    let path = if let Some(p) = &m.path {
+        check_normal(p, "path", issues);
+        PathMatch::Exact(p.value.clone())
+    } else if let Some(t) = &m.path_template {
+        match parse_template(&t.value) {
+            Ok(segs) => PathMatch::Template(segs),
+            Err(e) => {
+                issues.at(t, format!("{field}.match.path_template"), e);
+                PathMatch::Template(Vec::new())
+            }
+        }
+    } else if let Some(p) = &m.path_prefix {
+        check_normal(p, "path_prefix", issues);
+        PathMatch::Prefix(p.value.clone())
+    } else {
+        PathMatch::Prefix("/".to_owned())
+    };
+    let mut methods = Vec::new();
+    for (j, meth) in m.methods.iter().enumerate() {
+        let upper = meth.value.to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(mm) => methods.push(mm),
+            Err(_) => issues.at(
+                meth,
+                format!("{field}.match.methods[{j}]"),
+                format!("`{}` is not an HTTP method", meth.value),
+            ),
+        }
+    }
+    let mut headers = Vec::new();
+    for (j, h) in m.headers.iter().enumerate() {
+        match HeaderName::from_bytes(h.value.name.as_bytes()) {
+            Ok(name) => headers.push(ValueMatch {
+                name,
+                value: h.value.value.clone(),
+            }),
+            Err(_) => issues.at(
+                h,
+                format!("{field}.match.headers[{j}].name"),
+                format!("`{}` is not a header name", h.value.name),
+            ),
+        }
+    }
+    let query = m
+        .query
+        .iter()
+        .map(|q| ValueMatch {
+            name: q.value.name.clone(),
+            value: q.value.value.clone(),
+        })
+        .collect();
+    let upstream = upstreams.iter().position(|u| u.name == rc.upstream.value);
+    if upstream.is_none() {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        issues.at(
+            &rc.upstream,
+            format!("{field}.upstream"),
+            format!(
+                "unknown upstream `{}` (defined: {})",
+                rc.upstream.value,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+    let rewrite = match (&rc.rewrite, rc.strip_prefix, &path) {
+        (Some(r), true, _) => {
+            issues.at(
+                r,
+                format!("{field}.rewrite"),
+                "use either `strip_prefix` or `rewrite`, not both",
+            );
+            Rewrite::None
+        }
+        (None, true, PathMatch::Prefix(_)) => Rewrite::Prefix(String::new()),
+        (None, true, _) => {
+            issues.at(
+                spanned,
+                format!("{field}.strip_prefix"),
+                "`strip_prefix` needs a `path_prefix` match",
+            );
+            Rewrite::None
+        }
+        (Some(r), false, PathMatch::Prefix(_)) => {
+            check_rewrite_target(r, &field, issues);
+            Rewrite::Prefix(r.value.clone())
+        }
+        (Some(r), false, PathMatch::Exact(_) | PathMatch::Template(_)) => {
+            let names: Vec<&str> = match &path {
+                PathMatch::Template(segs) => segs
+                    .iter()
+                    .filter_map(|s| match s {
+                        Segment::Param(n) | Segment::CatchAll(n) => Some(n.as_str()),
+                        Segment::Literal(_) => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            match parse_rewrite_template(&r.value, &names) {
+                Ok(parts) => Rewrite::Template(parts),
+                Err(e) => {
+                    issues.at(r, format!("{field}.rewrite"), e);
+                    Rewrite::None
+                }
+            }
+        }
+        (None, false, _) => Rewrite::None,
+    };
+    if issues.0.len() > before {
+        return None;
+    }
+    Some(Route {
+        id: RouteId::new(rc.name.as_str()),
+        host,
+        path,
+        methods,
+        headers,
+        query,
+        upstream: upstream?,
+        upstream_name: rc.upstream.value.clone(),
+        rewrite,
+        order: i,
+    })
+}
+
+fn check_rewrite_target(r: &serde_saphyr::Spanned<String>, field: &str, issues: &mut Issues) {
+    if !r.value.is_empty() {
+        match gateway_core::normalize_path(&r.value) {
+            Ok(n) if n == r.value => {}
+            _ => issues.at(
+                r,
+                format!("{field}.rewrite"),
+                format!("`{}` must be a normalized absolute path", r.value),
+            ),
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The YAML configuration: types, parsing with file/line/column errors, and validation.
+//!
+//! Every key is documented in `docs/configuration.md`. Unknown keys are errors, so a typo never
+//! silently disables a policy.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+use serde_saphyr::Spanned;
+
+/// The whole gateway configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public listeners.
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// The admin listener (health, readiness, route table). Off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Worker threads, each with its own single-threaded runtime and its own accept socket
+    /// (`SO_REUSEPORT`). Default: the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Networks whose forwarding headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Which header trusted proxies append the client to.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeaderConfig,
+    /// Request and connection limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Header name prefixes reserved for the gateway; client-sent fields with these prefixes are
+    /// removed at ingress.
+    #[serde(default = "default_internal_prefixes")]
+    pub internal_header_prefixes: Vec<String>,
+    /// Graceful shutdown settings.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Named upstreams.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    /// Routes.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+}
+
+fn default_internal_prefixes() -> Vec<String> {
+    vec!["x-gateway-".to_owned()]
+}
+
+/// A public listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address to bind, e.g. `0.0.0.0:8080`.
+    pub bind: SocketAddr,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The address to bind; keep it on loopback or a private network.
+    pub bind: SocketAddr,
+}
+
+/// Which header carries the forwarding chain from trusted proxies.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderConfig {
+    /// `X-Forwarded-For`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+/// Request and connection limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest total size of the request header fields (names + values), answered 431 above.
+    pub max_header_bytes: ByteSize,
+    /// Most request header fields, answered 431 above.
+    pub max_headers: usize,
+    /// Longest request target, answered 414 above.
+    pub max_uri_bytes: ByteSize,
+    /// Largest request body, answered 413 above (checked against `Content-Length` up front and
+    /// counted while streaming).
+    pub max_body_bytes: ByteSize,
+    /// Time allowed to receive a request's headers (slowloris defence); on HTTP/1.1 it also
+    /// bounds how long a keep-alive connection waits for its next request.
+    pub header_read_timeout: HumanDuration,
+    /// A connection with no request in flight and no bytes moving is closed after this long.
+    pub idle_timeout: HumanDuration,
+    /// Most open client connections across all listeners; further connections are closed at once.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: ByteSize(32 * 1024),
+            max_headers: 100,
+            max_uri_bytes: ByteSize(8 * 1024),
+            max_body_bytes: ByteSize(16 * 1024 * 1024),
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// Graceful shutdown settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// An upstream: a set of endpoints and how to talk to them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` endpoints, balanced round robin.
+    pub endpoints: Vec<Spanned<String>>,
+    /// `http1` (default) or `http2` (h2c with prior knowledge).
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+    /// What `Host` the upstream sees.
+    #[serde(default)]
+    pub host: HostConfig,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    /// Forwarding headers.
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+}
+
+/// The protocol spoken to an upstream.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolConfig {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// What `Host` an upstream sees.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HostConfig {
+    /// The client's `Host`.
+    #[default]
+    Preserve,
+    /// The endpoint's `host:port`.
+    Endpoint,
+    /// A fixed value: `host: { set: internal.svc }`.
+    Set(String),
+}
+
+/// Upstream timeouts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTimeouts {
+    /// TCP connect timeout.
+    pub connect: HumanDuration,
+    /// Time from sending a request to receiving the response headers.
+    pub request: HumanDuration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: HumanDuration(Duration::from_secs(1)),
+            request: HumanDuration(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// Which forwarding headers the gateway sets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+    /// The `Via` pseudonym; empty string for no `Via`.
+    pub via: String,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self {
+            x_forwarded: true,
+            forwarded: true,
+            via: "gateway".to_owned(),
+        }
+    }
+}
+
+/// A route: what it matches, where it goes, how the path is rewritten.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A unique name: the route's id in metrics, logs and the admin API.
+    pub name: String,
+    /// What the route matches.
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    /// The upstream requests are sent to.
+    pub upstream: Spanned<String>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched prefix (prefix routes) or the whole path (exact and template routes;
+    /// `{name}` placeholders take template parameters).
+    #[serde(default)]
+    pub rewrite: Option<Spanned<String>>,
+}
+
+/// What a route matches. Every condition given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// `api.example.com` (exact) or `*.example.com` (any subdomain); case-insensitive, port
+    /// ignored.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Path prefix, on segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    /// Path template: `/users/{id}`, `/files/{*rest}`.
+    #[serde(default)]
+    pub path_template: Option<Spanned<String>>,
+    /// Allowed methods; any when absent.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<Spanned<NameValueMatch>>,
+    /// Query parameter conditions.
+    #[serde(default)]
+    pub query: Vec<Spanned<NameValueMatch>>,
+}
+
+/// A header or query condition: present (no `value`) or equal to `value`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameValueMatch {
+    /// The field or parameter name.
+    pub name: String,
+    /// The exact value required; absent means "present with any value".
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A duration written `250ms`, `5s`, `2m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration `{s}`: expected a number and a unit (250ms, 5s, 2m, 1h)")
+    })?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "invalid duration `{s}`: expected a unit of ms, s, m or h (250ms, 5s, 2m, 1h)"
+        )),
+    }
+}
+
+/// A size in bytes written `512`, `16KiB`, `10MiB`, `1GiB` (or `KB`/`MB`/`GB`, powers of 1000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Parses `512`, `16KiB`, `10MiB`, `1GiB`, `10KB`, `5MB`, `1GB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size `{s}`: expected a number of bytes (512, 16KiB, 10MiB)")
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid size `{s}`: expected a unit of B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based line, 0 when unknown.
+    pub line: u32,
+    /// 1-based column, 0 when unknown.
+    pub column: u32,
+    /// The field, as a path (`routes[2].upstream`); empty when the YAML itself is malformed.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a configuration was refused: every problem found, each with file, line, column and
+/// field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name shown in messages.
+    pub file: String,
+    /// The problems.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}:{}:{}: ", self.file, issue.line, issue.column)?;
+            if !issue.field.is_empty() {
+                write!(f, "{}: ", issue.field)?;
+            }
+            f.write_str(&issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and parses a configuration file, then validates it (see [`crate::Compiled`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            issues: vec![ConfigIssue {
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str::<Config>(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| {
+                (
+                    u32::try_from(l.line()).unwrap_or(0),
+                    u32::try_from(l.column()).unwrap_or(0),
+                )
+            });
+            ConfigError {
+                file: file.to_owned(),
+                issues: vec![ConfigIssue {
+                    line,
+                    column,
+                    field: String::new(),
+                    message: plain_message(&e),
+                }],
+            }
+        })
+    }
+}
+
+/// The error message without the rendered source snippet.
+fn plain_message(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default().trim();
+    // Messages look like "error: line 3 column 5: unknown field ..." depending on the error kind;
+    // keep the part after the location, which the caller reports separately.
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    match msg.find(": ") {
+        Some(i) if msg[..i].contains("line") => msg[i + 2..].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+/// Collects located validation issues.
+#[derive(Debug, Default)]
+pub(crate) struct Issues(pub(crate) Vec<ConfigIssue>);
+
+impl Issues {
+    pub(crate) fn at<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.0.push(ConfigIssue {
+            line: u32::try_from(spanned.referenced.line()).unwrap_or(0),
+            column: u32::try_from(spanned.referenced.column()).unwrap_or(0),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn nowhere(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            line: 0,
+            column: 0,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks that route names are unique.
+pub(crate) fn check_unique_names(routes: &[Spanned<RouteConfig>], issues: &mut Issues) {
+    let mut seen = HashSet::new();
+    for (i, route) in routes.iter().enumerate() {
+        if !seen.insert(route.value.name.as_str()) {
+            issues.at(
+                route,
+                format!("routes[{i}].name"),
+                format!("duplicate route name `{}`", route.value.name),
+            );
+        }
+    }
+}

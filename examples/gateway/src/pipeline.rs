@@ -1,0 +1,253 @@
+//! The per-request path: limits, normalization, ingress hygiene, client IP, routing, upstream.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway_core::{
+    ConnectionInfo, PathError, Problem, RejectReason, ResponseFlags, normalize_path,
+};
+use gateway_lb::{ResponseBody, Upstream};
+use http::{
+    HeaderName, Request, Response, StatusCode, Uri,
+    header::{CONTENT_LENGTH, HOST},
+    uri::PathAndQuery,
+};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use crate::{compile::Compiled, router::rewrite_path};
+
+/// The request body type forwarded upstream: the client's body, counted against
+/// `limits.max_body_bytes` while it streams.
+pub type RequestBody = Limited<Incoming>;
+
+/// One worker's request pipeline: the shared compiled config plus this worker's upstream
+/// clients (connection pools stay on the core that uses them).
+#[derive(Debug)]
+pub struct Pipeline {
+    compiled: Arc<Compiled>,
+    upstreams: Vec<Upstream<RequestBody>>,
+}
+
+fn reject(
+    status: StatusCode,
+    reason: RejectReason,
+    flags: ResponseFlags,
+    detail: &str,
+) -> Response<ResponseBody> {
+    Problem::new(status)
+        .detail(detail)
+        .reason(reason, flags)
+        .into_response()
+}
+
+impl Pipeline {
+    /// Builds the pipeline, creating this worker's upstream clients.
+    pub fn new(compiled: Arc<Compiled>) -> Self {
+        let upstreams = compiled.upstreams.iter().map(|u| u.build()).collect();
+        Self {
+            compiled,
+            upstreams,
+        }
+    }
+
+    /// The compiled configuration.
+    pub fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
+    }
+
+    /// Handles one request from a client connection.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnectionInfo,
+    ) -> Response<ResponseBody> {
+        match self.prepare(req, conn) {
+            Ok((upstream, req)) => match self.upstreams[upstream].send(req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            },
+            Err(res) => res,
+        }
+    }
+
+    /// Everything before the upstream call; `Err` is an immediate answer.
+    #[allow(clippy::result_large_err)]
+    fn prepare(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnectionInfo,
+    ) -> Result<(usize, Request<RequestBody>), Response<ResponseBody>> {
+        let c = &*self.compiled;
+        let limits = &c.limits;
+        let (mut parts, body) = req.into_parts();
+
+        let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+            + parts.uri.authority().map_or(0, |a| a.as_str().len());
+        if uri_len as u64 > limits.max_uri_bytes.0 {
+            return Err(reject(
+                StatusCode::URI_TOO_LONG,
+                RejectReason::UriTooLong,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "the request target is longer than allowed",
+            ));
+        }
+        if parts.headers.len() > limits.max_headers {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                RejectReason::HeadersTooLarge,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "too many header fields",
+            ));
+        }
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        if header_bytes as u64 > limits.max_header_bytes.0 {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                RejectReason::HeadersTooLarge,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "the header fields are larger than allowed",
+            ));
+        }
+        if let Some(len) = parts.headers.get(CONTENT_LENGTH)
+            && len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|n| n > limits.max_body_bytes.0)
+        {
+            return Err(reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RejectReason::PayloadTooLarge,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "the request body is larger than allowed",
+            ));
+        }
+
+        let raw_path = parts.uri.path();
+        let path = match normalize_path(raw_path) {
+            Ok(p) => p,
+            Err(e) => return Err(bad_path(e)),
+        };
+
+        strip_internal(&mut parts.headers, &c.internal_prefixes);
+
+        let client_ip = c.trusted.resolve(conn.peer.ip(), &parts.headers);
+
+        let host = match parts.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => match parts.headers.get(HOST) {
+                Some(h) => match h.to_str() {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        return Err(reject(
+                            StatusCode::BAD_REQUEST,
+                            RejectReason::BadRequest,
+                            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                            "invalid Host header",
+                        ));
+                    }
+                },
+                None => None,
+            },
+        };
+        let query = parts.uri.query();
+        let Some(matched) = c
+            .router
+            .find(host, &parts.method, &path, query, &parts.headers)
+        else {
+            return Err(reject(
+                StatusCode::NOT_FOUND,
+                RejectReason::NoRoute,
+                ResponseFlags::NO_ROUTE,
+                "no route matches this request",
+            ));
+        };
+        let route = matched.route;
+        let forward_path = rewrite_path(route, &path, &matched.params);
+        if forward_path != raw_path {
+            let pq = match query {
+                Some(q) => {
+                    let mut s = String::with_capacity(forward_path.len() + q.len() + 1);
+                    s.push_str(&forward_path);
+                    s.push('?');
+                    s.push_str(q);
+                    s
+                }
+                None => forward_path.into_owned(),
+            };
+            match PathAndQuery::from_maybe_shared(Bytes::from(pq)) {
+                Ok(pq) => parts.uri = Uri::from(pq),
+                Err(_) => {
+                    return Err(reject(
+                        StatusCode::BAD_REQUEST,
+                        RejectReason::BadRequest,
+                        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                        "the rewritten path is not a valid request target",
+                    ));
+                }
+            }
+        }
+        let upstream = route.upstream;
+        parts.extensions.insert(route.id.clone());
+        if !matched.params.0.is_empty() {
+            parts.extensions.insert(matched.params);
+        }
+        parts.extensions.insert(client_ip);
+        parts.extensions.insert(conn);
+        let max = usize::try_from(limits.max_body_bytes.0).unwrap_or(usize::MAX);
+        Ok((
+            upstream,
+            Request::from_parts(parts, Limited::new(body, max)),
+        ))
+    }
+}
+
+fn bad_path(e: PathError) -> Response<ResponseBody> {
+    reject(
+        StatusCode::BAD_REQUEST,
+        RejectReason::BadRequest,
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        e.as_str(),
+    )
+}
+
+/// Removes client-sent fields whose names start with a reserved prefix.
+fn strip_internal(headers: &mut http::HeaderMap, prefixes: &[String]) {
+    if prefixes.is_empty() {
+        return;
+    }
+    let mut doomed: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        if prefixes
+            .iter()
+            .any(|p| name.as_str().starts_with(p.as_str()))
+        {
+            doomed.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    for name in doomed.into_iter().flatten() {
+        headers.remove(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_headers_are_stripped_by_prefix() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-gateway-consumer", "admin".parse().unwrap());
+        h.insert("x-gateway-internal-auth", "1".parse().unwrap());
+        h.insert("x-gatewayish", "kept".parse().unwrap());
+        h.insert("accept", "kept".parse().unwrap());
+        strip_internal(&mut h, &["x-gateway-".to_owned()]);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("x-gatewayish"));
+    }
+}

@@ -1,0 +1,459 @@
+//! Listeners, workers, connection limits, idle timeouts and graceful shutdown.
+//!
+//! One worker thread per core, each with a single-threaded tokio runtime and its own accepting
+//! socket on every listener (`SO_REUSEPORT`, so the kernel spreads connections), its own
+//! [`Pipeline`] and its own upstream connection pools: a request never leaves the core that
+//! accepted it, and nothing on the request path takes a lock.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use gateway_core::ConnectionInfo;
+use hyper::{Request, body::Incoming};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use pin_project_lite::pin_project;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc, watch},
+};
+
+use crate::{admin, compile::Compiled, pipeline::Pipeline};
+
+/// State shared by all workers and the admin listener.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) compiled: Arc<Compiled>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Semaphore>,
+    workers_ready: AtomicUsize,
+    pub(crate) draining: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+            && self.workers_ready.load(Ordering::Acquire) == self.compiled.workers
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// A running gateway. Dropping it begins a graceful shutdown without waiting for it.
+#[derive(Debug)]
+pub struct RunningGateway {
+    listen: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// The bound address of each public listener, in configuration order (port 0 resolved).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Begins a graceful shutdown: stop accepting, let in-flight requests finish (up to the
+    /// drain timeout), close idle connections.
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Waits (blocking) until every worker has drained and stopped.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Begins a graceful shutdown and waits for it without blocking the async runtime.
+    pub async fn shutdown_and_wait(self) {
+        self.shutdown();
+        let _ = tokio::task::spawn_blocking(move || self.join()).await;
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds every listener and starts the workers and the admin listener.
+///
+/// Errors are bind failures (address in use, permission denied), returned before anything
+/// runs.
+pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
+    let workers = compiled.workers.max(1);
+    // Bind every listener once per worker; port 0 is resolved by the first bind.
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut listen = Vec::with_capacity(compiled.listeners.len());
+    for addr in &compiled.listeners {
+        let first = bind_reuseport(*addr)?;
+        let bound = first.local_addr()?;
+        listen.push(bound);
+        per_worker[0].push(first);
+        for sockets in per_worker.iter_mut().skip(1) {
+            sockets.push(bind_reuseport(bound)?);
+        }
+    }
+    let admin_listener = match compiled.admin {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let admin = admin_listener
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
+
+    let (shutdown, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        connections: Arc::new(Semaphore::new(compiled.limits.max_connections)),
+        compiled,
+        shutdown,
+        workers_ready: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+    });
+
+    let mut threads = Vec::with_capacity(workers + 1);
+    for (i, sockets) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("gateway-worker-{i}"))
+                .spawn(move || run_worker(i, sockets, &shared))?,
+        );
+    }
+    if let Some(listener) = admin_listener {
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("gateway-admin".into())
+                .spawn(move || admin::run(listener, &shared))?,
+        );
+    }
+    tracing::info!(listeners = ?listen, admin = ?admin, workers, "gateway started");
+    Ok(RunningGateway {
+        listen,
+        admin,
+        shared,
+        threads,
+    })
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+fn run_worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: &Arc<Shared>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    rt.block_on(worker(index, sockets, shared.clone()));
+}
+
+fn http_builder(compiled: &Compiled) -> auto::Builder<TokioExecutor> {
+    let limits = &compiled.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own buffer limit backs up the pipeline's checks, which answer with problem+json;
+    // it must leave room for the largest allowed head.
+    let head = usize::try_from(limits.max_header_bytes.0 + limits.max_uri_bytes.0)
+        .unwrap_or(usize::MAX)
+        .saturating_add(16 * 1024)
+        .max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(head)
+        .max_headers(limits.max_headers.saturating_add(32))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.0.saturating_add(4096)).unwrap_or(u32::MAX),
+        )
+        .keep_alive_interval(Some(limits.idle_timeout.0.max(Duration::from_secs(1))))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: Arc<Shared>) {
+    let pipeline = Arc::new(Pipeline::new(shared.compiled.clone()));
+    let builder = Arc::new(http_builder(&shared.compiled));
+    // Every connection task holds a sender; when all are gone, the worker has drained.
+    let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+    let mut accept_tasks = Vec::new();
+    for std_listener in sockets {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            pipeline.clone(),
+            builder.clone(),
+            drain_tx.clone(),
+        )));
+    }
+    drop(drain_tx);
+    shared.workers_ready.fetch_add(1, Ordering::AcqRel);
+
+    let mut shutdown = shared.shutdown_signal();
+    shutting_down(&mut shutdown).await;
+    // Listeners close when their accept loops return; connections are told to finish up.
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let drain = shared.compiled.drain_timeout;
+    if tokio::time::timeout(drain, drain_rx.recv()).await.is_err() {
+        tracing::warn!(
+            worker = index,
+            ?drain,
+            "drain timeout reached; closing remaining connections"
+        );
+    }
+}
+
+/// Resolves once shutdown has been requested.
+pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    drain: mpsc::Sender<()>,
+) {
+    let local = listener.local_addr().ok();
+    let mut shutdown = shared.shutdown_signal();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = shutting_down(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "max_connections reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut info = ConnectionInfo::new(peer);
+        if let Some(local) = local {
+            info = info.with_local(local);
+        }
+        let conn = serve_connection(
+            stream,
+            info,
+            pipeline.clone(),
+            builder.clone(),
+            shared.shutdown_signal(),
+            shared.compiled.limits.idle_timeout.0,
+        );
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+            drop(drain);
+        });
+    }
+}
+
+/// Per-connection activity, for the idle timeout.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Bumped on every read or write that moved bytes.
+    ticks: AtomicU64,
+    /// Requests whose response has not been produced yet.
+    in_flight: AtomicUsize,
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    info: ConnectionInfo,
+    pipeline: Arc<Pipeline>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) {
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(CountingIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let svc_activity = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let pipeline = pipeline.clone();
+        svc_activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(svc_activity.clone());
+        async move {
+            let res = pipeline.handle(req, info).await;
+            drop(guard);
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut last_ticks = 0;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with error");
+                }
+                return;
+            }
+            () = shutting_down(&mut shutdown), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle.as_mut(), if !closing => {
+                let ticks = activity.ticks.load(Ordering::Relaxed);
+                if ticks == last_ticks && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!(peer = %info.peer, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    last_ticks = ticks;
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A socket that counts reads and writes that moved bytes.
+    struct CountingIo {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for CountingIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for CountingIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
