@@ -429,12 +429,109 @@ impl Config {
                 issues: vec![ConfigIssue {
                     line,
                     column,
-                    field: String::new(),
+                    field: field_path_at(text, line as usize, column as usize),
                     message: plain_message(&e),
                 }],
             }
         })
     }
+}
+
+/// Splits a YAML line into (indentation, list-item dash present, first key).
+fn yaml_line(line: &str) -> Option<(usize, bool, Option<&str>)> {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return None;
+    }
+    let indent = line.len() - trimmed.len();
+    let (dash, rest) = match trimmed.strip_prefix("- ") {
+        Some(r) => (true, r.trim_start()),
+        None => (trimmed == "-", trimmed),
+    };
+    let key = rest.split_once(':').and_then(|(k, _)| {
+        let k = k.trim().trim_matches(['"', '\'']);
+        (!k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'))
+        .then_some(k)
+    });
+    Some((indent, dash, key))
+}
+
+/// A best-effort field path (`routes[1].match.methods`) for a position in block-style YAML, so
+/// that parse errors name the field as well as the line.
+pub(crate) fn field_path_at(text: &str, line: usize, column: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if line == 0 || line > lines.len() {
+        return String::new();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let target = lines[line - 1];
+    let Some((indent, dash, key)) = yaml_line(target) else {
+        return String::new();
+    };
+    // Inside a flow mapping on this line: the last `key:` before the column.
+    let before = &target[..column.saturating_sub(1).min(target.len())];
+    if let Some(brace) = before.find('{') {
+        let inner = &before[brace + 1..];
+        if let Some(k) = inner
+            .rsplit([',', '{'])
+            .next()
+            .and_then(|seg| seg.split_once(':'))
+            .map(|(k, _)| k.trim())
+            && !k.is_empty()
+        {
+            parts.push(k.to_owned());
+        }
+    }
+    if let Some(k) = key {
+        parts.push(k.to_owned());
+    }
+    let mut cur = indent;
+    let mut item_line = dash.then_some(line - 1);
+    let mut i = line - 1;
+    loop {
+        if let Some(item) = item_line.take() {
+            // Count earlier items at the same indentation to find this item's index.
+            let mut index = 0;
+            for l in lines[..item].iter().rev() {
+                match yaml_line(l) {
+                    Some((ind, true, _)) if ind == cur => index += 1,
+                    Some((ind, _, _)) if ind < cur => break,
+                    _ => {}
+                }
+            }
+            parts.push(format!("[{index}]"));
+        }
+        let mut found = false;
+        while i > 0 {
+            i -= 1;
+            if let Some((ind, d, k)) = yaml_line(lines[i])
+                && ind < cur
+            {
+                cur = ind;
+                if d {
+                    item_line = Some(i);
+                } else if let Some(k) = k {
+                    parts.push(k.to_owned());
+                }
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            break;
+        }
+    }
+    parts.reverse();
+    let mut out = String::new();
+    for p in parts {
+        if !p.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&p);
+    }
+    out
 }
 
 /// The error message without the rendered source snippet.
@@ -490,5 +587,47 @@ pub(crate) fn check_unique_names(routes: &[Spanned<RouteConfig>], issues: &mut I
                 format!("duplicate route name `{}`", route.value.name),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "listeners:\n  - bind: 127.0.0.1:1\n  - bind: nope\nroutes:\n  - name: a\n    upstream: x\n  - name: b\n    match: { path: /x, methods: [GET] }\n    upstream: y\n";
+
+    #[test]
+    fn field_paths_follow_block_and_flow_structure() {
+        assert_eq!(field_path_at(YAML, 3, 11), "listeners[1].bind");
+        assert_eq!(field_path_at(YAML, 6, 15), "routes[0].upstream");
+        assert_eq!(field_path_at(YAML, 8, 33), "routes[1].match.methods");
+        assert_eq!(field_path_at(YAML, 9, 5), "routes[1].upstream");
+        assert_eq!(field_path_at(YAML, 1, 1), "listeners");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("s").is_err());
+        assert_eq!(parse_size("16KiB").unwrap(), 16384);
+        assert_eq!(parse_size("5MB").unwrap(), 5_000_000);
+        assert_eq!(parse_size("12").unwrap(), 12);
+        assert!(parse_size("1TB").is_err());
+        assert!(
+            parse_size("99999999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_file_line_column_and_field() {
+        let err = Config::parse(YAML, "gw.yaml").unwrap_err();
+        assert_eq!(err.issues.len(), 1);
+        assert_eq!(err.issues[0].line, 3);
+        assert_eq!(err.issues[0].field, "listeners[1].bind");
+        assert!(err.to_string().starts_with("gw.yaml:3:"), "{err}");
     }
 }

@@ -366,6 +366,7 @@ async fn serve_connection(
     tokio::pin!(idle);
     let mut last_ticks = 0;
     let mut closing = false;
+    let mut idle_closing = false;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -378,16 +379,24 @@ async fn serve_connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = idle.as_mut(), if !closing => {
+            () = idle.as_mut() => {
+                if idle_closing {
+                    // The peer did not finish the graceful close (an HTTP/2 client that never
+                    // answers the GOAWAY ping, say): drop the connection.
+                    tracing::debug!(peer = %info.peer, "idle connection did not close gracefully; dropping it");
+                    return;
+                }
                 let ticks = activity.ticks.load(Ordering::Relaxed);
                 if ticks == last_ticks && activity.in_flight.load(Ordering::Relaxed) == 0 {
                     tracing::debug!(peer = %info.peer, "closing idle connection");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                } else {
-                    last_ticks = ticks;
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    idle_closing = true;
+                    if !closing {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
+                last_ticks = ticks;
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
         }
     }

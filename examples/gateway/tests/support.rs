@@ -1,0 +1,26 @@
+//! Shared helpers for the gateway's end-to-end tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+
+use gateway::{Compiled, Config, RunningGateway};
+
+/// Starts a gateway from YAML with `{UPSTREAM}` replaced by `upstream`. Listeners and the admin
+/// listener bind port 0.
+pub fn start(yaml: &str, upstream: SocketAddr) -> RunningGateway {
+    let yaml = yaml.replace("{UPSTREAM}", &upstream.to_string());
+    let config = Config::parse(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let compiled = Compiled::new(&config, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+    gateway::start(compiled).expect("gateway starts")
+}
+
+/// A config with one catch-all route to `{UPSTREAM}` plus `extra` appended at top level.
+pub fn simple(extra: &str) -> String {
+    format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 2\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\n    timeouts: {{ connect: 1s, request: 2s }}\nroutes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n{extra}"
+    )
+}
+
+pub fn addr(gw: &RunningGateway) -> SocketAddr {
+    gw.listen_addrs()[0]
+}
