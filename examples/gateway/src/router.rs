@@ -259,7 +259,7 @@ fn template_matches(segments: &[Segment], path: &str) -> Option<PathParams> {
         match seg {
             Segment::Literal(l) if l == part => {}
             Segment::Param(name) if !part.is_empty() => {
-                params.push((name.clone(), part.to_owned()))
+                params.push((name.clone(), part.to_owned()));
             }
             _ => return None,
         }

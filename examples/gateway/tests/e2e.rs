@@ -156,9 +156,7 @@ async fn streams_a_50_mib_response_body_without_buffering_it() {
 async fn strips_hop_by_hop_and_internal_headers_at_ingress() {
     let up = TestUpstream::echo().await;
     let gw = start(&simple(""), up.addr());
-    let raw = format!(
-        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=1\r\nTE: gzip\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-Gateway-Consumer: admin\r\nX-GATEWAY-ROLE: root\r\nX-Kept: yes\r\n\r\n"
-    );
+    let raw = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=1\r\nTE: gzip\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-Gateway-Consumer: admin\r\nX-GATEWAY-ROLE: root\r\nX-Kept: yes\r\n\r\n";
     let out = raw_exchange(addr(&gw), raw.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = up.last_request().headers;
@@ -258,7 +256,8 @@ async fn routing_precedence_and_rewrites() {
     let gw = start(ROUTES, up.addr());
     let c = client();
     let base = format!("http://{}", addr(&gw));
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         ("GET", "/anything", &[], "/anything"),
         ("GET", "/api/things", &[], "/things"),
         ("GET", "/api", &[], "/"),

@@ -21,6 +21,7 @@ pub fn simple(extra: &str) -> String {
     )
 }
 
+/// The first public listener address.
 pub fn addr(gw: &RunningGateway) -> SocketAddr {
     gw.listen_addrs()[0]
 }
