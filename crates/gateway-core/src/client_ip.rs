@@ -339,7 +339,9 @@ impl<S> ResolveClientIp<S> {
     }
 }
 
-fn peer_of<B>(req: &Request<B>) -> Option<SocketAddr> {
+/// The socket peer of `req`. With the `axum` feature, a peer found only in axum's `ConnectInfo`
+/// is also recorded as a [`ConnectionInfo`], so every later layer reads one type.
+fn peer_of<B>(req: &mut Request<B>) -> Option<SocketAddr> {
     if let Some(info) = req.extensions().get::<ConnectionInfo>() {
         return Some(info.peer);
     }
@@ -348,7 +350,9 @@ fn peer_of<B>(req: &Request<B>) -> Option<SocketAddr> {
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
-        return Some(info.0);
+        let peer = info.0;
+        req.extensions_mut().insert(ConnectionInfo::new(peer));
+        return Some(peer);
     }
     None
 }
@@ -366,7 +370,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(peer) = peer_of(&req) {
+        if let Some(peer) = peer_of(&mut req) {
             let client = self.trusted.resolve(peer.ip(), req.headers());
             req.extensions_mut().insert(client);
         }
