@@ -387,3 +387,50 @@ async fn response_body_streams_before_the_upstream_finishes() {
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "second");
 }
+
+#[test]
+fn upstream_and_its_future_are_send_and_sync_where_it_matters() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Upstream<Full<Bytes>>>();
+    send::<gateway_lb::ResponseFuture>();
+    send::<gateway_lb::ResponseBody>();
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_upstream_while_idle_is_replaced_transparently() {
+    // The upstream answers one request per connection and then closes it (keep-alive refused
+    // after the fact): the pooled connection is dead when the next request comes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                if n > 0 {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+                // Close without `Connection: close`.
+            });
+        }
+    });
+    let upstream = upstream_for(&[addr]).build::<Full<Bytes>>();
+    for _ in 0..3 {
+        let (parts, body) = body_text(
+            upstream
+                .clone()
+                .oneshot(request("GET", "/", ""))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "ok");
+        tokio::task::yield_now().await;
+    }
+    server.abort();
+}

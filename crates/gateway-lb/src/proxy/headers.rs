@@ -86,7 +86,7 @@ pub(crate) struct Forwarding<'a> {
 pub(crate) fn apply_forwarding(
     headers: &mut HeaderMap,
     fwd: &Forwarding<'_>,
-    via: Option<&str>,
+    via: Option<&Via>,
     x_forwarded: bool,
     forwarded: bool,
 ) {
@@ -98,14 +98,13 @@ pub(crate) fn apply_forwarding(
         headers.remove(FORWARDED);
     }
     if let Some(peer) = fwd.peer {
-        let mut buf = String::with_capacity(48);
         if x_forwarded {
-            append_list(headers, &X_FORWARDED_FOR, &mut buf, |b| {
+            append_list(headers, &X_FORWARDED_FOR, |b| {
                 let _ = write!(b, "{peer}");
             });
         }
         if forwarded {
-            append_list(headers, &FORWARDED, &mut buf, |b| {
+            append_list(headers, &FORWARDED, |b| {
                 match peer {
                     IpAddr::V4(v4) => {
                         let _ = write!(b, "for={v4}");
@@ -136,36 +135,60 @@ pub(crate) fn apply_forwarding(
         }
     }
     if let Some(via) = via {
-        let version = match fwd.version {
-            Version::HTTP_09 => "0.9",
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
-        };
-        let mut buf = String::with_capacity(16);
-        append_list(headers, &VIA, &mut buf, |b| {
-            let _ = write!(b, "{version} {via}");
-        });
+        let value = via.for_version(fwd.version);
+        if headers.contains_key(VIA) {
+            append_list(headers, &VIA, |b| {
+                b.push_str(value.to_str().unwrap_or_default())
+            });
+        } else {
+            headers.insert(VIA, value.clone());
+        }
+    }
+}
+
+/// The `Via` values this proxy adds, made once per upstream: `1.1 gateway`, `2 gateway`, ...
+#[derive(Clone, Debug)]
+pub(crate) struct Via {
+    v10: HeaderValue,
+    v11: HeaderValue,
+    v2: HeaderValue,
+    v3: HeaderValue,
+}
+
+impl Via {
+    /// `None` when `pseudonym` is not a valid header value.
+    pub(crate) fn new(pseudonym: &str) -> Option<Self> {
+        let make = |v: &str| HeaderValue::from_str(&format!("{v} {pseudonym}")).ok();
+        Some(Self {
+            v10: make("1.0")?,
+            v11: make("1.1")?,
+            v2: make("2")?,
+            v3: make("3")?,
+        })
+    }
+
+    fn for_version(&self, version: Version) -> &HeaderValue {
+        match version {
+            Version::HTTP_10 | Version::HTTP_09 => &self.v10,
+            Version::HTTP_2 => &self.v2,
+            Version::HTTP_3 => &self.v3,
+            _ => &self.v11,
+        }
     }
 }
 
 /// Appends an element to a comma-separated list header, folding existing lines into one.
-fn append_list(
-    headers: &mut HeaderMap,
-    name: &HeaderName,
-    buf: &mut String,
-    element: impl FnOnce(&mut String),
-) {
-    buf.clear();
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, element: impl FnOnce(&mut String)) {
+    let mut buf = String::with_capacity(48);
     for existing in headers.get_all(name) {
         if let Ok(s) = existing.to_str() {
             buf.push_str(s);
             buf.push_str(", ");
         }
     }
-    element(buf);
-    if let Ok(value) = HeaderValue::from_str(buf) {
+    element(&mut buf);
+    // Hands the String's buffer to the header value without copying it.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
         headers.insert(name, value);
     }
 }
@@ -195,7 +218,7 @@ mod tests {
         apply_forwarding(
             &mut h,
             &fwd(false, Some(&host)),
-            Some("gateway"),
+            Via::new("gateway").as_ref(),
             true,
             true,
         );
@@ -216,7 +239,13 @@ mod tests {
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("via", "1.1 edge".parse().unwrap());
-        apply_forwarding(&mut h, &fwd(true, None), Some("gateway"), true, false);
+        apply_forwarding(
+            &mut h,
+            &fwd(true, None),
+            Via::new("gateway").as_ref(),
+            true,
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["via"], "1.1 edge, 1.1 gateway");

@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use gateway_core::{ClientIp, ConnectionInfo, Problem, RejectReason, ResponseFlags};
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri, Version,
@@ -24,7 +23,7 @@ use tower_service::Service;
 
 use super::{
     Endpoint, ResponseBody, ResponseFuture,
-    headers::{Forwarding, apply_forwarding, strip_hop_by_hop},
+    headers::{Forwarding, Via, apply_forwarding, strip_hop_by_hop},
 };
 
 /// What `Host` the upstream sees.
@@ -160,7 +159,7 @@ impl UpstreamBuilder {
                 request_timeout: self.request_timeout,
                 host: self.host,
                 protocol: self.protocol,
-                via: self.via,
+                via: self.via.as_deref().and_then(Via::new),
                 x_forwarded: self.x_forwarded,
                 forwarded: self.forwarded,
             }),
@@ -175,7 +174,7 @@ struct Shared {
     request_timeout: Option<Duration>,
     host: HostHeader,
     protocol: Protocol,
-    via: Option<String>,
+    via: Option<Via>,
     x_forwarded: bool,
     forwarded: bool,
 }
@@ -323,7 +322,7 @@ where
         apply_forwarding(
             &mut parts.headers,
             &fwd,
-            shared.via.as_deref(),
+            shared.via.as_ref(),
             shared.x_forwarded,
             shared.forwarded,
         );
@@ -425,16 +424,4 @@ pub(crate) fn timeout_response() -> Response<ResponseBody> {
             ResponseFlags::UPSTREAM_TIMEOUT,
         )
         .into_response()
-}
-
-#[allow(dead_code)]
-fn _assert_send<B: Body + Send + 'static + Unpin>()
-where
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn is_send<T: Send>() {}
-    is_send::<Upstream<B>>();
-    is_send::<ResponseFuture>();
-    let _ = Bytes::new;
 }
