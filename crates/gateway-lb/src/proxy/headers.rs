@@ -36,6 +36,11 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// assert!(h.contains_key("accept"));
 /// ```
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (usually few) field names finds out whether there is anything to do;
+    // most messages carry no hop-by-hop field at all.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -66,6 +71,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(TE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == CONNECTION
+        || *name == TE
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || *name == TRAILER
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 /// What the proxy knows about the inbound request, for the forwarding headers.
@@ -99,27 +115,31 @@ pub(crate) fn apply_forwarding(
     }
     if let Some(peer) = fwd.peer {
         if x_forwarded {
-            append_list(headers, &X_FORWARDED_FOR, |b| {
-                let _ = write!(b, "{peer}");
-            });
+            append_list(headers, &X_FORWARDED_FOR, |b| push_ip(b, peer));
         }
         if forwarded {
             append_list(headers, &FORWARDED, |b| {
                 match peer {
-                    IpAddr::V4(v4) => {
-                        let _ = write!(b, "for={v4}");
+                    IpAddr::V4(_) => {
+                        b.push_str("for=");
+                        push_ip(b, peer);
                     }
-                    IpAddr::V6(v6) => {
-                        let _ = write!(b, "for=\"[{v6}]\"");
+                    IpAddr::V6(_) => {
+                        b.push_str("for=\"[");
+                        push_ip(b, peer);
+                        b.push_str("]\"");
                     }
                 }
-                let _ = write!(b, ";proto={proto}");
+                b.push_str(";proto=");
+                b.push_str(proto);
                 if let Some(host) = fwd.host.and_then(|h| h.to_str().ok())
                     && host
                         .bytes()
                         .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
                 {
-                    let _ = write!(b, ";host=\"{host}\"");
+                    b.push_str(";host=\"");
+                    b.push_str(host);
+                    b.push('"');
                 }
             });
         }
@@ -173,6 +193,29 @@ impl Via {
             Version::HTTP_2 => &self.v2,
             Version::HTTP_3 => &self.v3,
             _ => &self.v11,
+        }
+    }
+}
+
+/// Writes an address without the formatting machinery (IPv4, the common case, by hand).
+fn push_ip(buf: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push('.');
+                }
+                if octet >= 100 {
+                    buf.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    buf.push(char::from(b'0' + octet / 10 % 10));
+                }
+                buf.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
         }
     }
 }
@@ -265,6 +308,21 @@ mod tests {
         apply_forwarding(&mut h, &f, None, false, true);
         assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
         assert!(!h.contains_key("via"));
+    }
+
+    #[test]
+    fn ipv4_is_written_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.168.100.255",
+            "1.20.3.40",
+            "255.255.255.255",
+        ] {
+            let mut s = String::new();
+            push_ip(&mut s, ip.parse().unwrap());
+            assert_eq!(s, ip);
+        }
     }
 
     #[test]
