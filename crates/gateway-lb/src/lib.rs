@@ -1,7 +1,9 @@
 //! Upstream proxying and load balancing as tower services.
 //!
 //! [`Upstream`] forwards requests to a set of endpoints over pooled keep-alive connections
-//! (HTTP/1.1, or HTTP/2 with prior knowledge), streaming bodies both ways. It is the last service
+//! (HTTP/1.1, or HTTP/2 with prior knowledge), streaming bodies both ways. Each `Upstream` (and
+//! its clones) owns its pool, built on hyper's connection API: build one per runtime to keep
+//! connections on the core that uses them. It is the last service
 //! of a gateway's stack: everything in front of it (auth, rate limits, caching) is a layer.
 //!
 //! Endpoints are picked round robin; health checks, outlier ejection and the other balancing

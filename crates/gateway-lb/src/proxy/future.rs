@@ -6,15 +6,20 @@ use std::{
 };
 
 use http::Response;
-use hyper_util::client::legacy::ResponseFuture as ClientFuture;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::{
     ResponseBody,
     headers::strip_hop_by_hop,
+    pool::{Exchanged, ProxyError},
     service::{error_response, timeout_response},
 };
+
+/// The boxed upstream exchange. hyper's connection futures cannot be named, so this is the one
+/// allocation per proxied request that remains.
+pub(crate) type Exchange =
+    std::pin::Pin<Box<dyn Future<Output = Result<Exchanged, ProxyError>> + Send>>;
 
 pin_project! {
     /// Response future of [`Upstream`](crate::Upstream).
@@ -30,7 +35,7 @@ pin_project! {
         Ready { response: Option<Response<ResponseBody>> },
         Waiting {
             #[pin]
-            fut: ClientFuture,
+            fut: Exchange,
             #[pin]
             sleep: Option<Sleep>,
         },
@@ -52,7 +57,7 @@ impl ResponseFuture {
         }
     }
 
-    pub(crate) fn upstream(fut: ClientFuture, timeout: Option<Duration>) -> Self {
+    pub(crate) fn upstream(fut: Exchange, timeout: Option<Duration>) -> Self {
         Self {
             state: State::Waiting {
                 fut,
@@ -73,13 +78,13 @@ impl Future for ResponseFuture {
             StateProj::Waiting { fut, sleep } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
                     return Poll::Ready(Ok(match result {
-                        Ok(res) => {
+                        Ok((res, on_end)) => {
                             let (mut parts, body) = res.into_parts();
                             strip_hop_by_hop(&mut parts.headers);
-                            Response::from_parts(parts, ResponseBody::upstream(body))
+                            Response::from_parts(parts, ResponseBody::upstream(body, on_end))
                         }
                         Err(err) => {
-                            tracing::debug!(error = %err, "upstream request failed");
+                            tracing::debug!(error = ?err, "upstream request failed");
                             error_response(&err)
                         }
                     }));

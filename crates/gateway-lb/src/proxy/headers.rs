@@ -158,7 +158,7 @@ pub(crate) fn apply_forwarding(
         let value = via.for_version(fwd.version);
         if headers.contains_key(VIA) {
             append_list(headers, &VIA, |b| {
-                b.push_str(value.to_str().unwrap_or_default())
+                b.push_str(value.to_str().unwrap_or_default());
             });
         } else {
             headers.insert(VIA, value.clone());

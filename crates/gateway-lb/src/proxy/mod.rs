@@ -4,6 +4,7 @@ mod body;
 mod endpoint;
 mod future;
 pub(crate) mod headers;
+mod pool;
 mod service;
 
 pub use body::ResponseBody;

@@ -15,15 +15,12 @@ use http::{
     uri::{PathAndQuery, Scheme},
 };
 use http_body::Body;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 use tower_service::Service;
 
 use super::{
     Endpoint, ResponseBody, ResponseFuture,
     headers::{Forwarding, Via, apply_forwarding, strip_hop_by_hop},
+    pool::{Pool, PoolConfig, ProxyError},
 };
 
 /// What `Host` the upstream sees.
@@ -140,20 +137,25 @@ impl UpstreamBuilder {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .http2_only(self.protocol == Protocol::Http2)
-            .set_host(true)
-            .build(connector);
+        let pool = Pool::new(
+            self.endpoints.iter().map(|e| e.authority().clone()),
+            PoolConfig {
+                connect_timeout: self.connect_timeout,
+                idle_timeout: self.pool_idle_timeout,
+                max_idle: self.pool_max_idle_per_host,
+                protocol: self.protocol,
+            },
+        );
         Upstream {
             shared: Arc::new(Shared {
+                host_values: self
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        HeaderValue::from_str(e.authority().as_str())
+                            .expect("an authority is a valid header value")
+                    })
+                    .collect(),
                 endpoints: self.endpoints.into_boxed_slice(),
                 next: AtomicUsize::new(0),
                 request_timeout: self.request_timeout,
@@ -163,13 +165,15 @@ impl UpstreamBuilder {
                 x_forwarded: self.x_forwarded,
                 forwarded: self.forwarded,
             }),
-            client,
+            pool: Arc::new(pool),
         }
     }
 }
 
 struct Shared {
     endpoints: Box<[Endpoint]>,
+    /// Each endpoint's `host:port` as a `Host` value, made once.
+    host_values: Box<[HeaderValue]>,
     next: AtomicUsize,
     request_timeout: Option<Duration>,
     host: HostHeader,
@@ -193,14 +197,14 @@ struct Shared {
 /// the endpoints, the round-robin position and the connection pool.
 pub struct Upstream<B> {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, B>,
+    pool: Arc<Pool<B>>,
 }
 
 impl<B> Clone for Upstream<B> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            client: self.client.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -238,12 +242,11 @@ impl<B> Upstream<B> {
         &self.shared.endpoints
     }
 
-    fn pick(&self) -> Option<&Endpoint> {
-        let endpoints = &self.shared.endpoints;
-        match endpoints.len() {
+    fn pick(&self) -> Option<usize> {
+        match self.shared.endpoints.len() {
             0 => None,
-            1 => endpoints.first(),
-            n => endpoints.get(self.shared.next.fetch_add(1, Ordering::Relaxed) % n),
+            1 => Some(0),
+            n => Some(self.shared.next.fetch_add(1, Ordering::Relaxed) % n),
         }
     }
 }
@@ -276,7 +279,7 @@ where
     /// Forwards `req`; the same as [`Service::call`] but through a shared reference, so one
     /// `Upstream` can serve many connections without cloning per request.
     pub fn send(&self, req: Request<B>) -> ResponseFuture {
-        let Some(endpoint) = self.pick() else {
+        let Some(idx) = self.pick() else {
             return ResponseFuture::ready(
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                     .detail("no upstream endpoint is available")
@@ -288,26 +291,32 @@ where
             );
         };
         let shared = &*self.shared;
+        let endpoint = &shared.endpoints[idx];
         let (mut parts, body) = req.into_parts();
 
-        // Target: the endpoint's authority with the request's path and query, no re-parsing.
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority().clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let client_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are valid");
+        parts.uri = match shared.protocol {
+            // HTTP/1.1 sends origin-form: the connection already goes to the endpoint.
+            Protocol::Http1 => Uri::from(path_and_query),
+            // HTTP/2 needs scheme and authority for its pseudo-header fields.
+            Protocol::Http2 => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(endpoint.authority().clone());
+                uri.path_and_query = Some(path_and_query);
+                Uri::from_parts(uri).expect("scheme, authority and path are valid")
+            }
+        };
 
         strip_hop_by_hop(&mut parts.headers);
         let conn = parts.extensions.get::<ConnectionInfo>();
@@ -326,19 +335,12 @@ where
             shared.x_forwarded,
             shared.forwarded,
         );
-        match &shared.host {
-            HostHeader::Preserve => {
-                if let Some(host) = client_host {
-                    parts.headers.insert(HOST, host);
-                }
-            }
-            HostHeader::Endpoint => {
-                parts.headers.remove(HOST);
-            }
-            HostHeader::Fixed(v) => {
-                parts.headers.insert(HOST, v.clone());
-            }
-        }
+        let host = match &shared.host {
+            HostHeader::Preserve => client_host.unwrap_or_else(|| shared.host_values[idx].clone()),
+            HostHeader::Endpoint => shared.host_values[idx].clone(),
+            HostHeader::Fixed(v) => v.clone(),
+        };
+        parts.headers.insert(HOST, host);
         parts.version = match shared.protocol {
             Protocol::Http1 => Version::HTTP_11,
             Protocol::Http2 => Version::HTTP_2,
@@ -348,17 +350,44 @@ where
             parts.headers.remove(HOST);
         }
 
-        let fut = self.client.request(Request::from_parts(parts, body));
-        ResponseFuture::upstream(fut, shared.request_timeout)
+        let fut = self
+            .pool
+            .clone()
+            .send(idx, Request::from_parts(parts, body));
+        ResponseFuture::upstream(Box::pin(fut), shared.request_timeout)
     }
 }
 
 /// Builds the response for a failed upstream exchange.
-pub(crate) fn error_response(err: &hyper_util::client::legacy::Error) -> Response<ResponseBody> {
+pub(crate) fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     use std::error::Error as _;
-    let mut source = err.source();
-    let mut io_kind = None;
-    let mut hyper_err: Option<&hyper::Error> = None;
+    let connect_failed = |timeout: bool| {
+        if timeout {
+            Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                .detail("timed out connecting to the upstream")
+                .reason(
+                    RejectReason::UpstreamTimeout,
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_TIMEOUT,
+                )
+                .into_response()
+        } else {
+            Problem::new(StatusCode::BAD_GATEWAY)
+                .detail("could not connect to the upstream")
+                .reason(
+                    RejectReason::UpstreamConnect,
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                )
+                .into_response()
+        }
+    };
+    let hyper_err = match err {
+        ProxyError::ConnectTimeout => return connect_failed(true),
+        ProxyError::Connect(io) => {
+            return connect_failed(io.kind() == std::io::ErrorKind::TimedOut);
+        }
+        ProxyError::Handshake(h) | ProxyError::Request(h) => h,
+    };
+    let mut source = hyper_err.source();
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
@@ -369,33 +398,9 @@ pub(crate) fn error_response(err: &hyper_util::client::legacy::Error) -> Respons
                 )
                 .into_response();
         }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            hyper_err.get_or_insert(h);
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            io_kind.get_or_insert(io.kind());
-        }
         source = e.source();
     }
-    if err.is_connect() {
-        if io_kind == Some(std::io::ErrorKind::TimedOut) {
-            return Problem::new(StatusCode::GATEWAY_TIMEOUT)
-                .detail("timed out connecting to the upstream")
-                .reason(
-                    RejectReason::UpstreamTimeout,
-                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE | ResponseFlags::UPSTREAM_TIMEOUT,
-                )
-                .into_response();
-        }
-        return Problem::new(StatusCode::BAD_GATEWAY)
-            .detail("could not connect to the upstream")
-            .reason(
-                RejectReason::UpstreamConnect,
-                ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            )
-            .into_response();
-    }
-    if hyper_err.is_some_and(|h| h.is_body_write_aborted() || h.is_user()) {
+    if hyper_err.is_body_write_aborted() || hyper_err.is_user() {
         // The client's request body failed mid-stream (the client went away or sent garbage).
         return Problem::new(StatusCode::BAD_REQUEST)
             .detail("the request body could not be read")
@@ -405,7 +410,7 @@ pub(crate) fn error_response(err: &hyper_util::client::legacy::Error) -> Respons
             )
             .into_response();
     }
-    let flags = if hyper_err.is_some_and(hyper::Error::is_parse) {
+    let flags = if hyper_err.is_parse() || matches!(err, ProxyError::Handshake(_)) {
         ResponseFlags::UPSTREAM_PROTOCOL_ERROR
     } else {
         ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
