@@ -87,7 +87,7 @@ fn bench_headers(c: &mut Criterion) {
     }
     // Baseline for ratios: cloning the request's header map, which any proxy does at least once.
     g.bench_function("baseline_clone_header_map", |b| {
-        b.iter(|| black_box(&base).clone())
+        b.iter(|| black_box(&base).clone());
     });
     g.bench_function("strip_hop_by_hop", |b| {
         b.iter_batched_ref(

@@ -29,6 +29,14 @@ fn request(method: &str, uri: &str, body: &'static str) -> Request<Full<Bytes>> 
         .unwrap()
 }
 
+/// Sends `req` through a clone of `upstream` and collects the answer.
+async fn call(
+    upstream: &Upstream<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (http::response::Parts, String) {
+    body_text(upstream.clone().oneshot(req).await.unwrap()).await
+}
+
 async fn body_text(res: Response<gateway_lb::ResponseBody>) -> (http::response::Parts, String) {
     let (parts, body) = res.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
@@ -60,14 +68,7 @@ async fn round_robin_spreads_requests_over_endpoints() {
     let upstream = upstream_for(&[a.addr(), b.addr()]).build::<Full<Bytes>>();
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let (_, body) = body_text(
-            upstream
-                .clone()
-                .oneshot(request("GET", "/", ""))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, body) = call(&upstream, request("GET", "/", "")).await;
         seen.push(body);
     }
     assert_eq!(seen, ["a", "b", "a", "b"]);
@@ -78,14 +79,7 @@ async fn keeps_connections_alive_between_requests() {
     let backend = TestUpstream::fixed("ok").await;
     let upstream = upstream_for(&[backend.addr()]).build::<Full<Bytes>>();
     for _ in 0..5 {
-        let (parts, _) = body_text(
-            upstream
-                .clone()
-                .oneshot(request("GET", "/", ""))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (parts, _) = call(&upstream, request("GET", "/", "")).await;
         assert_eq!(parts.status, 200);
     }
     assert_eq!(backend.requests().len(), 5);
@@ -223,14 +217,7 @@ async fn speaks_http2_prior_knowledge_to_the_upstream() {
         .protocol(Protocol::Http2)
         .build::<Full<Bytes>>();
     for _ in 0..3 {
-        let (parts, body) = body_text(
-            upstream
-                .clone()
-                .oneshot(request("POST", "/h2", "over h2"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (parts, body) = call(&upstream, request("POST", "/h2", "over h2")).await;
         assert_eq!(parts.status, 200);
         assert_eq!(body, "over h2");
     }
@@ -420,14 +407,7 @@ async fn a_connection_closed_by_the_upstream_while_idle_is_replaced_transparentl
     });
     let upstream = upstream_for(&[addr]).build::<Full<Bytes>>();
     for _ in 0..3 {
-        let (parts, body) = body_text(
-            upstream
-                .clone()
-                .oneshot(request("GET", "/", ""))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (parts, body) = call(&upstream, request("GET", "/", "")).await;
         assert_eq!(parts.status, 200);
         assert_eq!(body, "ok");
         tokio::task::yield_now().await;

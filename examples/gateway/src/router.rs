@@ -656,13 +656,13 @@ mod tests {
 
     #[test]
     fn more_conditions_win_then_config_order() {
-        let mut with_method = route(
-            "get-only",
+        let mut post_only = route(
+            "post-only",
             HostMatch::Any,
             PathMatch::Prefix("/a".into()),
             1,
         );
-        with_method.methods = vec![Method::POST];
+        post_only.methods = vec![Method::POST];
         let mut with_header = route("canary", HostMatch::Any, PathMatch::Prefix("/a".into()), 2);
         with_header.headers = vec![ValueMatch {
             name: HeaderName::from_static("x-canary"),
@@ -675,7 +675,7 @@ mod tests {
         }];
         let r = Router::new(vec![
             route("first", HostMatch::Any, PathMatch::Prefix("/a".into()), 0),
-            with_method,
+            post_only,
             with_header,
             with_query,
             route("second", HostMatch::Any, PathMatch::Prefix("/a".into()), 4),
@@ -695,7 +695,7 @@ mod tests {
                 .route
                 .id
                 .as_str(),
-            "get-only"
+            "post-only"
         );
         assert_eq!(
             r.find(None, &Method::GET, "/a", Some("x=1&v=2"), &h)
