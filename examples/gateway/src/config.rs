@@ -426,11 +426,25 @@ impl Config {
             });
             ConfigError {
                 file: file.to_owned(),
-                issues: vec![ConfigIssue {
-                    line,
-                    column,
-                    field: field_path_at(text, line as usize, column as usize),
-                    message: plain_message(&e),
+                issues: vec![{
+                    let message = plain_message(&e);
+                    let mut field = field_path_at(text, line as usize, column as usize);
+                    if message.starts_with("missing field") {
+                        // The position is the start of the mapping that lacks the field, whose
+                        // first key is not the culprit: name the mapping instead.
+                        let cut = field.rfind('.').unwrap_or(if field.ends_with(']') {
+                            field.len()
+                        } else {
+                            0
+                        });
+                        field.truncate(cut);
+                    }
+                    ConfigIssue {
+                        line,
+                        column,
+                        field,
+                        message,
+                    }
                 }],
             }
         })
@@ -603,6 +617,22 @@ mod tests {
         assert_eq!(field_path_at(YAML, 8, 33), "routes[1].match.methods");
         assert_eq!(field_path_at(YAML, 9, 5), "routes[1].upstream");
         assert_eq!(field_path_at(YAML, 1, 1), "listeners");
+    }
+
+    #[test]
+    fn missing_fields_name_the_mapping_that_lacks_them() {
+        let err = Config::parse("routes: []\n", "gw.yaml").unwrap_err();
+        assert_eq!(err.to_string(), "gw.yaml:1:1: missing field `listeners`");
+        let err = Config::parse(
+            "listeners:\n  - bind: 127.0.0.1:1\nroutes:\n  - name: a\n    strip_prefix: true\n",
+            "gw.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(err.issues[0].field, "routes[0]", "{err}");
+        assert!(
+            err.issues[0].message.contains("missing field `upstream`"),
+            "{err}"
+        );
     }
 
     #[test]
