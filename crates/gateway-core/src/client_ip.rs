@@ -59,7 +59,8 @@ impl ConnectionInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientIp {
     ip: IpAddr,
-    via_trusted_proxy: bool,
+    /// The header that was believed, when the peer is a trusted proxy.
+    believed: Option<ForwardedHeader>,
 }
 
 impl ClientIp {
@@ -67,7 +68,7 @@ impl ClientIp {
     pub fn direct(ip: IpAddr) -> Self {
         Self {
             ip: ip.to_canonical(),
-            via_trusted_proxy: false,
+            believed: None,
         }
     }
 
@@ -79,7 +80,13 @@ impl ClientIp {
     /// Whether the socket peer was a trusted proxy, so the forwarding headers it sent were
     /// believed (and a proxy should append to them rather than replace them).
     pub fn via_trusted_proxy(&self) -> bool {
-        self.via_trusted_proxy
+        self.believed.is_some()
+    }
+
+    /// The forwarding header that was believed, when the peer is a trusted proxy. A proxy should
+    /// append to that one and replace the other, which nobody checked.
+    pub fn believed_header(&self) -> Option<ForwardedHeader> {
+        self.believed
     }
 }
 
@@ -93,7 +100,7 @@ impl fmt::Display for ClientIp {
 ///
 /// Pick the one your proxies actually append to: a header the proxy passes through untouched is
 /// entirely client-controlled.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
@@ -224,7 +231,8 @@ impl TrustedProxies {
             ForwardedHeader::Forwarded => {
                 'outer: for line in headers.get_all(FORWARDED).iter().rev() {
                     let Ok(line) = line.to_str() else { break };
-                    for element in line.rsplit(',') {
+                    let elements: Vec<&str> = split_unquoted(line, b',').collect();
+                    for element in elements.into_iter().rev() {
                         if !walk(forwarded_for(element)) {
                             break 'outer;
                         }
@@ -234,7 +242,7 @@ impl TrustedProxies {
         }
         ClientIp {
             ip: client,
-            via_trusted_proxy: true,
+            believed: Some(self.header),
         }
     }
 }
@@ -254,7 +262,7 @@ impl FromStr for TrustedProxies {
 
 /// The `for` parameter of one `Forwarded` element (RFC 7239 §4), as an address.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
-    element.split(';').find_map(|pair| {
+    split_unquoted(element, b';').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
         if !key.trim().eq_ignore_ascii_case("for") {
             return None;
@@ -265,6 +273,37 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(value);
         parse_node(value)
+    })
+}
+
+/// Splits `s` on `sep` outside RFC 7230 quoted strings (`"..."` with `\\` escapes), so a
+/// quoted `host="a,b"` stays one element.
+fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut pos = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut quoted = false;
+        while pos < bytes.len() {
+            match bytes[pos] {
+                b'\\' if quoted => pos += 1,
+                b'"' => quoted = !quoted,
+                b if b == sep && !quoted => {
+                    let part = &s[start..pos];
+                    pos += 1;
+                    start = pos;
+                    return Some(part);
+                }
+                _ => {}
+            }
+            pos += 1;
+        }
+        done = true;
+        Some(&s[start.min(s.len())..])
     })
 }
 
@@ -452,6 +491,22 @@ mod tests {
         // Obfuscated identifiers stop the walk.
         let h = headers("forwarded", &["for=_hidden, for=\"[2001:db8::5]\""]);
         assert_eq!(t.resolve(ip("2001:db8::1"), &h).ip(), ip("2001:db8::5"));
+    }
+
+    #[test]
+    fn forwarded_elements_split_outside_quotes_only() {
+        let t = TrustedProxies::new([TrustedProxies::parse_entry("10.0.0.0/8").unwrap()])
+            .header(ForwardedHeader::Forwarded);
+        // A client-controlled quoted host with a comma must not become a hop of its own.
+        let h = headers(
+            "forwarded",
+            &["for=198.51.100.4;host=\"a,for=10.9.9.9\", for=10.0.0.2;host=\"x;y\""],
+        );
+        let c = t.resolve(ip("10.0.0.1"), &h);
+        assert_eq!(c.ip(), ip("198.51.100.4"));
+        assert_eq!(c.believed_header(), Some(ForwardedHeader::Forwarded));
+        let parts: Vec<&str> = split_unquoted(r#"a="x\"," , b"#, b',').collect();
+        assert_eq!(parts, [r#"a="x\"," "#, " b"]);
     }
 
     #[test]

@@ -387,7 +387,10 @@ fn upstream_and_its_future_are_send_and_sync_where_it_matters() {
 #[tokio::test]
 async fn a_connection_closed_by_the_upstream_while_idle_is_replaced_transparently() {
     // The upstream answers one request per connection and then closes it (keep-alive refused
-    // after the fact): the pooled connection is dead when the next request comes.
+    // after the fact): the pooled connection is dead when the next request comes, and the next
+    // request must neither fail nor wait. (Whether the pool notices the close before checkout or
+    // only when the unsent request comes back is up to timing; both paths end in a new
+    // connection.)
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -412,5 +415,70 @@ async fn a_connection_closed_by_the_upstream_while_idle_is_replaced_transparentl
         assert_eq!(body, "ok");
         tokio::task::yield_now().await;
     }
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_connection_still_uploading_after_an_early_answer_is_not_handed_out() {
+    // The upstream answers a POST at once (401) without reading its body, then waits; the client
+    // keeps its request body open. The connection is busy until the upload ends, so the next
+    // request must get another connection instead of queueing behind the upload.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let answer: &[u8] = if seen.starts_with(b"POST") {
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 6\r\n\r\ndenied"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                let _ = stream.write_all(answer).await;
+                // Keep the connection open and drain whatever comes.
+                while stream.read(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let upstream = Upstream::builder([addr.to_string().parse().unwrap()])
+        .request_timeout(Some(Duration::from_secs(30)))
+        .build::<gateway_test::TestBody>();
+    let (tx, body) = gateway_test::channel_body(1);
+    tx.send(Bytes::from_static(b"part of a long upload"))
+        .await
+        .unwrap();
+    let post = Request::post("/upload")
+        .header("host", "x")
+        .header("content-length", "1000000")
+        .body(body)
+        .unwrap();
+    let res = upstream.clone().oneshot(post).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "denied"
+    );
+    let get = Request::get("/next")
+        .header("host", "x")
+        .body(gateway_test::full(""))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), upstream.oneshot(get))
+        .await
+        .expect("the second request waited behind the unfinished upload")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(tx);
     server.abort();
 }

@@ -2,6 +2,7 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
+use gateway_core::ForwardedHeader;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Version,
     header::{self, CONNECTION, FORWARDED, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA},
@@ -40,6 +41,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // most messages carry no hop-by-hop field at all.
     if !headers.keys().any(is_hop_by_hop) {
         return;
+    }
+    // RFC 9112 §6.3: with Transfer-Encoding present, Content-Length is wrong and must go, or the
+    // next hop would frame the (decoded) body by a stale length.
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
     }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -88,8 +94,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub(crate) struct Forwarding<'a> {
     /// The socket peer, if known.
     pub(crate) peer: Option<IpAddr>,
-    /// Whether the peer is a trusted proxy (its forwarding headers are kept and appended to).
-    pub(crate) trusted: bool,
+    /// The forwarding header believed from a trusted peer (kept and appended to); every other
+    /// client-sent forwarding header is replaced.
+    pub(crate) believed: Option<ForwardedHeader>,
     /// Whether the inbound connection was TLS.
     pub(crate) tls: bool,
     /// The host the client asked for.
@@ -107,10 +114,12 @@ pub(crate) fn apply_forwarding(
     forwarded: bool,
 ) {
     let proto = if fwd.tls { "https" } else { "http" };
-    if !fwd.trusted {
+    if fwd.believed != Some(ForwardedHeader::XForwardedFor) {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
+    }
+    if fwd.believed != Some(ForwardedHeader::Forwarded) {
         headers.remove(FORWARDED);
     }
     if let Some(peer) = fwd.peer {
@@ -135,7 +144,7 @@ pub(crate) fn apply_forwarding(
                 if let Some(host) = fwd.host.and_then(|h| h.to_str().ok())
                     && host
                         .bytes()
-                        .all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\')
+                        .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\\' | b',' | b';'))
                 {
                     b.push_str(";host=\"");
                     b.push_str(host);
@@ -243,7 +252,7 @@ mod tests {
     fn fwd(trusted: bool, host: Option<&HeaderValue>) -> Forwarding<'_> {
         Forwarding {
             peer: Some("10.0.0.1".parse().unwrap()),
-            trusted,
+            believed: trusted.then_some(ForwardedHeader::XForwardedFor),
             tls: false,
             host,
             version: Version::HTTP_11,
@@ -300,7 +309,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let f = Forwarding {
             peer: Some("2001:db8::1".parse().unwrap()),
-            trusted: false,
+            believed: None,
             tls: true,
             host: None,
             version: Version::HTTP_2,
@@ -323,6 +332,34 @@ mod tests {
             push_ip(&mut s, ip.parse().unwrap());
             assert_eq!(s, ip);
         }
+    }
+
+    #[test]
+    fn a_trusted_proxys_unchecked_header_is_replaced_not_kept() {
+        // X-Forwarded-For was the believed header; a client-sent Forwarded was never checked.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+        h.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        apply_forwarding(&mut h, &fwd(true, None), None, true, true);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
+        assert_eq!(h["forwarded"], "for=10.0.0.1;proto=http");
+    }
+
+    #[test]
+    fn hosts_with_list_separators_are_left_out_of_forwarded() {
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("a,for=1.2.3.4");
+        apply_forwarding(&mut h, &fwd(false, Some(&host)), None, false, true);
+        assert_eq!(h["forwarded"], "for=10.0.0.1;proto=http");
+    }
+
+    #[test]
+    fn transfer_encoding_removes_a_stale_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("content-length", "5".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

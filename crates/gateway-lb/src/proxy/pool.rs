@@ -102,10 +102,7 @@ impl<B> Pool<B> {
         None
     }
 
-    fn release(&self, idx: usize, sender: http1::SendRequest<B>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn push_idle(&self, idx: usize, sender: http1::SendRequest<B>) {
         let mut idle = self.slots[idx]
             .idle
             .lock()
@@ -131,6 +128,29 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    /// Returns a connection whose response has been read. One that is not ready for another
+    /// request yet (the upstream answered before the request body was fully sent) waits off the
+    /// request path, at most the idle timeout, so nobody checks out a connection that is still
+    /// busy uploading.
+    fn release(self: &Arc<Self>, idx: usize, mut sender: http1::SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.push_idle(idx, sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(pool.cfg.idle_timeout, sender.ready()).await {
+                pool.push_idle(idx, sender);
+            }
+        });
+    }
+
     /// Sends `req` to endpoint `idx`.
     pub(crate) async fn send(
         self: Arc<Self>,
@@ -227,6 +247,9 @@ where
                 let io = self.connect(idx).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
+                    // Find a blackholed upstream instead of sending it requests forever.
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
                     .handshake(io)
                     .await
                     .map_err(ProxyError::Handshake)?;
@@ -242,8 +265,21 @@ where
                 sender
             }
         };
-        sender.ready().await.map_err(ProxyError::Request)?;
-        sender.send_request(req).await.map_err(ProxyError::Request)
+        let result = match sender.ready().await {
+            Ok(()) => sender.send_request(req).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() && sender.is_closed() {
+            // Forget the dead connection so the next request opens a new one.
+            let mut cached = slot
+                .h2
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cached.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                *cached = None;
+            }
+        }
+        result.map_err(ProxyError::Request)
     }
 }
 

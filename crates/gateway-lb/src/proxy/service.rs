@@ -27,7 +27,9 @@ use super::{
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HostHeader {
-    /// The client's `Host` (the default), so virtual hosting behind the gateway keeps working.
+    /// The client's host (the default): the request target's authority when it has one
+    /// (absolute-form, HTTP/2 `:authority`), else its `Host`; so virtual hosting behind the
+    /// gateway keeps working. Over HTTP/2 to the upstream it is sent as `:authority`.
     #[default]
     Preserve,
     /// The endpoint's `host:port`.
@@ -70,8 +72,9 @@ impl UpstreamBuilder {
         self
     }
 
-    /// Timeout from sending the request until the response headers arrive (default 15 s;
-    /// `None` disables it). The response body is not covered.
+    /// Timeout from handing the request to the upstream (connecting, or waiting for a pooled
+    /// connection, and sending the body are included) until the response headers arrive (default
+    /// 15 s; `None` disables it). The response body is not covered.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
@@ -299,31 +302,19 @@ where
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        parts.uri = match shared.protocol {
-            // HTTP/1.1 sends origin-form: the connection already goes to the endpoint.
-            Protocol::Http1 => Uri::from(path_and_query),
-            // HTTP/2 needs scheme and authority for its pseudo-header fields.
-            Protocol::Http2 => {
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(endpoint.authority().clone());
-                uri.path_and_query = Some(path_and_query);
-                Uri::from_parts(uri).expect("scheme, authority and path are valid")
-            }
-        };
-
+        // The request target's authority wins over `Host` (RFC 9112 §3.2.2 for absolute-form,
+        // `:authority` for HTTP/2), so the host a router saw is the host forwarded.
+        let client_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(HOST).cloned());
         strip_hop_by_hop(&mut parts.headers);
         let conn = parts.extensions.get::<ConnectionInfo>();
         let client_ip = parts.extensions.get::<ClientIp>();
         let fwd = Forwarding {
             peer: conn.map(|c| c.peer.ip().to_canonical()),
-            trusted: client_ip.is_some_and(ClientIp::via_trusted_proxy),
+            believed: client_ip.and_then(ClientIp::believed_header),
             tls: conn.is_some_and(|c| c.tls),
             host: client_host.as_ref(),
             version: parts.version,
@@ -340,14 +331,25 @@ where
             HostHeader::Endpoint => shared.host_values[idx].clone(),
             HostHeader::Fixed(v) => v.clone(),
         };
-        parts.headers.insert(HOST, host);
-        parts.version = match shared.protocol {
-            Protocol::Http1 => Version::HTTP_11,
-            Protocol::Http2 => Version::HTTP_2,
-        };
-        if shared.protocol == Protocol::Http2 {
-            // HTTP/2 carries the host in :authority (the endpoint); a Host field would conflict.
-            parts.headers.remove(HOST);
+        match shared.protocol {
+            Protocol::Http1 => {
+                // Origin-form: the connection already goes to the endpoint.
+                parts.uri = Uri::from(path_and_query);
+                parts.version = Version::HTTP_11;
+                parts.headers.insert(HOST, host);
+            }
+            Protocol::Http2 => {
+                // The chosen host travels as `:authority`; a `Host` field too could conflict.
+                let authority = http::uri::Authority::try_from(host.as_bytes())
+                    .unwrap_or_else(|_| endpoint.authority().clone());
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path_and_query);
+                parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are valid");
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(HOST);
+            }
         }
 
         let fut = self
@@ -387,6 +389,8 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         }
         ProxyError::Handshake(h) | ProxyError::Request(h) => h,
     };
+    // The client's request body failing surfaces as the inbound side's own error in the chain.
+    let mut client_body_failed = hyper_err.is_body_write_aborted();
     let mut source = hyper_err.source();
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
@@ -398,10 +402,11 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ResponseBody> {
                 )
                 .into_response();
         }
+        client_body_failed |= e.is::<hyper::Error>();
         source = e.source();
     }
-    if hyper_err.is_body_write_aborted() || hyper_err.is_user() {
-        // The client's request body failed mid-stream (the client went away or sent garbage).
+    if client_body_failed {
+        // The client went away or sent a malformed body mid-stream.
         return Problem::new(StatusCode::BAD_REQUEST)
             .detail("the request body could not be read")
             .reason(
