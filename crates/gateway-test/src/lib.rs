@@ -209,6 +209,33 @@ pub fn client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A connector that sends every connection to `addr`, whatever the request's authority: for
+/// requests whose `Host`/`:authority` is a name that does not resolve.
+pub fn resolve_to(addr: SocketAddr) -> HttpConnector<FixedResolver> {
+    HttpConnector::new_with_resolver(FixedResolver(addr))
+}
+
+/// A resolver that answers every name with one address (see [`resolve_to`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FixedResolver(SocketAddr);
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for FixedResolver {
+    type Response = std::iter::Once<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(std::iter::once(self.0)))
+    }
+}
+
 /// An HTTP/2 prior-knowledge (h2c) client for tests.
 pub fn h2_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new())
@@ -237,7 +264,10 @@ impl Collected {
 }
 
 /// Sends `req` with `client` and collects the response.
-pub async fn send(client: &Client<HttpConnector, TestBody>, req: Request<TestBody>) -> Collected {
+pub async fn send<C>(client: &Client<C, TestBody>, req: Request<TestBody>) -> Collected
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let res = client.request(req).await.expect("request failed");
     let (parts, body) = res.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();

@@ -28,11 +28,11 @@ pub(crate) fn run(listener: std::net::TcpListener, shared: &Arc<Shared>) {
                 return;
             }
         };
-        let mut shutdown = shared.shutdown_signal();
+        let mut stopped = shared.stopped_signal();
         let app = router(shared);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                crate::server::shutting_down(&mut shutdown).await;
+                crate::server::shutting_down(&mut stopped).await;
             })
             .await;
         if let Err(e) = served {

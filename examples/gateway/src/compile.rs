@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use gateway_core::{ForwardedHeader, RouteId, TrustedProxies};
 use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
 use http::{HeaderName, HeaderValue, Method};
+use tokio::sync::Semaphore;
 
 use crate::{
     config::{
@@ -67,6 +68,7 @@ impl Compiled {
         if config.workers == Some(0) {
             issues.nowhere("workers", "must be at least 1");
         }
+        check_limits(config, &mut issues);
         let mut trusted = Vec::new();
         for (i, entry) in config.trusted_proxies.iter().enumerate() {
             match TrustedProxies::parse_entry(&entry.value) {
@@ -234,27 +236,15 @@ fn compile_route(
         );
     }
     let check_normal = |p: &serde_saphyr::Spanned<String>, key: &str, issues: &mut Issues| {
-        match gateway_core::normalize_path(&p.value) {
-            Ok(n) if n == p.value => {}
-            Ok(n) => issues.at(
-                p,
-                format!("{field}.match.{key}"),
-                format!(
-                    "`{}` is not normalized (requests are matched on `{n}`)",
-                    p.value
-                ),
-            ),
-            Err(e) => issues.at(
-                p,
-                format!("{field}.match.{key}"),
-                format!("`{}`: {e}", p.value),
-            ),
+        if let Some(problem) = path_problem(&p.value) {
+            issues.at(p, format!("{field}.match.{key}"), problem);
         }
     };
     let path = if let Some(p) = &m.path {
         check_normal(p, "path", issues);
         PathMatch::Exact(p.value.clone())
     } else if let Some(t) = &m.path_template {
+        check_normal(t, "path_template", issues);
         match parse_template(&t.value) {
             Ok(segs) => PathMatch::Template(segs),
             Err(e) => {
@@ -352,6 +342,7 @@ fn compile_route(
                     .collect(),
                 _ => Vec::new(),
             };
+            check_rewrite_target(r, &field, issues);
             match parse_rewrite_template(&r.value, &names) {
                 Ok(parts) => Rewrite::Template(parts),
                 Err(e) => {
@@ -380,14 +371,78 @@ fn compile_route(
 }
 
 fn check_rewrite_target(r: &serde_saphyr::Spanned<String>, field: &str, issues: &mut Issues) {
-    if !r.value.is_empty() {
-        match gateway_core::normalize_path(&r.value) {
-            Ok(n) if n == r.value => {}
-            _ => issues.at(
-                r,
-                format!("{field}.rewrite"),
-                format!("`{}` must be a normalized absolute path", r.value),
-            ),
+    if !r.value.is_empty()
+        && let Some(problem) = path_problem(&r.value)
+    {
+        issues.at(r, format!("{field}.rewrite"), problem);
+    }
+}
+
+/// Why a path written in the config could never equal a normalized request path, if it could
+/// not. `{...}` template parameters count as one ordinary segment.
+fn path_problem(path: &str) -> Option<String> {
+    if path.contains(['?', '#']) {
+        return Some(format!("`{path}`: a path cannot contain '?' or '#'"));
+    }
+    let mut plain = String::with_capacity(path.len());
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' if in_param => {
+                in_param = false;
+                plain.push('x');
+            }
+            _ if in_param => {}
+            c => plain.push(c),
+        }
+    }
+    match gateway_core::normalize_path(&plain) {
+        Ok(n) if n == plain => None,
+        Ok(n) => Some(format!(
+            "`{path}` is not normalized (requests are matched on `{n}`)"
+        )),
+        Err(e) => Some(format!("`{path}`: {e}")),
+    }
+}
+
+/// Checks limits and timeouts that would make the gateway misbehave rather than just be strict.
+fn check_limits(config: &Config, issues: &mut Issues) {
+    let l = &config.limits;
+    for (name, d) in [
+        ("limits.header_read_timeout", l.header_read_timeout.0),
+        ("limits.idle_timeout", l.idle_timeout.0),
+    ] {
+        if d.is_zero() {
+            issues.nowhere(name, "must be greater than zero");
+        }
+    }
+    for (name, n) in [
+        ("limits.max_headers", l.max_headers),
+        ("limits.max_connections", l.max_connections),
+        (
+            "limits.max_concurrent_streams",
+            l.max_concurrent_streams as usize,
+        ),
+    ] {
+        if n == 0 {
+            issues.nowhere(name, "must be at least 1");
+        }
+    }
+    if l.max_connections > Semaphore::MAX_PERMITS {
+        issues.nowhere("limits.max_connections", "is too large");
+    }
+    if config.workers.is_some_and(|w| w > 1024) {
+        issues.nowhere("workers", "at most 1024");
+    }
+    for (name, spanned) in &config.upstreams {
+        let t = &spanned.value.timeouts;
+        if t.connect.0.is_zero() || t.request.0.is_zero() {
+            issues.at(
+                spanned,
+                format!("upstreams.{name}.timeouts"),
+                "timeouts must be greater than zero",
+            );
         }
     }
 }

@@ -305,8 +305,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration `{s}` is too large")),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration `{s}` is too large")),
         _ => Err(format!(
             "invalid duration `{s}`: expected a unit of ms, s, m or h (250ms, 5s, 2m, 1h)"
         )),

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use gateway_core::{
     ConnectionInfo, PathError, Problem, RejectReason, ResponseFlags, normalize_path,
 };
-use gateway_lb::{ResponseBody, Upstream};
+use gateway_lb::{ResponseBody, Upstream, strip_hop_by_hop};
 use http::{
-    HeaderName, Request, Response, StatusCode, Uri,
+    HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::{CONTENT_LENGTH, HOST},
-    uri::PathAndQuery,
+    uri::{Authority, PathAndQuery},
 };
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -134,32 +134,22 @@ impl Pipeline {
             Err(e) => return Err(bad_path(e)),
         };
 
+        // Hop-by-hop fields go first, so a client cannot name a header that a later layer adds
+        // in `Connection` and have it removed on the way out.
+        strip_hop_by_hop(&mut parts.headers);
         strip_internal(&mut parts.headers, &c.internal_prefixes);
 
         let client_ip = c.trusted.resolve(conn.peer.ip(), &parts.headers);
 
-        let host = match parts.uri.authority() {
-            Some(a) => Some(a.as_str()),
-            None => match parts.headers.get(HOST) {
-                Some(h) => match h.to_str() {
-                    Ok(h) => Some(h),
-                    Err(_) => {
-                        return Err(reject(
-                            StatusCode::BAD_REQUEST,
-                            RejectReason::BadRequest,
-                            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-                            "invalid Host header",
-                        ));
-                    }
-                },
-                None => None,
-            },
-        };
+        let host = request_host(&parts.uri, parts.version, &mut parts.headers)?;
         let query = parts.uri.query();
-        let Some(matched) = c
-            .router
-            .find(host, &parts.method, &path, query, &parts.headers)
-        else {
+        let Some(matched) = c.router.find(
+            host.as_ref().map(Authority::host),
+            &parts.method,
+            &path,
+            query,
+            &parts.headers,
+        ) else {
             return Err(reject(
                 StatusCode::NOT_FOUND,
                 RejectReason::NoRoute,
@@ -205,6 +195,64 @@ impl Pipeline {
             Request::from_parts(parts, Limited::new(body, max)),
         ))
     }
+}
+
+fn bad_host(detail: &str) -> Response<ResponseBody> {
+    reject(
+        StatusCode::BAD_REQUEST,
+        RejectReason::BadRequest,
+        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        detail,
+    )
+}
+
+/// The one host that decides routing and is forwarded: the request target's authority when it
+/// has one (absolute-form, where `Host` is replaced by it as RFC 9112 §3.2.2 says; HTTP/2's
+/// `:authority`, where a differing `Host` is refused as RFC 9113 §8.3.1 allows), else `Host`.
+/// Several `Host` fields, userinfo, an unparseable host, or no host on HTTP/1.1 are 400.
+#[allow(clippy::result_large_err)]
+fn request_host(
+    uri: &Uri,
+    version: Version,
+    headers: &mut http::HeaderMap,
+) -> Result<Option<Authority>, Response<ResponseBody>> {
+    let mut fields = headers.get_all(HOST).iter();
+    let field = fields.next().cloned();
+    if fields.next().is_some() {
+        return Err(bad_host("more than one Host field"));
+    }
+    let authority = match (uri.authority(), &field) {
+        (Some(target), field) => {
+            if version == Version::HTTP_2
+                && field
+                    .as_ref()
+                    .is_some_and(|f| f.as_bytes() != target.as_str().as_bytes())
+            {
+                return Err(bad_host("Host differs from :authority"));
+            }
+            target.clone()
+        }
+        (None, Some(field)) => match Authority::try_from(field.as_bytes()) {
+            Ok(a) => a,
+            Err(_) => return Err(bad_host("invalid Host header")),
+        },
+        (None, None) if version == Version::HTTP_11 => {
+            return Err(bad_host("HTTP/1.1 requests need a Host field"));
+        }
+        (None, None) => return Ok(None),
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad_host("userinfo is not allowed in the request target"));
+    }
+    if uri.authority().is_some() && version != Version::HTTP_2 {
+        match HeaderValue::from_str(authority.as_str()) {
+            Ok(v) => {
+                headers.insert(HOST, v);
+            }
+            Err(_) => return Err(bad_host("invalid request target authority")),
+        }
+    }
+    Ok(Some(authority))
 }
 
 fn bad_path(e: PathError) -> Response<ResponseBody> {

@@ -144,16 +144,18 @@ impl Router {
             };
             let path = match &r.path {
                 PathMatch::Exact(_) => (0, Reverse(0), Reverse(0)),
+                // A template ending in `{*rest}` is a prefix match on its literal head, and ranks
+                // among prefixes by that head's length, so `/files/{*rest}` does not shadow
+                // `path_prefix: /files/private`.
+                PathMatch::Template(segs) if matches!(segs.last(), Some(Segment::CatchAll(_))) => {
+                    (2, Reverse(template_prefix_len(segs)), Reverse(1))
+                }
                 PathMatch::Template(segs) => {
                     let literals = segs
                         .iter()
                         .filter(|s| matches!(s, Segment::Literal(_)))
                         .count();
-                    let fixed = segs
-                        .iter()
-                        .filter(|s| !matches!(s, Segment::CatchAll(_)))
-                        .count();
-                    (1, Reverse(literals), Reverse(fixed))
+                    (1, Reverse(literals), Reverse(segs.len()))
                 }
                 PathMatch::Prefix(p) => (2, Reverse(p.len()), Reverse(0)),
             };
@@ -199,6 +201,18 @@ impl Router {
         }
         None
     }
+}
+
+/// The length of a catch-all template's path up to its first parameter (`/files/{*rest}`: 6).
+fn template_prefix_len(segments: &[Segment]) -> usize {
+    segments
+        .iter()
+        .take_while(|s| matches!(s, Segment::Literal(_)))
+        .map(|s| match s {
+            Segment::Literal(l) => l.len() + 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Lower-cases a host and strips the port and a trailing dot.
@@ -296,8 +310,38 @@ fn query_matches(m: &ValueMatch<String>, query: Option<&str>) -> bool {
     let Some(query) = query else { return false };
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        name == m.name && m.value.as_deref().is_none_or(|want| want == value)
+        // Compare decoded forms, so `%76=%32` is `v=2` here exactly as it is to the upstream.
+        percent_decoded(name) == m.name.as_str()
+            && m.value
+                .as_deref()
+                .is_none_or(|want| percent_decoded(value) == want)
     })
+}
+
+/// Percent-decodes a query component (lossily, for comparison only); borrows when there is
+/// nothing to decode.
+fn percent_decoded(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16)),
+                bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16)),
+            )
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Applies a rewrite to the matched normalized path.
@@ -722,6 +766,45 @@ mod tests {
                 .as_str(),
             "canary"
         );
+    }
+
+    #[test]
+    fn catch_all_templates_rank_among_prefixes_by_their_literal_head() {
+        let r = Router::new(vec![
+            route(
+                "files",
+                HostMatch::Any,
+                PathMatch::Template(parse_template("/files/{*rest}").unwrap()),
+                0,
+            ),
+            route(
+                "private",
+                HostMatch::Any,
+                PathMatch::Prefix("/files/private".into()),
+                1,
+            ),
+            route("root", HostMatch::Any, PathMatch::Prefix("/".into()), 2),
+        ]);
+        assert_eq!(find(&r, "h", "/files/private/x"), Some("private"));
+        assert_eq!(find(&r, "h", "/files/public/x"), Some("files"));
+        assert_eq!(find(&r, "h", "/other"), Some("root"));
+    }
+
+    #[test]
+    fn query_conditions_compare_decoded_names_and_values() {
+        let m = ValueMatch {
+            name: "v".to_owned(),
+            value: Some("2".to_owned()),
+        };
+        assert!(query_matches(&m, Some("a=1&v=2")));
+        assert!(query_matches(&m, Some("%76=%32")));
+        assert!(!query_matches(&m, Some("v=3")));
+        assert!(!query_matches(&m, None));
+        let present = ValueMatch {
+            name: "debug".to_owned(),
+            value: None,
+        };
+        assert!(query_matches(&present, Some("x=1&debug")));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::{
 };
 
 use gateway_core::ConnectionInfo;
+use gateway_lb::ResponseBody;
 use hyper::{Request, body::Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -39,6 +40,9 @@ use crate::{admin, compile::Compiled, pipeline::Pipeline};
 pub(crate) struct Shared {
     pub(crate) compiled: Arc<Compiled>,
     shutdown: watch::Sender<bool>,
+    /// Set once every worker has drained: the admin listener stops then, so `/readyz` answers
+    /// `draining` for the whole drain.
+    stopped: watch::Sender<bool>,
     connections: Arc<Semaphore>,
     workers_ready: AtomicUsize,
     pub(crate) draining: AtomicBool,
@@ -53,6 +57,10 @@ impl Shared {
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
+
+    pub(crate) fn stopped_signal(&self) -> watch::Receiver<bool> {
+        self.stopped.subscribe()
+    }
 }
 
 /// A running gateway. Dropping it begins a graceful shutdown without waiting for it.
@@ -61,7 +69,8 @@ pub struct RunningGateway {
     listen: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    admin_thread: Option<JoinHandle<()>>,
 }
 
 impl RunningGateway {
@@ -82,9 +91,14 @@ impl RunningGateway {
         self.shared.shutdown.send_replace(true);
     }
 
-    /// Waits (blocking) until every worker has drained and stopped.
+    /// Waits (blocking) until every worker has drained and stopped, then stops the admin
+    /// listener.
     pub fn join(mut self) {
-        for t in self.threads.drain(..) {
+        for t in self.workers.drain(..) {
+            let _ = t.join();
+        }
+        self.shared.stopped.send_replace(true);
+        if let Some(t) = self.admin_thread.take() {
             let _ = t.join();
         }
     }
@@ -99,6 +113,7 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.shutdown();
+        self.shared.stopped.send_replace(true);
     }
 }
 
@@ -135,7 +150,9 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         .transpose()?;
 
     let (shutdown, _) = watch::channel(false);
+    let (stopped, _) = watch::channel(false);
     let shared = Arc::new(Shared {
+        stopped,
         connections: Arc::new(Semaphore::new(compiled.limits.max_connections)),
         compiled,
         shutdown,
@@ -143,7 +160,7 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         draining: AtomicBool::new(false),
     });
 
-    let mut threads = Vec::with_capacity(workers + 1);
+    let mut threads = Vec::with_capacity(workers);
     for (i, sockets) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();
         threads.push(
@@ -152,20 +169,24 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
                 .spawn(move || run_worker(i, sockets, &shared))?,
         );
     }
-    if let Some(listener) = admin_listener {
-        let shared = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("gateway-admin".into())
-                .spawn(move || admin::run(listener, &shared))?,
-        );
-    }
+    let admin_thread = match admin_listener {
+        Some(listener) => {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("gateway-admin".into())
+                    .spawn(move || admin::run(listener, &shared))?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(listeners = ?listen, admin = ?admin, workers, "gateway started");
     Ok(RunningGateway {
         listen,
         admin,
         shared,
-        threads,
+        workers: threads,
+        admin_thread,
     })
 }
 
@@ -217,9 +238,7 @@ fn http_builder(compiled: &Compiled) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.0.saturating_add(4096)).unwrap_or(u32::MAX),
-        )
-        .keep_alive_interval(Some(limits.idle_timeout.0.max(Duration::from_secs(1))))
-        .keep_alive_timeout(Duration::from_secs(20));
+        );
     builder
 }
 
@@ -355,9 +374,12 @@ async fn serve_connection(
         svc_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(svc_activity.clone());
         async move {
+            // The request stays in flight until its response body has been sent.
             let res = pipeline.handle(req, info).await;
-            drop(guard);
-            Ok::<_, Infallible>(res)
+            Ok::<_, Infallible>(res.map(|body| GuardedBody {
+                inner: body,
+                _guard: guard,
+            }))
         }
     });
     let conn = builder.serve_connection(io, svc);
@@ -380,14 +402,15 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = idle.as_mut() => {
-                if idle_closing {
+                let ticks = activity.ticks.load(Ordering::Relaxed);
+                let quiet = ticks == last_ticks && activity.in_flight.load(Ordering::Relaxed) == 0;
+                if idle_closing && quiet {
                     // The peer did not finish the graceful close (an HTTP/2 client that never
                     // answers the GOAWAY ping, say): drop the connection.
                     tracing::debug!(peer = %info.peer, "idle connection did not close gracefully; dropping it");
                     return;
                 }
-                let ticks = activity.ticks.load(Ordering::Relaxed);
-                if ticks == last_ticks && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                if quiet && !idle_closing {
                     tracing::debug!(peer = %info.peer, "closing idle connection");
                     idle_closing = true;
                     if !closing {
@@ -399,6 +422,35 @@ async fn serve_connection(
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
         }
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight until it is done or dropped.
+    struct GuardedBody {
+        #[pin]
+        inner: ResponseBody,
+        _guard: InFlight,
+    }
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -245,9 +245,11 @@ const ROUTES: &str = "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\
   - name: wildcard-host
     match: { host: \"*.example.com\", path_prefix: / }
     upstream: up
+    rewrite: /wild
   - name: exact-host
     match: { host: api.example.com, path_prefix: / }
     upstream: up
+    rewrite: /exact
 ";
 
 #[tokio::test]
@@ -276,9 +278,20 @@ async fn routing_precedence_and_rewrites() {
             "GET",
             "/api/users/me",
             &[("host", "shop.example.com")],
-            "/api/users/me",
+            "/wild/api/users/me",
         ),
-        ("GET", "/api/x", &[("host", "API.example.com:80")], "/api/x"),
+        (
+            "GET",
+            "/api/x",
+            &[("host", "API.example.com:80")],
+            "/exact/api/x",
+        ),
+        (
+            "GET",
+            "/api/x",
+            &[("host", "a.api.example.com")],
+            "/wild/api/x",
+        ),
     ];
     for (method, path, headers, want_upstream_uri) in cases {
         let mut r = req(method, format!("{base}{path}"), "");
@@ -292,8 +305,7 @@ async fn routing_precedence_and_rewrites() {
             "{method} {path} {headers:?}"
         );
     }
-    // The exact host beats the wildcard: the route name is not visible upstream, but the path
-    // is not stripped by `api-prefix`, which would have won for other hosts.
+    // Without a host route, `api-prefix` strips the prefix.
     let mut r = req("GET", format!("{base}/api/x"), "");
     r.headers_mut()
         .insert("host", "other.test".parse().unwrap());
@@ -663,4 +675,136 @@ fn config_errors_name_file_line_and_field() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_routing_host_is_the_forwarded_host() {
+    let up = TestUpstream::echo().await;
+    let yaml = "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{UPSTREAM}\"]\nroutes:\n  - name: public\n    match: { host: public.example }\n    upstream: up\n    rewrite: /public\n  - name: admin\n    match: { host: admin.example }\n    upstream: up\n    rewrite: /admin\n";
+    let gw = start(yaml, up.addr());
+    // Absolute-form: the target's authority decides, and replaces Host on the way upstream.
+    let out = raw_exchange(
+        addr(&gw),
+        b"GET http://public.example/x HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.last_request();
+    assert_eq!(seen.uri, "/public/x");
+    assert_eq!(seen.headers["host"], "public.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "public.example");
+
+    let before = up.requests().len();
+    for (raw, why) in [
+        (&b"GET /x HTTP/1.1\r\nHost: public.example\r\nHost: admin.example\r\nConnection: close\r\n\r\n"[..], "two Host fields"),
+        (&b"GET http://u:p@public.example/x HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n"[..], "userinfo"),
+        (&b"GET /x HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n"[..], "unparseable Host"),
+        (&b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n"[..], "no Host"),
+    ] {
+        let out = raw_exchange(addr(&gw), raw).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{why}: {out}");
+    }
+    assert_eq!(
+        up.requests().len(),
+        before,
+        "refused requests never reach the upstream"
+    );
+
+    // HTTP/2: a Host field that differs from :authority is refused.
+    let mut r = req("GET", format!("http://{}/x", addr(&gw)), "");
+    *r.uri_mut() = format!("http://public.example:{}/x", addr(&gw).port())
+        .parse()
+        .unwrap();
+    r.headers_mut()
+        .insert("host", "admin.example".parse().unwrap());
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(gateway_test::resolve_to(addr(&gw)));
+    let res = send(&h2, r).await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn readiness_reports_draining_during_shutdown() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let up = TestUpstream::start(move |_req| {
+        let mut release = release_rx.clone();
+        let arrived = arrived_tx.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            let _ = release.wait_for(|r| *r).await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let gw = start(&simple(""), up.addr());
+    let a = addr(&gw);
+    let admin = gw.admin_addr().unwrap();
+    let in_flight = tokio::spawn(async move { get(a, "/slow").await });
+    arrived_rx.recv().await.unwrap();
+    gw.shutdown();
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().contains("draining"), "{}", ready.text());
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    release_tx.send_replace(true);
+    assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
+    gw.shutdown_and_wait().await;
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin stops after the drain"
+    );
+}
+
+#[test]
+fn misconfigurations_that_would_misbehave_are_refused() {
+    let base =
+        "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  up:\n    endpoints: [\"127.0.0.1:1\"]\n";
+    for (extra, want) in [
+        (
+            "limits:\n  idle_timeout: 0ms\n",
+            "limits.idle_timeout: must be greater than zero",
+        ),
+        (
+            "limits:\n  max_connections: 0\n",
+            "limits.max_connections: must be at least 1",
+        ),
+        (
+            "routes:\n  - name: q\n    match: { path_prefix: \"/a?b=1\" }\n    upstream: up\n",
+            "a path cannot contain '?' or '#'",
+        ),
+        (
+            "routes:\n  - name: t\n    match: { path_template: \"/a/../{id}\" }\n    upstream: up\n",
+            "is not normalized",
+        ),
+        (
+            "routes:\n  - name: r\n    match: { path_template: \"/u/{id}\" }\n    upstream: up\n    rewrite: \"/x/./{id}\"\n",
+            "is not normalized",
+        ),
+    ] {
+        let yaml = format!("{base}{extra}");
+        let config = gateway::Config::parse(&yaml, "t.yaml").unwrap();
+        let err = gateway::Compiled::new(&config, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let err = gateway::Config::parse(
+        &format!("{base}limits:\n  idle_timeout: 99999999999999999h\n"),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("too large"), "{err}");
+    let config = gateway::Config::parse(
+        "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  up:\n    endpoints: [\"http://user:secret@10.0.0.1:80\"]\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let err = gateway::Compiled::new(&config, "t.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret"), "{err}");
+    assert!(err.contains("userinfo is not allowed"), "{err}");
 }

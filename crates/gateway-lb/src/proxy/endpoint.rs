@@ -15,6 +15,9 @@ use http::uri::Authority;
 /// assert_eq!(e.authority().as_str(), "10.0.0.5:8080");
 /// assert!("https://x:1".parse::<Endpoint>().is_err());
 /// assert!("10.0.0.5".parse::<Endpoint>().is_err());
+/// // Credentials never appear in the error.
+/// let err = "http://user:secret@10.0.0.5:80".parse::<Endpoint>().unwrap_err();
+/// assert_eq!(err.to_string(), "invalid endpoint `http://***@10.0.0.5:80`: userinfo is not allowed");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -47,8 +50,20 @@ impl FromStr for Endpoint {
     type Err = EndpointError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Never echo credentials: `http://user:secret@host:80` is shown as `http://***@host:80`.
+        let shown = match s.rsplit_once('@') {
+            Some((before, after)) => {
+                let scheme = before.split_once("://").map_or("", |(scheme, _)| scheme);
+                if scheme.is_empty() {
+                    format!("***@{after}")
+                } else {
+                    format!("{scheme}://***@{after}")
+                }
+            }
+            None => s.to_owned(),
+        };
         let err = |why| EndpointError {
-            input: s.to_owned(),
+            input: shown.clone(),
             why,
         };
         let rest = match s.split_once("://") {
@@ -57,12 +72,12 @@ impl FromStr for Endpoint {
             None => s,
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('@') {
+            return Err(err("userinfo is not allowed"));
+        }
         let authority: Authority = rest.parse().map_err(|_| err("expected host:port"))?;
         if authority.port_u16().is_none() {
             return Err(err("a port is required (host:port)"));
-        }
-        if rest.contains('@') {
-            return Err(err("userinfo is not allowed"));
         }
         Ok(Self { authority })
     }
