@@ -53,7 +53,9 @@ impl std::error::Error for PathError {}
 ///    raw control characters, `;` path parameters, malformed `%` escapes, and escapes that decode
 ///    to invalid UTF-8;
 /// 2. decodes percent-encoded unreserved characters (RFC 3986 §2.3: `%61` becomes `a`, `%2E`
-///    becomes `.`) and upper-cases the hex digits of every other escape (§6.2.2.1);
+///    becomes `.`), upper-cases the hex digits of every other escape (§6.2.2.1), and encodes
+///    characters some parsers accept raw but RFC 3986 does not (`{`, `}`, `"`, `|`, `^`, `` ` ``,
+///    `<`, `>`, space, non-ASCII), so each path has one spelling;
 /// 3. merges repeated slashes (`//x` becomes `/x`);
 /// 4. removes dot segments (§5.2.4); `..` never climbs above the root.
 ///
@@ -85,6 +87,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
             b'%' => needs_work = true,
+            b if must_encode(b) => needs_work = true,
             b'/' => match bytes.get(i + 1) {
                 Some(b'/') => needs_work = true,
                 Some(b'.') => {
@@ -117,6 +120,15 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Characters some parsers accept raw in a path but RFC 3986 does not; encoding them gives the
+/// raw and the encoded spelling one form.
+fn must_encode(b: u8) -> bool {
+    matches!(
+        b,
+        b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}' | b' '
+    ) || b >= 0x80
+}
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -132,7 +144,13 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            if must_encode(b) {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            } else {
+                out.push(b as char);
+            }
             raw.push(b);
             i += 1;
             continue;
@@ -225,6 +243,9 @@ mod tests {
             ("/a%3a", "/a%3A"),
             ("/..a/b..", "/..a/b.."),
             ("/a/.../b", "/a/.../b"),
+            ("/a{b}", "/a%7Bb%7D"),
+            ("/a%7bb%7D", "/a%7Bb%7D"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
         ];
         for (input, want) in ok {
             assert_eq!(normalize_path(input).unwrap(), want, "input {input}");
