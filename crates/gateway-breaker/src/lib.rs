@@ -1,0 +1,51 @@
+//! Resilience middleware for tower services.
+//!
+//! - [`CircuitBreakerLayer`]: stops calling an upstream that keeps failing, answers at once with
+//!   `503` + `Retry-After` (or a fallback) while open, and probes it before closing again.
+//!
+//! What counts as a failure comes from [`gateway_core::ClassifyFailure`], the classification
+//! shared with retries, outlier detection and metrics.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use gateway_breaker::{BreakerState, CircuitBreakerConfig, CircuitBreakerLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = CircuitBreakerLayer::new(
+//!     CircuitBreakerConfig::default()
+//!         .consecutive_failures(3)
+//!         .open_for(Duration::from_secs(30))
+//!         .jitter(0.0),
+//! );
+//! let handle = layer.handle();
+//! let mut svc = ServiceBuilder::new().layer(layer).service(service_fn(|_req: Request<()>| async {
+//!     let mut res = Response::new(String::from("upstream down"));
+//!     *res.status_mut() = StatusCode::BAD_GATEWAY;
+//!     Ok::<_, std::convert::Infallible>(res)
+//! }));
+//!
+//! for _ in 0..3 {
+//!     let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+//!     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+//! }
+//! assert_eq!(handle.state(), BreakerState::Open);
+//! // While open, the upstream is not called: an immediate 503 with Retry-After.
+//! let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+
+mod circuit;
+
+pub use circuit::{
+    BreakerMetrics, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle,
+    CircuitBreakerLayer, ResponseFuture, Window,
+};
