@@ -3,7 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
 use gateway_core::Problem;
 
 use crate::server::Shared;
@@ -49,6 +55,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
+        .route("/upstreams", get(upstreams))
+        .route("/upstreams/{name}/breaker", post(force_breaker))
         .fallback(|| async {
             let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
                 .detail("unknown admin endpoint")
@@ -79,4 +87,71 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(shared.compiled.router.views())
+}
+
+async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let list: Vec<serde_json::Value> = shared
+        .compiled
+        .upstreams
+        .iter()
+        .map(|u| {
+            let breaker = u.breaker.as_ref().map(|layer| {
+                let h = layer.handle();
+                let m = h.metrics();
+                serde_json::json!({
+                    "state": h.state().as_str(),
+                    "opened": m.opened,
+                    "half_opened": m.half_opened,
+                    "closed": m.closed,
+                    "rejected": m.rejected,
+                })
+            });
+            serde_json::json!({
+                "name": u.name,
+                "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "breaker": breaker,
+            })
+        })
+        .collect();
+    Json(list)
+}
+
+#[derive(serde::Deserialize)]
+struct ForceBreaker {
+    /// `open`, `closed` or `reset`.
+    state: String,
+}
+
+/// `POST /upstreams/{name}/breaker` with `{"state": "open" | "closed" | "reset"}`.
+async fn force_breaker(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<ForceBreaker>,
+) -> Response {
+    let Some(layer) = shared
+        .compiled
+        .upstreams
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(|u| u.breaker.as_ref())
+    else {
+        let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
+            .detail("no upstream with a circuit breaker by that name")
+            .into_response();
+        return res.into_response();
+    };
+    let handle = layer.handle();
+    match body.state.as_str() {
+        "open" => handle.force_open(),
+        "closed" => handle.force_closed(),
+        "reset" => handle.reset(),
+        _ => {
+            let res: axum::http::Response<String> = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
+                .detail("state must be \"open\", \"closed\" or \"reset\"")
+                .into_response();
+            return res.into_response();
+        }
+    }
+    tracing::warn!(upstream = %name, state = %body.state, "circuit breaker forced through the admin API");
+    Json(serde_json::json!({ "name": name, "state": handle.state().as_str() })).into_response()
 }

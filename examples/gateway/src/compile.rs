@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gateway_core::{ForwardedHeader, RouteId, TrustedProxies};
+use gateway_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Window};
+use gateway_core::{DefaultClassifier, ForwardedHeader, RouteId, TrustedProxies};
 use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
 use http::{HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
@@ -10,7 +11,7 @@ use tokio::sync::Semaphore;
 use crate::{
     config::{
         Config, ConfigError, ForwardedHeaderConfig, HostConfig, Issues, Limits, ProtocolConfig,
-        check_unique_names,
+        WindowConfig, check_unique_names,
     },
     router::{
         HostMatch, PathMatch, Rewrite, Route, Router, Segment, ValueMatch, parse_rewrite_template,
@@ -46,8 +47,12 @@ pub struct Compiled {
 pub struct UpstreamSpec {
     /// The configured name.
     pub name: String,
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
     /// The builder.
     pub builder: UpstreamBuilder,
+    /// The circuit breaker, shared by every worker's client for this upstream.
+    pub breaker: Option<CircuitBreakerLayer>,
 }
 
 impl UpstreamSpec {
@@ -133,7 +138,7 @@ impl Compiled {
                     "not a valid header value",
                 );
             }
-            let builder = Upstream::builder(endpoints)
+            let builder = Upstream::builder(endpoints.clone())
                 .connect_timeout(up.timeouts.connect.0)
                 .request_timeout(Some(up.timeouts.request.0))
                 .host(host)
@@ -144,9 +149,23 @@ impl Compiled {
                 .via((!via.is_empty()).then_some(via))
                 .x_forwarded(up.forwarding.x_forwarded)
                 .forwarded(up.forwarding.forwarded);
+            let breaker = up.breaker.as_ref().map(|b| breaker_layer(&b.value));
+            if let Some(b) = &up.breaker
+                && (b.value.open_for.0.is_zero()
+                    || b.value.half_open_probes == 0
+                    || b.value.minimum_calls == 0)
+            {
+                issues.at(
+                    b,
+                    format!("{field}.breaker"),
+                    "open_for, half_open_probes and minimum_calls must be greater than zero",
+                );
+            }
             upstreams.push(UpstreamSpec {
                 name: name.clone(),
+                endpoints,
                 builder,
+                breaker,
             });
         }
 
@@ -368,6 +387,27 @@ fn compile_route(
         rewrite,
         order: i,
     })
+}
+
+fn breaker_layer(b: &crate::config::BreakerConfig) -> CircuitBreakerLayer {
+    let mut config = CircuitBreakerConfig::default()
+        .window(match b.window {
+            WindowConfig::Calls(n) => Window::Count(n),
+            WindowConfig::Time(d) => Window::Time(d),
+        })
+        .minimum_calls(b.minimum_calls)
+        .failure_rate(b.failure_rate.0)
+        .open_for(b.open_for.0)
+        .backoff(2.0, b.max_open_for.0)
+        .half_open_probes(b.half_open_probes);
+    if let Some(slow) = b.slow_call_duration {
+        config = config.slow_calls(slow.0, b.slow_call_rate.0);
+    }
+    if let Some(n) = b.consecutive_failures {
+        config = config.consecutive_failures(n);
+    }
+    CircuitBreakerLayer::new(config)
+        .classifier(DefaultClassifier::new().rate_limited_is_failure(b.rate_limited_is_failure))
 }
 
 fn check_rewrite_target(r: &serde_saphyr::Spanned<String>, field: &str, issues: &mut Issues) {

@@ -155,6 +155,108 @@ pub struct UpstreamConfig {
     /// Forwarding headers.
     #[serde(default)]
     pub forwarding: ForwardingConfig,
+    /// Circuit breaker; none when absent.
+    #[serde(default)]
+    pub breaker: Option<Spanned<BreakerConfig>>,
+}
+
+/// A circuit breaker for one upstream (`gateway_breaker::CircuitBreakerLayer`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// The window: a number of calls (`100`) or a duration (`60s`).
+    pub window: WindowConfig,
+    /// Calls needed in the window before the rates can trip it.
+    pub minimum_calls: u32,
+    /// Failure rate that trips it: `50%` or `0.5`.
+    pub failure_rate: Ratio,
+    /// Calls slower than this count as slow (off when absent).
+    pub slow_call_duration: Option<HumanDuration>,
+    /// Slow-call rate that trips it.
+    pub slow_call_rate: Ratio,
+    /// Trip after this many failures in a row instead of using the rates.
+    pub consecutive_failures: Option<u32>,
+    /// First open period.
+    pub open_for: HumanDuration,
+    /// Longest open period after repeated trips (each failed probe doubles the period).
+    pub max_open_for: HumanDuration,
+    /// Probe calls allowed when half-open.
+    pub half_open_probes: u32,
+    /// Count `429` answers as failures.
+    pub rate_limited_is_failure: bool,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window: WindowConfig::Calls(100),
+            minimum_calls: 20,
+            failure_rate: Ratio(0.5),
+            slow_call_duration: None,
+            slow_call_rate: Ratio(1.0),
+            consecutive_failures: None,
+            open_for: HumanDuration(Duration::from_secs(30)),
+            max_open_for: HumanDuration(Duration::from_secs(300)),
+            half_open_probes: 3,
+            rate_limited_is_failure: false,
+        }
+    }
+}
+
+/// A breaker window: a number of calls or a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowConfig {
+    /// The last N calls.
+    Calls(usize),
+    /// The calls of the last duration.
+    Time(Duration),
+}
+
+impl<'de> Deserialize<'de> for WindowConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(usize),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) if n > 0 => Ok(Self::Calls(n)),
+            Raw::Int(_) => Err(D::Error::custom("a window of calls must be at least 1")),
+            Raw::Str(s) => parse_duration(&s).map(Self::Time).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// A rate written `50%` or `0.5`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio(pub f64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Str(String),
+        }
+        let value = match Raw::deserialize(d)? {
+            Raw::Num(n) => n,
+            Raw::Str(s) => match s.trim().strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0).map_err(|_| {
+                    D::Error::custom(format!("invalid rate `{s}`: expected 50% or 0.5"))
+                })?,
+                None => s.trim().parse::<f64>().map_err(|_| {
+                    D::Error::custom(format!("invalid rate `{s}`: expected 50% or 0.5"))
+                })?,
+            },
+        };
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(D::Error::custom("a rate is between 0% and 100%"))
+        }
+    }
 }
 
 /// The protocol spoken to an upstream.

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gateway_breaker::CircuitBreaker;
 use gateway_core::{
-    ConnectionInfo, PathError, Problem, RejectReason, ResponseFlags, normalize_path,
+    ConnectionInfo, DefaultClassifier, PathError, Problem, RejectReason, ResponseFlags,
+    normalize_path,
 };
 use gateway_lb::{ResponseBody, Upstream, strip_hop_by_hop};
 use http::{
@@ -14,6 +16,8 @@ use http::{
 };
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::{compile::Compiled, router::rewrite_path};
 
@@ -27,6 +31,8 @@ pub type RequestBody = Limited<Incoming>;
 pub struct Pipeline {
     compiled: Arc<Compiled>,
     upstreams: Vec<Upstream<RequestBody>>,
+    /// The same clients behind the upstream's circuit breaker, where one is configured.
+    guarded: Vec<Option<CircuitBreaker<Upstream<RequestBody>, DefaultClassifier>>>,
 }
 
 fn reject(
@@ -44,10 +50,21 @@ fn reject(
 impl Pipeline {
     /// Builds the pipeline, creating this worker's upstream clients.
     pub fn new(compiled: Arc<Compiled>) -> Self {
-        let upstreams = compiled.upstreams.iter().map(|u| u.build()).collect();
+        let upstreams: Vec<_> = compiled.upstreams.iter().map(|u| u.build()).collect();
+        let guarded = compiled
+            .upstreams
+            .iter()
+            .zip(&upstreams)
+            .map(|(spec, client)| {
+                spec.breaker
+                    .as_ref()
+                    .map(|layer| layer.layer(client.clone()))
+            })
+            .collect();
         Self {
             compiled,
             upstreams,
+            guarded,
         }
     }
 
@@ -63,10 +80,17 @@ impl Pipeline {
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
         match self.prepare(req, conn) {
-            Ok((upstream, req)) => match self.upstreams[upstream].send(req).await {
-                Ok(res) => res,
-                Err(never) => match never {},
-            },
+            Ok((upstream, req)) => {
+                let sent = match &self.guarded[upstream] {
+                    // A clone is a few reference-count increments; the breaker state is shared.
+                    Some(guarded) => guarded.clone().call(req).await,
+                    None => self.upstreams[upstream].send(req).await,
+                };
+                match sent {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                }
+            }
             Err(res) => res,
         }
     }

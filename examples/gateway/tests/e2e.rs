@@ -808,3 +808,61 @@ fn misconfigurations_that_would_misbehave_are_refused() {
     assert!(!err.contains("secret"), "{err}");
     assert!(err.contains("userinfo is not allowed"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failing_upstream_trips_its_breaker_and_the_admin_api_shows_and_resets_it() {
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(500));
+    let up = TestUpstream::start({
+        let status = status.clone();
+        move |_req| {
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut res = Response::new(full("upstream"));
+                *res.status_mut() = StatusCode::from_u16(code).unwrap();
+                res
+            }
+        }
+    })
+    .await;
+    let yaml = simple("").replace(
+        "    timeouts: { connect: 1s, request: 2s }\n",
+        "    timeouts: { connect: 1s, request: 2s }\n    breaker: { consecutive_failures: 3, open_for: 1h }\n",
+    );
+    let gw = start(&yaml, up.addr());
+    let admin = gw.admin_addr().unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            get(addr(&gw), "/").await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    // Open: answered by the gateway, the upstream is spared.
+    let seen = up.requests().len();
+    let res = get(addr(&gw), "/").await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers.contains_key("retry-after"));
+    assert_eq!(res.headers["content-type"], "application/problem+json");
+    assert_eq!(up.requests().len(), seen);
+
+    let view: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/upstreams").await.body).unwrap();
+    assert_eq!(view[0]["name"], "up");
+    assert_eq!(view[0]["breaker"]["state"], "open");
+    assert_eq!(view[0]["breaker"]["rejected"], 1);
+
+    // The upstream recovers; an operator resets the breaker instead of waiting out the hour.
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let reset = Request::post(format!("http://{admin}/upstreams/up/breaker"))
+        .header("content-type", "application/json")
+        .body(full(r#"{"state":"reset"}"#))
+        .unwrap();
+    let res = send(&client(), reset).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(get(addr(&gw), "/").await.status, StatusCode::OK);
+
+    let bad = Request::post(format!("http://{admin}/upstreams/nope/breaker"))
+        .header("content-type", "application/json")
+        .body(full(r#"{"state":"open"}"#))
+        .unwrap();
+    assert_eq!(send(&client(), bad).await.status, StatusCode::NOT_FOUND);
+}
