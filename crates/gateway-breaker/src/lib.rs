@@ -2,6 +2,8 @@
 //!
 //! - [`CircuitBreakerLayer`]: stops calling an upstream that keeps failing, answers at once with
 //!   `503` + `Retry-After` (or a fallback) while open, and probes it before closing again.
+//! - [`BulkheadLayer`]: caps concurrent calls to an upstream and sheds the excess with `503` at
+//!   once instead of queueing it.
 //!
 //! What counts as a failure comes from [`gateway_core::ClassifyFailure`], the classification
 //! shared with retries, outlier detection and metrics.
@@ -43,8 +45,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+pub mod bulkhead;
 mod circuit;
 
+pub use bulkhead::{Bulkhead, BulkheadFuture, BulkheadLayer, BulkheadPermit};
 pub use circuit::{
     BreakerMetrics, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle,
     CircuitBreakerLayer, ResponseFuture, Window,

@@ -106,8 +106,13 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                     "rejected": m.rejected,
                 })
             });
+            let bulkhead = u
+                .bulkhead
+                .as_ref()
+                .map(|b| serde_json::json!({ "in_flight": b.in_flight() }));
             serde_json::json!({
                 "name": u.name,
+                "bulkhead": bulkhead,
                 "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "breaker": breaker,
             })

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gateway_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, Window};
+use gateway_breaker::{BulkheadLayer, CircuitBreakerConfig, CircuitBreakerLayer, Window};
 use gateway_core::{DefaultClassifier, ForwardedHeader, RouteId, TrustedProxies};
 use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
 use http::{HeaderName, HeaderValue, Method};
@@ -53,6 +53,8 @@ pub struct UpstreamSpec {
     pub builder: UpstreamBuilder,
     /// The circuit breaker, shared by every worker's client for this upstream.
     pub breaker: Option<CircuitBreakerLayer>,
+    /// The bulkhead, shared by every worker.
+    pub bulkhead: Option<BulkheadLayer>,
 }
 
 impl UpstreamSpec {
@@ -161,11 +163,19 @@ impl Compiled {
                     "open_for, half_open_probes and minimum_calls must be greater than zero",
                 );
             }
+            if up.max_concurrent == Some(0) {
+                issues.at(
+                    spanned,
+                    format!("{field}.max_concurrent"),
+                    "must be at least 1",
+                );
+            }
             upstreams.push(UpstreamSpec {
                 name: name.clone(),
                 endpoints,
                 builder,
                 breaker,
+                bulkhead: up.max_concurrent.map(BulkheadLayer::new),
             });
         }
 

@@ -158,6 +158,10 @@ pub struct UpstreamConfig {
     /// Circuit breaker; none when absent.
     #[serde(default)]
     pub breaker: Option<Spanned<BreakerConfig>>,
+    /// Bulkhead: most requests in flight to this upstream (across all workers); the excess is
+    /// answered `503` at once. Unlimited when absent.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
 }
 
 /// A circuit breaker for one upstream (`gateway_breaker::CircuitBreakerLayer`).

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_breaker::CircuitBreaker;
+use gateway_breaker::{BulkheadLayer, CircuitBreaker};
 use gateway_core::{
     ConnectionInfo, DefaultClassifier, PathError, Problem, RejectReason, ResponseFlags,
     normalize_path,
@@ -81,6 +81,14 @@ impl Pipeline {
     ) -> Response<ResponseBody> {
         match self.prepare(req, conn) {
             Ok((upstream, req)) => {
+                // The bulkhead comes first: shed requests never count against the breaker.
+                let _slot = match &self.compiled.upstreams[upstream].bulkhead {
+                    Some(bulkhead) => match bulkhead.try_admit() {
+                        Some(slot) => Some(slot),
+                        None => return BulkheadLayer::rejection(),
+                    },
+                    None => None,
+                };
                 let sent = match &self.guarded[upstream] {
                     // A clone is a few reference-count increments; the breaker state is shared.
                     Some(guarded) => guarded.clone().call(req).await,

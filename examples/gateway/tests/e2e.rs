@@ -866,3 +866,42 @@ async fn a_failing_upstream_trips_its_breaker_and_the_admin_api_shows_and_resets
         .unwrap();
     assert_eq!(send(&client(), bad).await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn max_concurrent_sheds_the_excess_with_503() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let up = TestUpstream::start(move |_req| {
+        let mut release = release_rx.clone();
+        let arrived = arrived_tx.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            let _ = release.wait_for(|r| *r).await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let yaml = simple("").replace(
+        "    timeouts: { connect: 1s, request: 2s }\n",
+        "    timeouts: { connect: 1s, request: 10s }\n    max_concurrent: 1\n",
+    );
+    let gw = start(&yaml, up.addr());
+    let a = addr(&gw);
+    let first = tokio::spawn(async move { get(a, "/one").await });
+    arrived_rx.recv().await.unwrap();
+    let shed = get(addr(&gw), "/two").await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        shed.text().contains("too many concurrent requests"),
+        "{}",
+        shed.text()
+    );
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the shed request never reached the upstream"
+    );
+    release_tx.send_replace(true);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(addr(&gw), "/three").await.status, StatusCode::OK);
+}
