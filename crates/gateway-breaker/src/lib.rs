@@ -4,6 +4,8 @@
 //!   `503` + `Retry-After` (or a fallback) while open, and probes it before closing again.
 //! - [`BulkheadLayer`]: caps concurrent calls to an upstream and sheds the excess with `503` at
 //!   once instead of queueing it.
+//! - [`RetryLayer`]: budgeted retries with backoff, safe by default (idempotent methods, replayable
+//!   bodies, connect failures for any method).
 //!
 //! What counts as a failure comes from [`gateway_core::ClassifyFailure`], the classification
 //! shared with retries, outlier detection and metrics.
@@ -47,9 +49,11 @@
 
 pub mod bulkhead;
 mod circuit;
+pub mod retry;
 
 pub use bulkhead::{Bulkhead, BulkheadFuture, BulkheadLayer, BulkheadPermit};
 pub use circuit::{
     BreakerMetrics, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle,
     CircuitBreakerLayer, ResponseFuture, Window,
 };
+pub use retry::{ReplayBody, Retry, RetryConfig, RetryCount, RetryFuture, RetryLayer};
