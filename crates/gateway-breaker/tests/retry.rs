@@ -174,8 +174,11 @@ async fn retry_after_is_honoured_up_to_the_cap() {
         RetryLayer::new(RetryConfig::default().retry_after_cap(Duration::from_secs(5))).layer(svc);
     let res = svc.oneshot(request(Method::GET, "")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen[1].2 - seen[0].2, Duration::from_secs(2));
+    let gap = {
+        let seen = seen.lock().unwrap();
+        seen[1].2 - seen[0].2
+    };
+    assert_eq!(gap, Duration::from_secs(2));
 
     let mut wait60 = status(503);
     wait60
