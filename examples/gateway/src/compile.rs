@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use gateway_breaker::{BulkheadLayer, CircuitBreakerConfig, CircuitBreakerLayer, Window};
+use gateway_breaker::{
+    BulkheadLayer, CircuitBreakerConfig, CircuitBreakerLayer, RetryConfig, RetryLayer, Window,
+};
 use gateway_core::{DefaultClassifier, ForwardedHeader, RouteId, TrustedProxies};
 use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
 use http::{HeaderName, HeaderValue, Method};
@@ -55,6 +57,8 @@ pub struct UpstreamSpec {
     pub breaker: Option<CircuitBreakerLayer>,
     /// The bulkhead, shared by every worker.
     pub bulkhead: Option<BulkheadLayer>,
+    /// Retries, with one budget shared by every worker.
+    pub retry: Option<RetryLayer>,
 }
 
 impl UpstreamSpec {
@@ -170,12 +174,20 @@ impl Compiled {
                     "must be at least 1",
                 );
             }
+            let retry = up.retry.as_ref().and_then(|r| match retry_layer(&r.value) {
+                Ok(layer) => Some(layer),
+                Err(e) => {
+                    issues.at(r, format!("{field}.retry.on"), e);
+                    None
+                }
+            });
             upstreams.push(UpstreamSpec {
                 name: name.clone(),
                 endpoints,
                 builder,
                 breaker,
                 bulkhead: up.max_concurrent.map(BulkheadLayer::new),
+                retry,
             });
         }
 
@@ -397,6 +409,42 @@ fn compile_route(
         rewrite,
         order: i,
     })
+}
+
+fn retry_layer(r: &crate::config::RetryConfigYaml) -> Result<RetryLayer, String> {
+    let mut statuses = Vec::new();
+    let (mut timeout, mut reset) = (false, false);
+    for token in &r.on {
+        match token.as_str() {
+            "connect_error" => {}
+            "timeout" => timeout = true,
+            "reset" => reset = true,
+            code => match code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| http::StatusCode::from_u16(c).ok())
+            {
+                Some(status) => statuses.push(status),
+                None => {
+                    return Err(format!(
+                        "`{token}`: expected a status code, `timeout`, `reset` or `connect_error`"
+                    ));
+                }
+            },
+        }
+    }
+    let mut config = RetryConfig::default()
+        .attempts(r.attempts)
+        .budget(r.budget.0 as f32, r.min_per_sec, Duration::from_secs(10))
+        .backoff(r.backoff.0, r.max_backoff.0)
+        .on_statuses(statuses)
+        .on_timeouts_and_resets(timeout, reset)
+        .retry_after_cap(r.retry_after_cap.0)
+        .max_body_bytes(r.max_body_bytes.0);
+    if let Some(deadline) = r.deadline {
+        config = config.deadline(deadline.0);
+    }
+    Ok(RetryLayer::new(config))
 }
 
 fn breaker_layer(b: &crate::config::BreakerConfig) -> CircuitBreakerLayer {

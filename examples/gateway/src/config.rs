@@ -162,6 +162,57 @@ pub struct UpstreamConfig {
     /// answered `503` at once. Unlimited when absent.
     #[serde(default)]
     pub max_concurrent: Option<usize>,
+    /// Budgeted retries; none when absent.
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryConfigYaml>>,
+}
+
+/// Retries for one upstream (`gateway_breaker::RetryLayer`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfigYaml {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Retries may add at most this share of recent requests: `20%`.
+    pub budget: Ratio,
+    /// Retries always allowed per second, on top of the budget.
+    pub min_per_sec: u32,
+    /// What is retried (idempotent methods): status codes, `timeout`, `reset`; `connect_error`
+    /// (any method) is always retried.
+    pub on: Vec<String>,
+    /// Backoff base (doubles per retry, full jitter).
+    pub backoff: HumanDuration,
+    /// Backoff ceiling.
+    pub max_backoff: HumanDuration,
+    /// The longest `Retry-After` waited for.
+    pub retry_after_cap: HumanDuration,
+    /// Request bodies up to this size are buffered for replay.
+    pub max_body_bytes: ByteSize,
+    /// No retry starts later than this after the request arrived.
+    pub deadline: Option<HumanDuration>,
+}
+
+impl Default for RetryConfigYaml {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget: Ratio(0.2),
+            min_per_sec: 10,
+            on: vec![
+                "connect_error".into(),
+                "502".into(),
+                "503".into(),
+                "504".into(),
+                "timeout".into(),
+                "reset".into(),
+            ],
+            backoff: HumanDuration(Duration::from_millis(25)),
+            max_backoff: HumanDuration(Duration::from_secs(1)),
+            retry_after_cap: HumanDuration(Duration::from_secs(1)),
+            max_body_bytes: ByteSize(64 * 1024),
+            deadline: None,
+        }
+    }
 }
 
 /// A circuit breaker for one upstream (`gateway_breaker::CircuitBreakerLayer`).

@@ -32,5 +32,5 @@ mod server;
 pub use compile::{Compiled, UpstreamSpec};
 pub use config::{Config, ConfigError, ConfigIssue};
 pub use demo::{DEMO_CONFIG, DEMO_UPSTREAM_ADDR, bind_demo_upstream, serve_demo_upstream};
-pub use pipeline::{Pipeline, RequestBody};
+pub use pipeline::{ClientBody, Pipeline, RequestBody};
 pub use server::{RunningGateway, start};

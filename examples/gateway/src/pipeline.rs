@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_breaker::{BulkheadLayer, CircuitBreaker};
+use gateway_breaker::{BulkheadLayer, CircuitBreaker, ReplayBody, Retry};
 use gateway_core::{
     ConnectionInfo, DefaultClassifier, PathError, Problem, RejectReason, ResponseFlags,
     normalize_path,
@@ -16,23 +16,36 @@ use http::{
 };
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use tower::ServiceExt;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{compile::Compiled, router::rewrite_path};
 
-/// The request body type forwarded upstream: the client's body, counted against
-/// `limits.max_body_bytes` while it streams.
-pub type RequestBody = Limited<Incoming>;
+/// The client's body, counted against `limits.max_body_bytes` while it streams.
+pub type ClientBody = Limited<Incoming>;
+
+/// The request body type forwarded upstream: the client's body, streamed through, or buffered by
+/// the retry layer for replay.
+pub type RequestBody = ReplayBody<ClientBody>;
+
+type Client = Upstream<RequestBody>;
+type Guarded = CircuitBreaker<Client, DefaultClassifier>;
+
+/// The stack in front of one upstream: its client, behind a breaker and retries when configured.
+#[derive(Debug)]
+enum Dispatch {
+    Plain(Client),
+    Breaker(Guarded),
+    Retry(Retry<Client>),
+    RetryBreaker(Retry<Guarded>),
+}
 
 /// One worker's request pipeline: the shared compiled config plus this worker's upstream
 /// clients (connection pools stay on the core that uses them).
 #[derive(Debug)]
 pub struct Pipeline {
     compiled: Arc<Compiled>,
-    upstreams: Vec<Upstream<RequestBody>>,
-    /// The same clients behind the upstream's circuit breaker, where one is configured.
-    guarded: Vec<Option<CircuitBreaker<Upstream<RequestBody>, DefaultClassifier>>>,
+    dispatch: Vec<Dispatch>,
 }
 
 fn reject(
@@ -50,22 +63,22 @@ fn reject(
 impl Pipeline {
     /// Builds the pipeline, creating this worker's upstream clients.
     pub fn new(compiled: Arc<Compiled>) -> Self {
-        let upstreams: Vec<_> = compiled.upstreams.iter().map(|u| u.build()).collect();
-        let guarded = compiled
+        let dispatch = compiled
             .upstreams
             .iter()
-            .zip(&upstreams)
-            .map(|(spec, client)| {
-                spec.breaker
-                    .as_ref()
-                    .map(|layer| layer.layer(client.clone()))
+            .map(|spec| {
+                let client = spec.build();
+                match (&spec.retry, &spec.breaker) {
+                    (None, None) => Dispatch::Plain(client),
+                    (None, Some(breaker)) => Dispatch::Breaker(breaker.layer(client)),
+                    (Some(retry), None) => Dispatch::Retry(retry.layer(client)),
+                    (Some(retry), Some(breaker)) => {
+                        Dispatch::RetryBreaker(retry.layer(breaker.layer(client)))
+                    }
+                }
             })
             .collect();
-        Self {
-            compiled,
-            upstreams,
-            guarded,
-        }
+        Self { compiled, dispatch }
     }
 
     /// The compiled configuration.
@@ -89,10 +102,18 @@ impl Pipeline {
                     },
                     None => None,
                 };
-                let sent = match &self.guarded[upstream] {
-                    // A clone is a few reference-count increments; the breaker state is shared.
-                    Some(guarded) => guarded.clone().call(req).await,
-                    None => self.upstreams[upstream].send(req).await,
+                // Clones are a few reference-count increments; breaker state and retry budget are
+                // shared by all of them.
+                let sent = match &self.dispatch[upstream] {
+                    Dispatch::Plain(client) => client.send(req.map(ReplayBody::streaming)).await,
+                    Dispatch::Breaker(guarded) => {
+                        guarded
+                            .clone()
+                            .oneshot(req.map(ReplayBody::streaming))
+                            .await
+                    }
+                    Dispatch::Retry(retry) => retry.clone().oneshot(req).await,
+                    Dispatch::RetryBreaker(retry) => retry.clone().oneshot(req).await,
                 };
                 match sent {
                     Ok(res) => res,
@@ -109,7 +130,7 @@ impl Pipeline {
         &self,
         req: Request<Incoming>,
         conn: ConnectionInfo,
-    ) -> Result<(usize, Request<RequestBody>), Response<ResponseBody>> {
+    ) -> Result<(usize, Request<ClientBody>), Response<ResponseBody>> {
         let c = &*self.compiled;
         let limits = &c.limits;
         let (mut parts, body) = req.into_parts();

@@ -905,3 +905,54 @@ async fn max_concurrent_sheds_the_excess_with_503() {
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     assert_eq!(get(addr(&gw), "/three").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn retries_spread_over_endpoints_replay_bodies_and_spare_non_idempotent_requests() {
+    // Two endpoints: one always answers 503, the other echoes. Round robin sends the retry of a
+    // request that hit the bad one to the good one.
+    let bad = TestUpstream::start(|_req| async {
+        let mut res = Response::new(full("unavailable"));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        res
+    })
+    .await;
+    let good = TestUpstream::echo().await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\", \"{}\"]\n    retry: {{ attempts: 2, backoff: 1ms, max_backoff: 2ms }}\nroutes:\n  - name: all\n    upstream: up\n",
+        bad.addr(),
+        good.addr()
+    );
+    let gw = start(&yaml, bad.addr());
+    let c = client();
+    for i in 0..4 {
+        let res = send(
+            &c,
+            req("PUT", format!("http://{}/item/{i}", addr(&gw)), "payload"),
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::OK, "PUT {i}");
+        assert_eq!(
+            res.text(),
+            "payload",
+            "the body was replayed to the second endpoint"
+        );
+    }
+    assert!(
+        !bad.requests().is_empty(),
+        "round robin did send requests to the failing endpoint"
+    );
+    // A POST that reached the failing endpoint is not retried: it may have had effects.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            send(&c, req("POST", format!("http://{}/orders", addr(&gw)), "x"))
+                .await
+                .status,
+        );
+    }
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
+}
