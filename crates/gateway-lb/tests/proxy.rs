@@ -482,3 +482,30 @@ async fn a_connection_still_uploading_after_an_early_answer_is_not_handed_out() 
     drop(tx);
     server.abort();
 }
+
+#[tokio::test]
+async fn a_stalled_response_body_is_aborted_by_the_body_timeout() {
+    let (tx, body) = gateway_test::channel_body(1);
+    let body = std::sync::Mutex::new(Some(body));
+    let backend = TestUpstream::start(move |_req| {
+        let body = body.lock().unwrap().take().expect("one request");
+        async move { Response::new(body) }
+    })
+    .await;
+    let upstream = upstream_for(&[backend.addr()])
+        .body_timeout(Some(Duration::from_millis(200)))
+        .build::<Full<Bytes>>();
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    let res = upstream.oneshot(request("GET", "/", "")).await.unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // The upstream now says nothing (the sender stays open): the body ends in a timeout error
+    // instead of waiting forever.
+    let next = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the stalled body was not aborted");
+    let err = next.expect("an error frame").unwrap_err();
+    assert!(err.to_string().contains("idle timeout"), "{err}");
+    drop(tx);
+}

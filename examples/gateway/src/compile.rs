@@ -59,6 +59,8 @@ pub struct UpstreamSpec {
     pub bulkhead: Option<BulkheadLayer>,
     /// Retries, with one budget shared by every worker.
     pub retry: Option<RetryLayer>,
+    /// Overall deadline for the response headers, retries included.
+    pub deadline: Option<Duration>,
 }
 
 impl UpstreamSpec {
@@ -147,6 +149,7 @@ impl Compiled {
             let builder = Upstream::builder(endpoints.clone())
                 .connect_timeout(up.timeouts.connect.0)
                 .request_timeout(Some(up.timeouts.request.0))
+                .body_timeout(up.timeouts.body.map(|d| d.0))
                 .host(host)
                 .protocol(match up.protocol {
                     ProtocolConfig::Http1 => Protocol::Http1,
@@ -188,6 +191,7 @@ impl Compiled {
                 breaker,
                 bulkhead: up.max_concurrent.map(BulkheadLayer::new),
                 retry,
+                deadline: up.timeouts.total.map(|d| d.0),
             });
         }
 
@@ -535,7 +539,11 @@ fn check_limits(config: &Config, issues: &mut Issues) {
     }
     for (name, spanned) in &config.upstreams {
         let t = &spanned.value.timeouts;
-        if t.connect.0.is_zero() || t.request.0.is_zero() {
+        if t.connect.0.is_zero()
+            || t.request.0.is_zero()
+            || t.body.is_some_and(|d| d.0.is_zero())
+            || t.total.is_some_and(|d| d.0.is_zero())
+        {
             issues.at(
                 spanned,
                 format!("upstreams.{name}.timeouts"),

@@ -344,8 +344,12 @@ pub enum HostConfig {
 pub struct UpstreamTimeouts {
     /// TCP connect timeout.
     pub connect: HumanDuration,
-    /// Time from sending a request to receiving the response headers.
+    /// Time from sending a request to receiving the response headers (per attempt).
     pub request: HumanDuration,
+    /// Longest pause between two pieces of the response body before the stream is aborted.
+    pub body: Option<HumanDuration>,
+    /// Overall deadline for the response headers, retries included.
+    pub total: Option<HumanDuration>,
 }
 
 impl Default for UpstreamTimeouts {
@@ -353,6 +357,8 @@ impl Default for UpstreamTimeouts {
         Self {
             connect: HumanDuration(Duration::from_secs(1)),
             request: HumanDuration(Duration::from_secs(15)),
+            body: None,
+            total: None,
         }
     }
 }

@@ -104,16 +104,34 @@ impl Pipeline {
                 };
                 // Clones are a few reference-count increments; breaker state and retry budget are
                 // shared by all of them.
-                let sent = match &self.dispatch[upstream] {
-                    Dispatch::Plain(client) => client.send(req.map(ReplayBody::streaming)).await,
-                    Dispatch::Breaker(guarded) => {
-                        guarded
-                            .clone()
-                            .oneshot(req.map(ReplayBody::streaming))
-                            .await
+                let dispatch = async {
+                    match &self.dispatch[upstream] {
+                        Dispatch::Plain(client) => {
+                            client.send(req.map(ReplayBody::streaming)).await
+                        }
+                        Dispatch::Breaker(guarded) => {
+                            guarded
+                                .clone()
+                                .oneshot(req.map(ReplayBody::streaming))
+                                .await
+                        }
+                        Dispatch::Retry(retry) => retry.clone().oneshot(req).await,
+                        Dispatch::RetryBreaker(retry) => retry.clone().oneshot(req).await,
                     }
-                    Dispatch::Retry(retry) => retry.clone().oneshot(req).await,
-                    Dispatch::RetryBreaker(retry) => retry.clone().oneshot(req).await,
+                };
+                let sent = match self.compiled.upstreams[upstream].deadline {
+                    None => dispatch.await,
+                    Some(deadline) => match tokio::time::timeout(deadline, dispatch).await {
+                        Ok(sent) => sent,
+                        Err(_) => {
+                            return reject(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                RejectReason::UpstreamTimeout,
+                                ResponseFlags::UPSTREAM_TIMEOUT,
+                                "the upstream did not answer within the request deadline",
+                            );
+                        }
+                    },
                 };
                 match sent {
                     Ok(res) => res,

@@ -436,7 +436,7 @@ pin_project! {
 
 impl http_body::Body for GuardedBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = gateway_core::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

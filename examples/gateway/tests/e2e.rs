@@ -956,3 +956,16 @@ async fn retries_spread_over_endpoints_replay_bodies_and_spare_non_idempotent_re
     );
     assert!(statuses.contains(&StatusCode::OK), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn the_total_deadline_bounds_a_hanging_upstream_retries_included() {
+    let up = TestUpstream::start(|_req| std::future::pending()).await;
+    let yaml = simple("").replace(
+        "    timeouts: { connect: 1s, request: 2s }\n",
+        "    timeouts: { connect: 1s, request: 10s, total: 300ms }\n    retry: { attempts: 3 }\n",
+    );
+    let gw = start(&yaml, up.addr());
+    let res = get(addr(&gw), "/").await;
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(res.text().contains("request deadline"), "{}", res.text());
+}

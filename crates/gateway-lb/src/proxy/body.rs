@@ -9,6 +9,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use gateway_core::BoxError;
+use std::{future::Future, time::Duration};
+use tokio::time::Sleep;
+
 use super::pool::OnEnd;
 
 pin_project! {
@@ -24,7 +28,14 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming, on_end: Option<OnEnd> },
+        Upstream {
+            #[pin]
+            body: Incoming,
+            on_end: Option<OnEnd>,
+            // Boxed so the body stays `Unpin`; allocated only when a body timeout is set.
+            idle: Option<Pin<Box<Sleep>>>,
+            idle_for: Duration,
+        },
         Full { #[pin] body: Full<Bytes> },
     }
 }
@@ -32,10 +43,16 @@ pin_project! {
 impl std::fmt::Debug for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Upstream { body, on_end } => f
+            Self::Upstream {
+                body,
+                on_end,
+                idle_for,
+                idle,
+            } => f
                 .debug_struct("Upstream")
                 .field("body", body)
                 .field("pooled", &on_end.is_some())
+                .field("idle_timeout", &idle.as_ref().map(|_| idle_for))
                 .finish(),
             Self::Full { body } => f.debug_struct("Full").field("body", body).finish(),
         }
@@ -43,9 +60,18 @@ impl std::fmt::Debug for Kind {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming, on_end: Option<OnEnd>) -> Self {
+    pub(crate) fn upstream(
+        body: Incoming,
+        on_end: Option<OnEnd>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
         Self {
-            kind: Kind::Upstream { body, on_end },
+            kind: Kind::Upstream {
+                body,
+                on_end,
+                idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
+                idle_for: idle_timeout.unwrap_or_default(),
+            },
         }
     }
 
@@ -84,15 +110,37 @@ impl Default for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Upstream { mut body, on_end } => {
+            KindProj::Upstream {
+                mut body,
+                on_end,
+                idle,
+                idle_for,
+            } => {
                 let polled = body.as_mut().poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(timer) = idle.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    // The upstream stopped sending: abort the stream rather than hang.
+                    on_end.take();
+                    *idle = None;
+                    return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "upstream response body idle timeout",
+                    )))));
+                }
+                if let (Poll::Ready(Some(Ok(_))), Some(timer)) = (&polled, idle.as_mut()) {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + *idle_for);
+                }
                 let done = match &polled {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
@@ -106,7 +154,7 @@ impl Body for ResponseBody {
                 if done && let Some(release) = on_end.take() {
                     release();
                 }
-                polled
+                polled.map_err(BoxError::from)
             }
             KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }

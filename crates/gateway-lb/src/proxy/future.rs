@@ -38,6 +38,7 @@ pin_project! {
             fut: Exchange,
             #[pin]
             sleep: Option<Sleep>,
+            body_timeout: Option<Duration>,
         },
     }
 }
@@ -57,11 +58,16 @@ impl ResponseFuture {
         }
     }
 
-    pub(crate) fn upstream(fut: Exchange, timeout: Option<Duration>) -> Self {
+    pub(crate) fn upstream(
+        fut: Exchange,
+        timeout: Option<Duration>,
+        body_timeout: Option<Duration>,
+    ) -> Self {
         Self {
             state: State::Waiting {
                 fut,
                 sleep: timeout.map(tokio::time::sleep),
+                body_timeout,
             },
         }
     }
@@ -75,13 +81,20 @@ impl Future for ResponseFuture {
             StateProj::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
-            StateProj::Waiting { fut, sleep } => {
+            StateProj::Waiting {
+                fut,
+                sleep,
+                body_timeout,
+            } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
                     return Poll::Ready(Ok(match result {
                         Ok((res, on_end)) => {
                             let (mut parts, body) = res.into_parts();
                             strip_hop_by_hop(&mut parts.headers);
-                            Response::from_parts(parts, ResponseBody::upstream(body, on_end))
+                            Response::from_parts(
+                                parts,
+                                ResponseBody::upstream(body, on_end, *body_timeout),
+                            )
                         }
                         Err(err) => {
                             tracing::debug!(error = ?err, "upstream request failed");

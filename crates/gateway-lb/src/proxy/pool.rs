@@ -311,7 +311,7 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let (res, on_end) = pool.clone().send(0, req).await.unwrap();
-        let body = crate::ResponseBody::upstream(res.into_body(), on_end);
+        let body = crate::ResponseBody::upstream(res.into_body(), on_end, None);
         body.collect().await.unwrap();
     }
 

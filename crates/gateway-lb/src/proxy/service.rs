@@ -55,6 +55,7 @@ pub struct UpstreamBuilder {
     endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     host: HostHeader,
@@ -78,6 +79,15 @@ impl UpstreamBuilder {
     #[must_use]
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Longest pause between two pieces of a response body (default none). When the upstream
+    /// stalls longer, the stream to the client is aborted instead of hanging; the response
+    /// headers are covered by [`request_timeout`](Self::request_timeout).
+    #[must_use]
+    pub fn body_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -162,6 +172,7 @@ impl UpstreamBuilder {
                 endpoints: self.endpoints.into_boxed_slice(),
                 next: AtomicUsize::new(0),
                 request_timeout: self.request_timeout,
+                body_timeout: self.body_timeout,
                 host: self.host,
                 protocol: self.protocol,
                 via: self.via.as_deref().and_then(Via::new),
@@ -179,6 +190,7 @@ struct Shared {
     host_values: Box<[HeaderValue]>,
     next: AtomicUsize,
     request_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
     host: HostHeader,
     protocol: Protocol,
     via: Option<Via>,
@@ -228,6 +240,7 @@ impl Upstream<()> {
             endpoints: endpoints.into_iter().collect(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Some(Duration::from_secs(15)),
+            body_timeout: None,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
             host: HostHeader::Preserve,
@@ -356,7 +369,7 @@ where
             .pool
             .clone()
             .send(idx, Request::from_parts(parts, body));
-        ResponseFuture::upstream(Box::pin(fut), shared.request_timeout)
+        ResponseFuture::upstream(Box::pin(fut), shared.request_timeout, shared.body_timeout)
     }
 }
 
