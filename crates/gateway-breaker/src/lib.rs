@@ -6,6 +6,7 @@
 //!   once instead of queueing it.
 //! - [`RetryLayer`]: budgeted retries with backoff, safe by default (idempotent methods, replayable
 //!   bodies, connect failures for any method).
+//! - [`HedgeLayer`]: a budgeted second copy of a slow idempotent request; the first answer wins.
 //!
 //! What counts as a failure comes from [`gateway_core::ClassifyFailure`], the classification
 //! shared with retries, outlier detection and metrics.
@@ -49,6 +50,7 @@
 
 pub mod bulkhead;
 mod circuit;
+pub mod hedge;
 pub mod retry;
 
 pub use bulkhead::{Bulkhead, BulkheadFuture, BulkheadLayer, BulkheadPermit};
@@ -56,4 +58,5 @@ pub use circuit::{
     BreakerMetrics, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle,
     CircuitBreakerLayer, ResponseFuture, Window,
 };
+pub use hedge::{Hedge, HedgeFuture, HedgeLayer, Hedged};
 pub use retry::{ReplayBody, Retry, RetryConfig, RetryCount, RetryFuture, RetryLayer};

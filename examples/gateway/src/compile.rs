@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use gateway_breaker::{
-    BulkheadLayer, CircuitBreakerConfig, CircuitBreakerLayer, RetryConfig, RetryLayer, Window,
+    BulkheadLayer, CircuitBreakerConfig, CircuitBreakerLayer, HedgeLayer, RetryConfig, RetryLayer,
+    Window,
 };
 use gateway_core::{DefaultClassifier, ForwardedHeader, RouteId, TrustedProxies};
 use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
@@ -61,6 +62,8 @@ pub struct UpstreamSpec {
     pub retry: Option<RetryLayer>,
     /// Overall deadline for the response headers, retries included.
     pub deadline: Option<Duration>,
+    /// Hedging of slow idempotent requests, with one budget shared by every worker.
+    pub hedge: Option<HedgeLayer>,
 }
 
 impl UpstreamSpec {
@@ -192,6 +195,13 @@ impl Compiled {
                 bulkhead: up.max_concurrent.map(BulkheadLayer::new),
                 retry,
                 deadline: up.timeouts.total.map(|d| d.0),
+                hedge: up.hedge.as_ref().map(|h| {
+                    HedgeLayer::new(h.after.0).budget(
+                        h.budget.0 as f32,
+                        h.min_per_sec,
+                        Duration::from_secs(10),
+                    )
+                }),
             });
         }
 

@@ -165,6 +165,32 @@ pub struct UpstreamConfig {
     /// Budgeted retries; none when absent.
     #[serde(default)]
     pub retry: Option<Spanned<RetryConfigYaml>>,
+    /// Hedged requests; none when absent.
+    #[serde(default)]
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// Hedging for one upstream (`gateway_breaker::HedgeLayer`): idempotent requests with a buffered
+/// body (see `retry.max_body_bytes`) still unanswered after `after` get a second copy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// How long to wait before sending the hedge (a latency percentile of the upstream, say).
+    pub after: HumanDuration,
+    /// Hedges may add at most this share of recent requests.
+    #[serde(default = "default_hedge_budget")]
+    pub budget: Ratio,
+    /// Hedges always allowed per second, on top of the budget.
+    #[serde(default = "default_hedge_min")]
+    pub min_per_sec: u32,
+}
+
+fn default_hedge_budget() -> Ratio {
+    Ratio(0.1)
+}
+
+fn default_hedge_min() -> u32 {
+    1
 }
 
 /// Retries for one upstream (`gateway_breaker::RetryLayer`).

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_breaker::{BulkheadLayer, CircuitBreaker, ReplayBody, Retry};
+use gateway_breaker::{
+    BulkheadLayer, CircuitBreaker, Hedge, HedgeLayer, ReplayBody, Retry, RetryConfig, RetryLayer,
+};
 use gateway_core::{
     ConnectionInfo, DefaultClassifier, PathError, Problem, RejectReason, ResponseFlags,
     normalize_path,
@@ -16,8 +18,15 @@ use http::{
 };
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
 use tower::ServiceExt;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::{compile::Compiled, router::rewrite_path};
 
@@ -31,13 +40,64 @@ pub type RequestBody = ReplayBody<ClientBody>;
 type Client = Upstream<RequestBody>;
 type Guarded = CircuitBreaker<Client, DefaultClassifier>;
 
-/// The stack in front of one upstream: its client, behind a breaker and retries when configured.
+/// The stack in front of one upstream. A bare upstream calls its client directly; one with any
+/// resilience setting goes through retries -> hedging -> breaker (each a pass-through when not
+/// configured) -> client.
 #[derive(Debug)]
 enum Dispatch {
+    Bare(Client),
+    Stacked(Retry<Hedge<Guard>>),
+}
+
+/// The client, behind the upstream's circuit breaker when it has one.
+#[derive(Clone, Debug)]
+enum Guard {
     Plain(Client),
     Breaker(Guarded),
-    Retry(Retry<Client>),
-    RetryBreaker(Retry<Guarded>),
+}
+
+impl Service<Request<RequestBody>> for Guard {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = GuardFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self {
+            Self::Plain(client) => client.poll_ready(cx),
+            Self::Breaker(guarded) => guarded.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> GuardFuture {
+        match self {
+            Self::Plain(client) => GuardFuture::Plain {
+                fut: client.send(req),
+            },
+            Self::Breaker(guarded) => GuardFuture::Breaker {
+                fut: guarded.call(req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Guard`].
+    #[project = GuardProj]
+    enum GuardFuture {
+        Plain { #[pin] fut: gateway_lb::ResponseFuture },
+        Breaker { #[pin] fut: gateway_breaker::ResponseFuture<gateway_lb::ResponseFuture, DefaultClassifier> },
+    }
+}
+
+impl Future for GuardFuture {
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProj::Plain { fut } => fut.poll(cx),
+            GuardProj::Breaker { fut } => fut.poll(cx),
+        }
+    }
 }
 
 /// One worker's request pipeline: the shared compiled config plus this worker's upstream
@@ -68,14 +128,19 @@ impl Pipeline {
             .iter()
             .map(|spec| {
                 let client = spec.build();
-                match (&spec.retry, &spec.breaker) {
-                    (None, None) => Dispatch::Plain(client),
-                    (None, Some(breaker)) => Dispatch::Breaker(breaker.layer(client)),
-                    (Some(retry), None) => Dispatch::Retry(retry.layer(client)),
-                    (Some(retry), Some(breaker)) => {
-                        Dispatch::RetryBreaker(retry.layer(breaker.layer(client)))
-                    }
+                if spec.retry.is_none() && spec.hedge.is_none() && spec.breaker.is_none() {
+                    return Dispatch::Bare(client);
                 }
+                let guard = match &spec.breaker {
+                    Some(breaker) => Guard::Breaker(breaker.layer(client)),
+                    None => Guard::Plain(client),
+                };
+                let hedge = spec.hedge.clone().unwrap_or_else(HedgeLayer::off);
+                let retry = spec
+                    .retry
+                    .clone()
+                    .unwrap_or_else(|| RetryLayer::new(RetryConfig::default().attempts(0)));
+                Dispatch::Stacked(retry.layer(hedge.layer(guard)))
             })
             .collect();
         Self { compiled, dispatch }
@@ -106,17 +171,8 @@ impl Pipeline {
                 // shared by all of them.
                 let dispatch = async {
                     match &self.dispatch[upstream] {
-                        Dispatch::Plain(client) => {
-                            client.send(req.map(ReplayBody::streaming)).await
-                        }
-                        Dispatch::Breaker(guarded) => {
-                            guarded
-                                .clone()
-                                .oneshot(req.map(ReplayBody::streaming))
-                                .await
-                        }
-                        Dispatch::Retry(retry) => retry.clone().oneshot(req).await,
-                        Dispatch::RetryBreaker(retry) => retry.clone().oneshot(req).await,
+                        Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
+                        Dispatch::Stacked(stack) => stack.clone().oneshot(req).await,
                     }
                 };
                 let sent = match self.compiled.upstreams[upstream].deadline {

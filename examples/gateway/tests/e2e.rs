@@ -969,3 +969,26 @@ async fn the_total_deadline_bounds_a_hanging_upstream_retries_included() {
     assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(res.text().contains("request deadline"), "{}", res.text());
 }
+
+#[tokio::test]
+async fn a_hedge_rescues_a_request_stuck_on_a_hung_endpoint() {
+    let hung = TestUpstream::start(|_req| std::future::pending()).await;
+    let fast = TestUpstream::fixed("fast").await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\", \"{}\"]\n    timeouts: {{ request: 30s }}\n    hedge: {{ after: 100ms, budget: 100%, min_per_sec: 100 }}\nroutes:\n  - name: all\n    upstream: up\n",
+        hung.addr(),
+        fast.addr()
+    );
+    let gw = start(&yaml, fast.addr());
+    for _ in 0..2 {
+        // Round robin sends each first attempt to the hung endpoint and each hedge to the fast
+        // one; without the hedge the request would wait 30 s.
+        let res = tokio::time::timeout(Duration::from_secs(10), get(addr(&gw), "/"))
+            .await
+            .expect("the hedge answered");
+        assert_eq!(res.status, StatusCode::OK);
+        assert_eq!(res.text(), "fast");
+    }
+    assert_eq!(hung.requests().len(), 2);
+    assert_eq!(fast.requests().len(), 2);
+}

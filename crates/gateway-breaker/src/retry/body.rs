@@ -96,3 +96,17 @@ where
         }
     }
 }
+
+/// A copy of a request for another attempt, when its body is buffered.
+pub(crate) fn clone_request<B>(
+    req: &http::Request<ReplayBody<B>>,
+) -> Option<http::Request<ReplayBody<B>>> {
+    let body = req.body().try_clone()?;
+    let mut clone = http::Request::new(body);
+    *clone.method_mut() = req.method().clone();
+    *clone.uri_mut() = req.uri().clone();
+    *clone.version_mut() = req.version();
+    *clone.headers_mut() = req.headers().clone();
+    *clone.extensions_mut() = req.extensions().clone();
+    Some(clone)
+}

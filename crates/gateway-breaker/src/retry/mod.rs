@@ -21,8 +21,8 @@
 //!
 //! The final response carries a [`RetryCount`] extension.
 
-mod body;
-mod policy;
+pub(crate) mod body;
+pub(crate) mod policy;
 mod service;
 
 pub use body::ReplayBody;

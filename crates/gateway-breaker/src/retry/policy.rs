@@ -136,7 +136,7 @@ pub(crate) struct RetryPolicy {
     pub(crate) rng: u64,
 }
 
-fn idempotent(method: &Method) -> bool {
+pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -244,13 +244,6 @@ impl<B, ResBody, E> Policy<Request<ReplayBody<B>>, Response<ResBody>, E> for Ret
     }
 
     fn clone_request(&mut self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
-        let body = req.body().try_clone()?;
-        let mut clone = Request::new(body);
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        *clone.extensions_mut() = req.extensions().clone();
-        Some(clone)
+        super::body::clone_request(req)
     }
 }

@@ -139,7 +139,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.budget.deposit();
+        let enabled = self.cfg.attempts > 0;
+        if enabled {
+            self.budget.deposit();
+        }
         // The readied service serves this call; a fresh clone waits for the next poll_ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -159,11 +162,17 @@ where
             .or_else(|| req.body().size_hint().exact());
         let (parts, body) = req.into_parts();
         let state = if body.is_end_stream() {
+            // Nothing to buffer: an empty body is replayable for free (hedges use it too).
             RetryState::Calling {
                 fut: tower.call(Request::from_parts(
                     parts,
                     ReplayBody::buffered(Bytes::new()),
                 )),
+            }
+        } else if !enabled {
+            // Retries off: nothing is buffered, the body streams through.
+            RetryState::Calling {
+                fut: tower.call(Request::from_parts(parts, ReplayBody::streaming(body))),
             }
         } else if declared.is_some_and(|n| n <= self.cfg.max_body_bytes) {
             RetryState::Collecting {

@@ -1,0 +1,137 @@
+//! Hedging behaviour, with tokio's paused clock.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use gateway_breaker::{HedgeLayer, Hedged, ReplayBody};
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service, ServiceExt};
+
+/// An upstream whose n-th call takes `latencies[n]` milliseconds (the last value repeats), and
+/// the counter of its calls.
+fn upstream(latencies: &'static [u64]) -> (Upstream, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    (
+        Upstream {
+            latencies,
+            calls: calls.clone(),
+        },
+        calls,
+    )
+}
+
+#[derive(Clone)]
+struct Upstream {
+    latencies: &'static [u64],
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<ReplayBody<Full<Bytes>>>> for Upstream {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<String>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let wait = self.latencies[n.min(self.latencies.len() - 1)];
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Ok(Response::new(format!("call {n}")))
+        })
+    }
+}
+
+fn buffered(method: Method) -> Request<ReplayBody<Full<Bytes>>> {
+    Request::builder()
+        .method(method)
+        .uri("/")
+        .body(ReplayBody::buffered(Bytes::from_static(b"body")))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_answer_needs_no_hedge() {
+    let (svc, calls) = upstream(&[10]);
+    let res = HedgeLayer::new(Duration::from_millis(50))
+        .layer(svc)
+        .oneshot(buffered(Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "call 0");
+    assert!(res.extensions().get::<Hedged>().is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_answer_is_raced_by_a_hedge_and_the_first_wins() {
+    let (svc, calls) = upstream(&[1_000, 20]);
+    let started = tokio::time::Instant::now();
+    let res = HedgeLayer::new(Duration::from_millis(50))
+        .layer(svc)
+        .oneshot(buffered(Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "call 1");
+    assert!(res.extensions().get::<Hedged>().is_some());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(70),
+        "50 ms delay + 20 ms hedge"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_idempotent_and_streaming_requests_are_never_hedged() {
+    let (svc, calls) = upstream(&[200]);
+    let layer = HedgeLayer::new(Duration::from_millis(50));
+    let res = layer
+        .layer(svc.clone())
+        .oneshot(buffered(Method::POST))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "call 0");
+    let streaming = Request::get("/")
+        .body(ReplayBody::streaming(Full::new(Bytes::from_static(b"x"))))
+        .unwrap();
+    let res = layer.layer(svc).oneshot(streaming).await.unwrap();
+    assert_eq!(res.body(), "call 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one call each, no hedges");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_are_drawn_from_the_budget() {
+    let (svc, calls) = upstream(&[200]);
+    // No share of traffic and no reserve: the budget never allows a hedge.
+    let layer = HedgeLayer::new(Duration::from_millis(50)).budget(0.0, 0, Duration::from_secs(10));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..5 {
+        let res = layer
+            .layer(svc.clone())
+            .oneshot(buffered(Method::GET))
+            .await
+            .unwrap();
+        seen.lock()
+            .unwrap()
+            .push(res.extensions().get::<Hedged>().is_some());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert!(seen.lock().unwrap().iter().all(|h| !h));
+}
