@@ -55,8 +55,8 @@ pub mod retry;
 
 pub use bulkhead::{Bulkhead, BulkheadFuture, BulkheadLayer, BulkheadPermit};
 pub use circuit::{
-    BreakerMetrics, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle,
-    CircuitBreakerLayer, ResponseFuture, Window,
+    BreakerMetrics, BreakerState, CallPermit, CircuitBreaker, CircuitBreakerConfig,
+    CircuitBreakerHandle, CircuitBreakerLayer, ResponseFuture, Window,
 };
 pub use hedge::{Hedge, HedgeFuture, HedgeLayer, Hedged};
 pub use retry::{ReplayBody, Retry, RetryConfig, RetryCount, RetryFuture, RetryLayer};

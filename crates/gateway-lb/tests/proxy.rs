@@ -509,3 +509,57 @@ async fn a_stalled_response_body_is_aborted_by_the_body_timeout() {
     assert!(err.to_string().contains("idle timeout"), "{err}");
     drop(tx);
 }
+
+#[tokio::test]
+async fn per_endpoint_breakers_take_a_failing_endpoint_out_of_rotation() {
+    let bad = TestUpstream::start(|_req| async {
+        let mut res = Response::new(full("broken"));
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res
+    })
+    .await;
+    let good = TestUpstream::fixed("good").await;
+    let breaker = gateway_breaker::CircuitBreakerConfig::default()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(3600));
+    let upstream = upstream_for(&[bad.addr(), good.addr()])
+        .endpoint_breakers(&breaker)
+        .build::<Full<Bytes>>();
+    for _ in 0..10 {
+        call(&upstream, request("GET", "/", "")).await;
+    }
+    assert_eq!(
+        bad.requests().len(),
+        2,
+        "two failures opened the bad endpoint's breaker"
+    );
+    assert_eq!(good.requests().len(), 8);
+    let states: Vec<_> = upstream
+        .endpoint_breakers()
+        .unwrap()
+        .iter()
+        .map(|b| b.state())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            gateway_breaker::BreakerState::Open,
+            gateway_breaker::BreakerState::Closed
+        ]
+    );
+
+    // With every endpoint's breaker open, the answer is 503 UH at once.
+    upstream.endpoint_breakers().unwrap()[1].force_open();
+    let res = upstream
+        .clone()
+        .oneshot(request("GET", "/", ""))
+        .await
+        .unwrap();
+    assert_problem(
+        res,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ResponseFlags::NO_HEALTHY_UPSTREAM,
+    )
+    .await;
+    assert_eq!(good.requests().len(), 8);
+}

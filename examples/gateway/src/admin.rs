@@ -110,9 +110,19 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                 .bulkhead
                 .as_ref()
                 .map(|b| serde_json::json!({ "in_flight": b.in_flight() }));
+            let endpoint_breakers = u.builder.endpoint_breaker_handles().map(|handles| {
+                handles
+                    .iter()
+                    .zip(&u.endpoints)
+                    .map(|(h, e)| {
+                        serde_json::json!({ "endpoint": e.to_string(), "state": h.state().as_str() })
+                    })
+                    .collect::<Vec<_>>()
+            });
             serde_json::json!({
                 "name": u.name,
                 "bulkhead": bulkhead,
+                "endpoint_breakers": endpoint_breakers,
                 "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "breaker": breaker,
             })

@@ -161,7 +161,16 @@ impl Compiled {
                 .via((!via.is_empty()).then_some(via))
                 .x_forwarded(up.forwarding.x_forwarded)
                 .forwarded(up.forwarding.forwarded);
-            let breaker = up.breaker.as_ref().map(|b| breaker_layer(&b.value));
+            let per_endpoint = up.breaker.as_ref().is_some_and(|b| b.value.per_endpoint);
+            let breaker = up
+                .breaker
+                .as_ref()
+                .filter(|_| !per_endpoint)
+                .map(|b| breaker_layer(&b.value));
+            let builder = match up.breaker.as_ref().filter(|_| per_endpoint) {
+                Some(b) => builder.endpoint_breakers(&breaker_config(&b.value)),
+                None => builder,
+            };
             if let Some(b) = &up.breaker
                 && (b.value.open_for.0.is_zero()
                     || b.value.half_open_probes == 0
@@ -462,6 +471,11 @@ fn retry_layer(r: &crate::config::RetryConfigYaml) -> Result<RetryLayer, String>
 }
 
 fn breaker_layer(b: &crate::config::BreakerConfig) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::new(breaker_config(b))
+        .classifier(DefaultClassifier::new().rate_limited_is_failure(b.rate_limited_is_failure))
+}
+
+fn breaker_config(b: &crate::config::BreakerConfig) -> CircuitBreakerConfig {
     let mut config = CircuitBreakerConfig::default()
         .window(match b.window {
             WindowConfig::Calls(n) => Window::Count(n),
@@ -478,8 +492,7 @@ fn breaker_layer(b: &crate::config::BreakerConfig) -> CircuitBreakerLayer {
     if let Some(n) = b.consecutive_failures {
         config = config.consecutive_failures(n);
     }
-    CircuitBreakerLayer::new(config)
-        .classifier(DefaultClassifier::new().rate_limited_is_failure(b.rate_limited_is_failure))
+    config
 }
 
 fn check_rewrite_target(r: &serde_saphyr::Spanned<String>, field: &str, issues: &mut Issues) {

@@ -265,6 +265,9 @@ pub struct BreakerConfig {
     pub half_open_probes: u32,
     /// Count `429` answers as failures.
     pub rate_limited_is_failure: bool,
+    /// One breaker per endpoint (the balancer skips endpoints whose breaker is open) instead of
+    /// one for the whole upstream.
+    pub per_endpoint: bool,
 }
 
 impl Default for BreakerConfig {
@@ -280,6 +283,7 @@ impl Default for BreakerConfig {
             max_open_for: HumanDuration(Duration::from_secs(300)),
             half_open_probes: 3,
             rate_limited_is_failure: false,
+            per_endpoint: false,
         }
     }
 }

@@ -992,3 +992,37 @@ async fn a_hedge_rescues_a_request_stuck_on_a_hung_endpoint() {
     assert_eq!(hung.requests().len(), 2);
     assert_eq!(fast.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn per_endpoint_breakers_route_around_a_failing_endpoint() {
+    let bad = TestUpstream::start(|_req| async {
+        let mut res = Response::new(full("broken"));
+        *res.status_mut() = StatusCode::BAD_GATEWAY;
+        res
+    })
+    .await;
+    let good = TestUpstream::fixed("good").await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\", \"{}\"]\n    breaker: {{ per_endpoint: true, consecutive_failures: 2, open_for: 1h }}\nroutes:\n  - name: all\n    upstream: up\n",
+        bad.addr(),
+        good.addr()
+    );
+    let gw = start(&yaml, good.addr());
+    let mut ok = 0;
+    for _ in 0..10 {
+        if get(addr(&gw), "/").await.status == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(bad.requests().len(), 2);
+    assert_eq!(ok, 8);
+    let view: serde_json::Value =
+        serde_json::from_slice(&get(gw.admin_addr().unwrap(), "/upstreams").await.body).unwrap();
+    let states: Vec<&str> = view[0]["endpoint_breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["open", "closed"]);
+}

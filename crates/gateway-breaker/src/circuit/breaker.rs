@@ -401,6 +401,25 @@ pub struct CircuitBreakerHandle {
 }
 
 impl CircuitBreakerHandle {
+    /// A breaker used without the tower layer (one per endpoint inside a balancer, say): ask
+    /// [`try_acquire`](Self::try_acquire) before each call and record its outcome on the permit.
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        Self {
+            breaker: Arc::new(Breaker::new(config)),
+        }
+    }
+
+    /// Asks to make one call: a permit, or how long until the breaker may let calls through.
+    pub fn try_acquire(&self) -> Result<CallPermit, Duration> {
+        let now = Instant::now();
+        self.breaker.acquire(now).map(|permit| CallPermit {
+            breaker: self.breaker.clone(),
+            permit,
+            started: now,
+            recorded: false,
+        })
+    }
+
     /// The current state. An open breaker whose period has ended reports `Open` until the next
     /// call turns it half-open.
     pub fn state(&self) -> BreakerState {
@@ -445,6 +464,40 @@ impl CircuitBreakerHandle {
             half_opened: c.half_opened.load(Ordering::Relaxed),
             closed: c.closed.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Permission for one call through a breaker; see [`CircuitBreakerHandle::try_acquire`].
+///
+/// Record the outcome with [`record`](Self::record); a permit dropped without it (a cancelled
+/// call) gives its half-open probe slot back and records nothing.
+#[derive(Debug)]
+pub struct CallPermit {
+    breaker: Arc<Breaker>,
+    permit: Permit,
+    started: Instant,
+    recorded: bool,
+}
+
+impl CallPermit {
+    /// Records the call's outcome; its duration counts towards the slow-call rate.
+    pub fn record(mut self, failed: bool) {
+        let now = Instant::now();
+        self.breaker.record(
+            self.permit,
+            failed,
+            now.saturating_duration_since(self.started),
+            now,
+        );
+        self.recorded = true;
+    }
+}
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.release(self.permit);
         }
     }
 }

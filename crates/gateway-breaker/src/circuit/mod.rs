@@ -18,7 +18,7 @@ mod service;
 mod window;
 
 pub use breaker::{
-    BreakerMetrics, BreakerState, CircuitBreakerConfig, CircuitBreakerHandle, Window,
+    BreakerMetrics, BreakerState, CallPermit, CircuitBreakerConfig, CircuitBreakerHandle, Window,
 };
 pub use layer::CircuitBreakerLayer;
 pub use service::{CircuitBreaker, ResponseFuture};

@@ -9,10 +9,12 @@ use std::{
 use gateway_core::{ClassifyFailure, Problem, RejectReason, ResponseFlags};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_service::Service;
 
-use super::breaker::{Breaker, Permit};
+use super::{
+    CircuitBreakerHandle,
+    breaker::{Breaker, CallPermit},
+};
 
 /// A static response served while the breaker is open.
 #[derive(Debug)]
@@ -101,18 +103,15 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let now = Instant::now();
-        match self.breaker.acquire(now) {
+        let handle = CircuitBreakerHandle {
+            breaker: self.breaker.clone(),
+        };
+        match handle.try_acquire() {
             Ok(permit) => ResponseFuture {
                 state: State::Called {
                     fut: self.inner.call(req),
-                    guard: Some(Guard {
-                        breaker: self.breaker.clone(),
-                        permit,
-                        recorded: false,
-                    }),
+                    permit: Some(permit),
                     classifier: self.classifier.clone(),
-                    started: now,
                 },
             },
             Err(retry_after) => ResponseFuture {
@@ -121,35 +120,6 @@ where
                     fallback: self.fallback.clone(),
                 },
             },
-        }
-    }
-}
-
-/// Gives a probe slot back if the call is dropped before it finishes.
-#[derive(Debug)]
-struct Guard {
-    breaker: Arc<Breaker>,
-    permit: Permit,
-    recorded: bool,
-}
-
-impl Guard {
-    fn record(mut self, failed: bool, started: Instant) {
-        let now = Instant::now();
-        self.breaker.record(
-            self.permit,
-            failed,
-            now.saturating_duration_since(started),
-            now,
-        );
-        self.recorded = true;
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !self.recorded {
-            self.breaker.release(self.permit);
         }
     }
 }
@@ -168,9 +138,8 @@ pin_project! {
         Called {
             #[pin]
             fut: F,
-            guard: Option<Guard>,
+            permit: Option<CallPermit>,
             classifier: C,
-            started: Instant,
         },
         Rejected {
             retry_after: Duration,
@@ -197,9 +166,8 @@ where
         match self.project().state.project() {
             StateProj::Called {
                 fut,
-                guard,
+                permit,
                 classifier,
-                started,
             } => {
                 let result = ready!(fut.poll(cx));
                 let failed = match &result {
@@ -208,8 +176,8 @@ where
                         .is_some(),
                     Err(_) => true,
                 };
-                if let Some(guard) = guard.take() {
-                    guard.record(failed, *started);
+                if let Some(permit) = permit.take() {
+                    permit.record(failed);
                 }
                 Poll::Ready(result)
             }

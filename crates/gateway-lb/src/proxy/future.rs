@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+use gateway_breaker::CallPermit;
+use gateway_core::{ClassifyFailure, DefaultClassifier};
 use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -39,6 +41,7 @@ pin_project! {
             #[pin]
             sleep: Option<Sleep>,
             body_timeout: Option<Duration>,
+            permit: Option<CallPermit>,
         },
     }
 }
@@ -62,14 +65,26 @@ impl ResponseFuture {
         fut: Exchange,
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
+        permit: Option<CallPermit>,
     ) -> Self {
         Self {
             state: State::Waiting {
                 fut,
                 sleep: timeout.map(tokio::time::sleep),
                 body_timeout,
+                permit,
             },
         }
+    }
+}
+
+/// Records an exchange's outcome on the endpoint's breaker, when it has one.
+fn record(permit: Option<CallPermit>, res: &Response<ResponseBody>) {
+    if let Some(permit) = permit {
+        let failed = DefaultClassifier::new()
+            .classify_response(res.status(), res.headers(), res.extensions())
+            .is_some();
+        permit.record(failed);
     }
 }
 
@@ -85,9 +100,10 @@ impl Future for ResponseFuture {
                 fut,
                 sleep,
                 body_timeout,
+                permit,
             } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
-                    return Poll::Ready(Ok(match result {
+                    let res = match result {
                         Ok((res, on_end)) => {
                             let (mut parts, body) = res.into_parts();
                             strip_hop_by_hop(&mut parts.headers);
@@ -100,11 +116,15 @@ impl Future for ResponseFuture {
                             tracing::debug!(error = ?err, "upstream request failed");
                             error_response(&err)
                         }
-                    }));
+                    };
+                    record(permit.take(), &res);
+                    return Poll::Ready(Ok(res));
                 }
                 if let Some(sleep) = sleep.as_pin_mut() {
                     ready!(sleep.poll(cx));
-                    return Poll::Ready(Ok(timeout_response()));
+                    let res = timeout_response();
+                    record(permit.take(), &res);
+                    return Poll::Ready(Ok(res));
                 }
                 Poll::Pending
             }

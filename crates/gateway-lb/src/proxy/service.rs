@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use gateway_breaker::{CallPermit, CircuitBreakerHandle};
 use gateway_core::{ClientIp, ConnectionInfo, Problem, RejectReason, ResponseFlags};
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri, Version,
@@ -53,6 +54,7 @@ pub enum Protocol {
 #[derive(Clone, Debug)]
 pub struct UpstreamBuilder {
     endpoints: Vec<Endpoint>,
+    endpoint_breakers: Option<Arc<[CircuitBreakerHandle]>>,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
@@ -89,6 +91,26 @@ impl UpstreamBuilder {
     pub fn body_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.body_timeout = timeout;
         self
+    }
+
+    /// Gives every endpoint a circuit breaker of its own (shared by every `Upstream` built from
+    /// this builder and their clones): an endpoint whose breaker is open is skipped by the
+    /// balancer, and when every endpoint is open the answer is `503` with flag `UH`. Outcomes are
+    /// classified by [`gateway_core::DefaultClassifier`].
+    #[must_use]
+    pub fn endpoint_breakers(mut self, config: &gateway_breaker::CircuitBreakerConfig) -> Self {
+        self.endpoint_breakers = Some(
+            self.endpoints
+                .iter()
+                .map(|_| CircuitBreakerHandle::new(config.clone()))
+                .collect(),
+        );
+        self
+    }
+
+    /// The per-endpoint breakers set by [`endpoint_breakers`](Self::endpoint_breakers).
+    pub fn endpoint_breaker_handles(&self) -> Option<&[CircuitBreakerHandle]> {
+        self.endpoint_breakers.as_deref()
     }
 
     /// How long an idle pooled connection is kept (default 90 s).
@@ -161,6 +183,7 @@ impl UpstreamBuilder {
         );
         Upstream {
             shared: Arc::new(Shared {
+                breakers: self.endpoint_breakers.clone(),
                 host_values: self
                     .endpoints
                     .iter()
@@ -186,6 +209,8 @@ impl UpstreamBuilder {
 
 struct Shared {
     endpoints: Box<[Endpoint]>,
+    /// One breaker per endpoint, when configured.
+    breakers: Option<Arc<[CircuitBreakerHandle]>>,
     /// Each endpoint's `host:port` as a `Host` value, made once.
     host_values: Box<[HeaderValue]>,
     next: AtomicUsize,
@@ -238,6 +263,7 @@ impl Upstream<()> {
     pub fn builder(endpoints: impl IntoIterator<Item = Endpoint>) -> UpstreamBuilder {
         UpstreamBuilder {
             endpoints: endpoints.into_iter().collect(),
+            endpoint_breakers: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Some(Duration::from_secs(15)),
             body_timeout: None,
@@ -258,12 +284,29 @@ impl<B> Upstream<B> {
         &self.shared.endpoints
     }
 
-    fn pick(&self) -> Option<usize> {
-        match self.shared.endpoints.len() {
-            0 => None,
-            1 => Some(0),
-            n => Some(self.shared.next.fetch_add(1, Ordering::Relaxed) % n),
-        }
+    /// The endpoints' circuit breakers, when configured (in endpoint order).
+    pub fn endpoint_breakers(&self) -> Option<&[CircuitBreakerHandle]> {
+        self.shared.breakers.as_deref()
+    }
+
+    /// The next endpoint round robin, skipping endpoints whose breaker refuses the call.
+    fn pick(&self) -> Option<(usize, Option<CallPermit>)> {
+        let n = self.shared.endpoints.len();
+        let start = match n {
+            0 => return None,
+            1 => 0,
+            n => self.shared.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let Some(breakers) = &self.shared.breakers else {
+            return Some((start, None));
+        };
+        (0..n).find_map(|k| {
+            let i = (start + k) % n;
+            breakers[i]
+                .try_acquire()
+                .ok()
+                .map(|permit| (i, Some(permit)))
+        })
     }
 }
 
@@ -295,7 +338,7 @@ where
     /// Forwards `req`; the same as [`Service::call`] but through a shared reference, so one
     /// `Upstream` can serve many connections without cloning per request.
     pub fn send(&self, req: Request<B>) -> ResponseFuture {
-        let Some(idx) = self.pick() else {
+        let Some((idx, permit)) = self.pick() else {
             return ResponseFuture::ready(
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                     .detail("no upstream endpoint is available")
@@ -369,7 +412,12 @@ where
             .pool
             .clone()
             .send(idx, Request::from_parts(parts, body));
-        ResponseFuture::upstream(Box::pin(fut), shared.request_timeout, shared.body_timeout)
+        ResponseFuture::upstream(
+            Box::pin(fut),
+            shared.request_timeout,
+            shared.body_timeout,
+            permit,
+        )
     }
 }
 
