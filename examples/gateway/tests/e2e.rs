@@ -1026,3 +1026,79 @@ async fn per_endpoint_breakers_route_around_a_failing_endpoint() {
         .collect();
     assert_eq!(states, ["open", "closed"]);
 }
+
+#[tokio::test]
+async fn under_total_failure_the_retry_budget_caps_the_extra_load() {
+    let up = TestUpstream::start(|_req| async {
+        let mut res = Response::new(full("down"));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        res
+    })
+    .await;
+    let yaml = simple("").replace(
+        "    timeouts: { connect: 1s, request: 2s }\n",
+        "    timeouts: { connect: 1s, request: 2s }\n    retry: { attempts: 3, budget: 20%, min_per_sec: 0, backoff: 1ms, max_backoff: 1ms }\n",
+    );
+    let gw = start(&yaml, up.addr());
+    for _ in 0..100 {
+        assert_eq!(
+            get(addr(&gw), "/").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    // 3 retries per request were allowed; the budget allowed 20% of the traffic.
+    let calls = up.requests().len();
+    assert!(
+        (101..=120).contains(&calls),
+        "{calls} upstream calls for 100 requests"
+    );
+}
+
+#[tokio::test]
+async fn the_breaker_recloses_by_itself_once_the_upstream_recovers() {
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(500));
+    let up = TestUpstream::start({
+        let status = status.clone();
+        move |_req| {
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut res = Response::new(full("upstream"));
+                *res.status_mut() = StatusCode::from_u16(code).unwrap();
+                res
+            }
+        }
+    })
+    .await;
+    let yaml = simple("").replace(
+        "    timeouts: { connect: 1s, request: 2s }\n",
+        "    timeouts: { connect: 1s, request: 2s }\n    breaker: { consecutive_failures: 2, open_for: 200ms, half_open_probes: 1 }\n",
+    );
+    let gw = start(&yaml, up.addr());
+    let admin = gw.admin_addr().unwrap();
+    for _ in 0..2 {
+        get(addr(&gw), "/").await;
+    }
+    assert_eq!(
+        get(addr(&gw), "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    // Keep asking: answers are immediate 503s until the open period ends and the probe passes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = get(addr(&gw), "/").await;
+        if res.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        tokio::task::yield_now().await;
+    }
+    let view: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/upstreams").await.body).unwrap();
+    assert_eq!(view[0]["breaker"]["state"], "closed");
+    assert_eq!(view[0]["breaker"]["half_opened"], 1);
+}
