@@ -1092,7 +1092,7 @@ async fn the_breaker_recloses_by_itself_once_the_upstream_recovers() {
         }
         assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "the breaker never closed"
         );
         tokio::task::yield_now().await;
