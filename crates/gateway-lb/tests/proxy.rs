@@ -512,12 +512,7 @@ async fn a_stalled_response_body_is_aborted_by_the_body_timeout() {
 
 #[tokio::test]
 async fn per_endpoint_breakers_take_a_failing_endpoint_out_of_rotation() {
-    let bad = TestUpstream::start(|_req| async {
-        let mut res = Response::new(full("broken"));
-        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        res
-    })
-    .await;
+    let bad = TestUpstream::status(500, "broken").await;
     let good = TestUpstream::fixed("good").await;
     let breaker = gateway_breaker::CircuitBreakerConfig::default()
         .consecutive_failures(2)

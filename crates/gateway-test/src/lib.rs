@@ -69,6 +69,25 @@ impl Drop for TestUpstream {
     }
 }
 
+/// Holds the requests of a [`TestUpstream::gated`] server.
+#[derive(Debug)]
+pub struct Gate {
+    release: tokio::sync::watch::Sender<bool>,
+    arrived: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Gate {
+    /// Waits until a request has reached the server.
+    pub async fn arrived(&mut self) {
+        self.arrived.recv().await.expect("the server is running");
+    }
+
+    /// Lets every waiting and future request answer.
+    pub fn open(&self) {
+        self.release.send_replace(true);
+    }
+}
+
 /// Wraps a complete body as a [`TestBody`].
 pub fn full(bytes: impl Into<Bytes>) -> TestBody {
     Full::new(bytes.into())
@@ -130,6 +149,53 @@ impl TestUpstream {
     /// A server that answers every request `200` with `body`.
     pub async fn fixed(body: &'static str) -> Self {
         Self::start(move |_req| async move { Response::new(full(body)) }).await
+    }
+
+    /// A server that answers every request with `status` and `body`.
+    pub async fn status(status: u16, body: &'static str) -> Self {
+        let status = StatusCode::from_u16(status).expect("a valid status code");
+        Self::start(move |_req| async move {
+            let mut res = Response::new(full(body));
+            *res.status_mut() = status;
+            res
+        })
+        .await
+    }
+
+    /// A server whose answer status the test switches at run time (body `upstream`).
+    pub async fn switchable(initial: u16) -> (Self, Arc<std::sync::atomic::AtomicU16>) {
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(initial));
+        let server = Self::start({
+            let status = status.clone();
+            move |_req| {
+                let code = status.load(Ordering::SeqCst);
+                async move {
+                    let mut res = Response::new(full("upstream"));
+                    *res.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                    res
+                }
+            }
+        })
+        .await;
+        (server, status)
+    }
+
+    /// A server whose requests wait at a [`Gate`] until the test opens it, then answer `200`
+    /// `done`.
+    pub async fn gated() -> (Self, Gate) {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (arrived_tx, arrived) = tokio::sync::mpsc::channel::<()>(16);
+        let server = Self::start(move |_req| {
+            let mut released = released.clone();
+            let arrived = arrived_tx.clone();
+            async move {
+                let _ = arrived.send(()).await;
+                let _ = released.wait_for(|r| *r).await;
+                Response::new(full("done"))
+            }
+        })
+        .await;
+        (server, Gate { release, arrived })
     }
 
     /// A server that streams each request body back as the response body, with the method and

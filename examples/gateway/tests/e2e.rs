@@ -562,24 +562,13 @@ async fn upstream_failures_are_502_and_504_with_flags() {
 
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_requests() {
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let up = TestUpstream::start(move |_req| {
-        let mut release = release_rx.clone();
-        let arrived = arrived_tx.clone();
-        async move {
-            let _ = arrived.send(()).await;
-            let _ = release.wait_for(|r| *r).await;
-            Response::new(full("finished"))
-        }
-    })
-    .await;
+    let (up, mut gate) = TestUpstream::gated().await;
     let gw = start(&simple("shutdown:\n  drain_timeout: 20s\n"), up.addr());
     let a = addr(&gw);
     let admin = gw.admin_addr().unwrap();
     assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
     let in_flight = tokio::spawn(async move { get(a, "/slow").await });
-    arrived_rx.recv().await.unwrap();
+    gate.arrived().await;
 
     gw.shutdown();
     // New connections are refused once the listeners close.
@@ -593,10 +582,10 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "listener still accepting after shutdown");
-    release_tx.send_replace(true);
+    gate.open();
     let res = in_flight.await.unwrap();
     assert_eq!(res.status, StatusCode::OK);
-    assert_eq!(res.text(), "finished");
+    assert_eq!(res.text(), "done");
     gw.shutdown_and_wait().await;
 }
 
@@ -726,29 +715,18 @@ async fn the_routing_host_is_the_forwarded_host() {
 
 #[tokio::test]
 async fn readiness_reports_draining_during_shutdown() {
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let up = TestUpstream::start(move |_req| {
-        let mut release = release_rx.clone();
-        let arrived = arrived_tx.clone();
-        async move {
-            let _ = arrived.send(()).await;
-            let _ = release.wait_for(|r| *r).await;
-            Response::new(full("done"))
-        }
-    })
-    .await;
+    let (up, mut gate) = TestUpstream::gated().await;
     let gw = start(&simple(""), up.addr());
     let a = addr(&gw);
     let admin = gw.admin_addr().unwrap();
     let in_flight = tokio::spawn(async move { get(a, "/slow").await });
-    arrived_rx.recv().await.unwrap();
+    gate.arrived().await;
     gw.shutdown();
     let ready = get(admin, "/readyz").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.text().contains("draining"), "{}", ready.text());
     assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
-    release_tx.send_replace(true);
+    gate.open();
     assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
     gw.shutdown_and_wait().await;
     assert!(
@@ -811,19 +789,7 @@ fn misconfigurations_that_would_misbehave_are_refused() {
 
 #[tokio::test]
 async fn a_failing_upstream_trips_its_breaker_and_the_admin_api_shows_and_resets_it() {
-    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(500));
-    let up = TestUpstream::start({
-        let status = status.clone();
-        move |_req| {
-            let code = status.load(std::sync::atomic::Ordering::SeqCst);
-            async move {
-                let mut res = Response::new(full("upstream"));
-                *res.status_mut() = StatusCode::from_u16(code).unwrap();
-                res
-            }
-        }
-    })
-    .await;
+    let (up, status) = TestUpstream::switchable(500).await;
     let yaml = simple("").replace(
         "    timeouts: { connect: 1s, request: 2s }\n",
         "    timeouts: { connect: 1s, request: 2s }\n    breaker: { consecutive_failures: 3, open_for: 1h }\n",
@@ -869,18 +835,7 @@ async fn a_failing_upstream_trips_its_breaker_and_the_admin_api_shows_and_resets
 
 #[tokio::test]
 async fn max_concurrent_sheds_the_excess_with_503() {
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let up = TestUpstream::start(move |_req| {
-        let mut release = release_rx.clone();
-        let arrived = arrived_tx.clone();
-        async move {
-            let _ = arrived.send(()).await;
-            let _ = release.wait_for(|r| *r).await;
-            Response::new(full("done"))
-        }
-    })
-    .await;
+    let (up, mut gate) = TestUpstream::gated().await;
     let yaml = simple("").replace(
         "    timeouts: { connect: 1s, request: 2s }\n",
         "    timeouts: { connect: 1s, request: 10s }\n    max_concurrent: 1\n",
@@ -888,7 +843,7 @@ async fn max_concurrent_sheds_the_excess_with_503() {
     let gw = start(&yaml, up.addr());
     let a = addr(&gw);
     let first = tokio::spawn(async move { get(a, "/one").await });
-    arrived_rx.recv().await.unwrap();
+    gate.arrived().await;
     let shed = get(addr(&gw), "/two").await;
     assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -901,7 +856,7 @@ async fn max_concurrent_sheds_the_excess_with_503() {
         1,
         "the shed request never reached the upstream"
     );
-    release_tx.send_replace(true);
+    gate.open();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     assert_eq!(get(addr(&gw), "/three").await.status, StatusCode::OK);
 }
@@ -910,12 +865,7 @@ async fn max_concurrent_sheds_the_excess_with_503() {
 async fn retries_spread_over_endpoints_replay_bodies_and_spare_non_idempotent_requests() {
     // Two endpoints: one always answers 503, the other echoes. Round robin sends the retry of a
     // request that hit the bad one to the good one.
-    let bad = TestUpstream::start(|_req| async {
-        let mut res = Response::new(full("unavailable"));
-        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        res
-    })
-    .await;
+    let bad = TestUpstream::status(503, "unavailable").await;
     let good = TestUpstream::echo().await;
     let yaml = format!(
         "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\", \"{}\"]\n    retry: {{ attempts: 2, backoff: 1ms, max_backoff: 2ms }}\nroutes:\n  - name: all\n    upstream: up\n",
@@ -995,12 +945,7 @@ async fn a_hedge_rescues_a_request_stuck_on_a_hung_endpoint() {
 
 #[tokio::test]
 async fn per_endpoint_breakers_route_around_a_failing_endpoint() {
-    let bad = TestUpstream::start(|_req| async {
-        let mut res = Response::new(full("broken"));
-        *res.status_mut() = StatusCode::BAD_GATEWAY;
-        res
-    })
-    .await;
+    let bad = TestUpstream::status(502, "broken").await;
     let good = TestUpstream::fixed("good").await;
     let yaml = format!(
         "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\", \"{}\"]\n    breaker: {{ per_endpoint: true, consecutive_failures: 2, open_for: 1h }}\nroutes:\n  - name: all\n    upstream: up\n",
@@ -1029,12 +974,7 @@ async fn per_endpoint_breakers_route_around_a_failing_endpoint() {
 
 #[tokio::test]
 async fn under_total_failure_the_retry_budget_caps_the_extra_load() {
-    let up = TestUpstream::start(|_req| async {
-        let mut res = Response::new(full("down"));
-        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        res
-    })
-    .await;
+    let up = TestUpstream::status(503, "down").await;
     let yaml = simple("").replace(
         "    timeouts: { connect: 1s, request: 2s }\n",
         "    timeouts: { connect: 1s, request: 2s }\n    retry: { attempts: 3, budget: 20%, min_per_sec: 0, backoff: 1ms, max_backoff: 1ms }\n",
@@ -1056,19 +996,7 @@ async fn under_total_failure_the_retry_budget_caps_the_extra_load() {
 
 #[tokio::test]
 async fn the_breaker_recloses_by_itself_once_the_upstream_recovers() {
-    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(500));
-    let up = TestUpstream::start({
-        let status = status.clone();
-        move |_req| {
-            let code = status.load(std::sync::atomic::Ordering::SeqCst);
-            async move {
-                let mut res = Response::new(full("upstream"));
-                *res.status_mut() = StatusCode::from_u16(code).unwrap();
-                res
-            }
-        }
-    })
-    .await;
+    let (up, status) = TestUpstream::switchable(500).await;
     let yaml = simple("").replace(
         "    timeouts: { connect: 1s, request: 2s }\n",
         "    timeouts: { connect: 1s, request: 2s }\n    breaker: { consecutive_failures: 2, open_for: 200ms, half_open_probes: 1 }\n",
