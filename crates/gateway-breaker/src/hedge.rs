@@ -4,8 +4,11 @@
 //! Hedging trims the latency tail caused by one slow endpoint (a GC pause, a cold cache) at the
 //! cost of extra load, so hedges are drawn from a budget (tower's `TpsBudget`, a share of recent
 //! requests) shared by every clone. Only idempotent methods (RFC 9110 §9.2.2) with a buffered
-//! [`ReplayBody`] are hedged; the loser is dropped (its connection is closed, not reused). With a
-//! balancer below, the hedge usually goes to another endpoint. A response that came from the
+//! [`ReplayBody`] are hedged; the hedge waits for the inner service's `poll_ready` like any call.
+//! The first *good* answer wins (not a 5xx and not a gateway rejection such as an open breaker or a
+//! refused connection); when a leg fails, the other is awaited, and when both fail the first
+//! attempt's answer is returned. The loser is dropped (its connection is closed, not reused). With
+//! a balancer below, the hedge usually goes to another endpoint. A response that came from the
 //! hedge carries a [`Hedged`] extension.
 
 use std::{
@@ -16,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use gateway_core::{ClassifyFailure, DefaultClassifier, Rejection};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -144,6 +148,9 @@ where
                 spare: None,
                 service: None,
                 hedge: None,
+                readying: false,
+                primary_done: None,
+                hedge_done: None,
                 budget: self.budget.clone(),
             };
         };
@@ -160,6 +167,9 @@ where
             spare,
             service: spare_service,
             hedge: None,
+            readying: false,
+            primary_done: None,
+            hedge_done: None,
             budget: self.budget.clone(),
         }
     }
@@ -178,6 +188,10 @@ pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         spare: Option<Request<B>>,
         service: Option<S>,
+        // The timer fired and the budget allowed a hedge: waiting for the service to be ready.
+        readying: bool,
+        primary_done: Option<Result<S::Response, S::Error>>,
+        hedge_done: Option<Result<S::Response, S::Error>>,
         budget: Arc<TpsBudget>,
     }
 }
@@ -193,6 +207,24 @@ where
     }
 }
 
+/// Whether an answer is worth returning while the other leg may still do better: a response that
+/// is not a failure (5xx, a gateway rejection such as an open breaker or a refused connection).
+fn good<B, E>(result: &Result<Response<B>, E>) -> bool {
+    result.as_ref().is_ok_and(|res| {
+        DefaultClassifier::new()
+            .classify_response(res.status(), res.headers(), res.extensions())
+            .is_none()
+            && res.extensions().get::<Rejection>().is_none()
+    })
+}
+
+fn mark_hedged<B, E>(result: Result<Response<B>, E>) -> Result<Response<B>, E> {
+    result.map(|mut res| {
+        res.extensions_mut().insert(Hedged);
+        res
+    })
+}
+
 impl<S, B, ResBody> Future for HedgeFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -201,27 +233,64 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(out) = this.primary.poll(cx) {
-            return Poll::Ready(out);
-        }
-        if this.hedge.is_none()
-            && let Some(timer) = this.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            *this.timer = None;
-            if let (Some(req), Some(mut service)) = (this.spare.take(), this.service.take())
-                && this.budget.withdraw()
+        // Start the hedge when its time has come, the budget allows it and the service is ready.
+        if this.hedge.is_none() && this.primary_done.is_none() {
+            if let Some(timer) = this.timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
             {
-                this.hedge.set(Some(service.call(req)));
+                *this.timer = None;
+                *this.readying = this.spare.is_some() && this.budget.withdraw();
+                if !*this.readying {
+                    *this.spare = None;
+                    *this.service = None;
+                }
+            }
+            if *this.readying
+                && let Some(service) = this.service.as_mut()
+            {
+                match service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        *this.readying = false;
+                        let req = this.spare.take().expect("a spare request while readying");
+                        let call = service.call(req);
+                        this.hedge.set(Some(call));
+                    }
+                    Poll::Ready(Err(_)) => {
+                        *this.readying = false;
+                        *this.spare = None;
+                        *this.service = None;
+                    }
+                    Poll::Pending => {}
+                }
             }
         }
-        if let Some(hedge) = this.hedge.as_mut().as_pin_mut()
+        let hedge_running = this.hedge.is_some() && this.hedge_done.is_none();
+        if this.primary_done.is_none()
+            && let Poll::Ready(out) = this.primary.poll(cx)
+        {
+            // A good answer wins; so does any answer when no hedge is running.
+            if good(&out) || !hedge_running {
+                return Poll::Ready(out);
+            }
+            *this.primary_done = Some(out);
+        }
+        if hedge_running
+            && let Some(hedge) = this.hedge.as_mut().as_pin_mut()
             && let Poll::Ready(out) = hedge.poll(cx)
         {
-            return Poll::Ready(out.map(|mut res| {
-                res.extensions_mut().insert(Hedged);
-                res
-            }));
+            if good(&out) {
+                return Poll::Ready(mark_hedged(out));
+            }
+            if let Some(primary) = this.primary_done.take() {
+                // Both failed: the first attempt's answer is the one to report.
+                return Poll::Ready(primary);
+            }
+            *this.hedge_done = Some(out);
+        }
+        if this.hedge_done.is_some()
+            && let Some(primary) = this.primary_done.take()
+        {
+            return Poll::Ready(primary);
         }
         Poll::Pending
     }

@@ -135,3 +135,77 @@ async fn hedges_are_drawn_from_the_budget() {
     assert_eq!(calls.load(Ordering::SeqCst), 5);
     assert!(seen.lock().unwrap().iter().all(|h| !h));
 }
+
+/// An upstream whose first call answers 200 after 200 ms and whose later calls fail at once.
+#[derive(Clone)]
+struct FastFailure {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<ReplayBody<Full<Bytes>>>> for FastFailure {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<String>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(Response::new(String::from("slow but good")))
+            } else {
+                let mut res = Response::new(String::from("refused"));
+                *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                Ok(res)
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_hedge_does_not_beat_a_good_slow_answer() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = FastFailure {
+        calls: calls.clone(),
+    };
+    let res = HedgeLayer::new(Duration::from_millis(50))
+        .layer(svc)
+        .oneshot(buffered(Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "slow but good");
+    assert!(res.extensions().get::<Hedged>().is_none());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the hedge was sent and lost"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hedge_waits_for_the_inner_service_to_be_ready() {
+    // A concurrency limit of one: the hedge may only be sent once the primary is done, and
+    // calling it without poll_ready would panic.
+    let (svc, calls) = upstream(&[200, 10]);
+    let limited = tower::limit::ConcurrencyLimit::new(svc, 1);
+    let res = HedgeLayer::new(Duration::from_millis(50))
+        .layer(limited)
+        .oneshot(buffered(Method::GET))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "call 0");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no slot was free for a hedge"
+    );
+}

@@ -188,6 +188,8 @@ struct Inner {
     probes_in_flight: u32,
     probe_successes: u32,
     rng: u64,
+    /// Bumped on every state change.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -207,11 +209,19 @@ pub(crate) struct Breaker {
     counters: Counters,
 }
 
-/// Permission to make one call.
+/// What a permitted call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Permit {
+pub(crate) enum PermitKind {
     Normal,
     Probe,
+}
+
+/// Permission to make one call, tied to the breaker period (generation) it was given in: an
+/// outcome that arrives after the state has changed belongs to a period that is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Permit {
+    kind: PermitKind,
+    generation: u64,
 }
 
 impl Breaker {
@@ -231,6 +241,7 @@ impl Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
                 rng: seed(),
+                generation: 0,
             }),
             cfg,
             transitions,
@@ -245,6 +256,7 @@ impl Breaker {
     fn set_state(&self, inner: &mut Inner, state: BreakerState) {
         if inner.state != state {
             inner.state = state;
+            inner.generation += 1;
             self.transitions.send_replace(state);
         }
     }
@@ -253,7 +265,7 @@ impl Breaker {
     pub(crate) fn acquire(&self, now: Instant) -> Result<Permit, Duration> {
         let mut inner = self.lock();
         let result = match inner.state {
-            BreakerState::Closed | BreakerState::ForcedClosed => Ok(Permit::Normal),
+            BreakerState::Closed | BreakerState::ForcedClosed => Ok(PermitKind::Normal),
             BreakerState::ForcedOpen => Err(self.cfg.open_for),
             BreakerState::Open if now < inner.open_until => Err(inner.open_until - now),
             BreakerState::Open | BreakerState::HalfOpen => {
@@ -265,7 +277,7 @@ impl Breaker {
                 }
                 if inner.probes_in_flight + inner.probe_successes < self.cfg.half_open_probes {
                     inner.probes_in_flight += 1;
-                    Ok(Permit::Probe)
+                    Ok(PermitKind::Probe)
                 } else {
                     Err(Duration::from_secs(1))
                 }
@@ -274,15 +286,23 @@ impl Breaker {
         if result.is_err() {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        result.map(|kind| Permit {
+            kind,
+            generation: inner.generation,
+        })
     }
 
     /// Records the outcome of a permitted call.
     pub(crate) fn record(&self, permit: Permit, failed: bool, elapsed: Duration, now: Instant) {
         let slow = self.cfg.slow_call_duration.is_some_and(|d| elapsed > d);
         let mut inner = self.lock();
-        match (permit, inner.state) {
-            (Permit::Normal, BreakerState::Closed | BreakerState::ForcedClosed) => {
+        if permit.generation != inner.generation {
+            // The state changed while the call was in flight (tripped, reopened, forced): its
+            // outcome belongs to a period that is over.
+            return;
+        }
+        match (permit.kind, inner.state) {
+            (PermitKind::Normal, BreakerState::Closed | BreakerState::ForcedClosed) => {
                 match &mut inner.accrual {
                     Accrual::Count(w) => w.push(failed, slow),
                     Accrual::Time(w) => w.push(now, failed, slow),
@@ -296,7 +316,7 @@ impl Breaker {
                     self.open(&mut inner, now);
                 }
             }
-            (Permit::Probe, BreakerState::HalfOpen) => {
+            (PermitKind::Probe, BreakerState::HalfOpen) => {
                 inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
                 if failed || slow {
                     inner.trips += 1;
@@ -316,9 +336,9 @@ impl Breaker {
 
     /// A permitted call ended without an outcome (cancelled): give the probe slot back.
     pub(crate) fn release(&self, permit: Permit) {
-        if permit == Permit::Probe {
+        if permit.kind == PermitKind::Probe {
             let mut inner = self.lock();
-            if inner.state == BreakerState::HalfOpen {
+            if inner.state == BreakerState::HalfOpen && inner.generation == permit.generation {
                 inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
             }
         }
@@ -526,15 +546,47 @@ mod tests {
                 .half_open_probes(1),
         );
         let now = Instant::now();
-        b.record(Permit::Normal, true, Duration::ZERO, now);
+        let permit = b.acquire(now).unwrap();
+        b.record(permit, true, Duration::ZERO, now);
         assert_eq!(b.acquire(now), Err(Duration::from_secs(10)));
         // Each failed probe doubles the period: 20 s, then 40 s capped at 30 s.
         let mut t = now;
         for want in [20, 30, 30] {
             t += b.acquire(t).unwrap_err();
-            assert_eq!(b.acquire(t), Ok(Permit::Probe));
-            b.record(Permit::Probe, true, Duration::ZERO, t);
+            let probe = b.acquire(t).unwrap();
+            assert_eq!(probe.kind, PermitKind::Probe);
+            b.record(probe, true, Duration::ZERO, t);
             assert_eq!(b.acquire(t), Err(Duration::from_secs(want)));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_from_an_earlier_half_open_round_does_not_count_in_the_next() {
+        let b = Breaker::new(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_for(Duration::from_secs(10))
+                .jitter(0.0)
+                .half_open_probes(2),
+        );
+        let t0 = Instant::now();
+        let first = b.acquire(t0).unwrap();
+        b.record(first, true, Duration::ZERO, t0);
+        // Round 1: probe A stays in flight, probe B fails and reopens the breaker.
+        let t1 = t0 + Duration::from_secs(10);
+        let a = b.acquire(t1).unwrap();
+        let probe_b = b.acquire(t1).unwrap();
+        b.record(probe_b, true, Duration::ZERO, t1);
+        // Round 2 starts after the (doubled) open period.
+        let t2 = t1 + Duration::from_secs(20);
+        let c = b.acquire(t2).unwrap();
+        // A succeeds late: it must neither free a slot nor count towards closing.
+        b.record(a, false, Duration::ZERO, t2);
+        let d = b.acquire(t2).unwrap();
+        assert!(b.acquire(t2).is_err(), "still only two probes in round 2");
+        b.record(c, false, Duration::ZERO, t2);
+        assert_eq!(b.lock().state, BreakerState::HalfOpen, "one success of two");
+        b.record(d, false, Duration::ZERO, t2);
+        assert_eq!(b.lock().state, BreakerState::Closed);
     }
 }

@@ -59,10 +59,14 @@ impl CountWindow {
 }
 
 /// The outcomes of the last `span`, in ten buckets of `span / 10`.
+///
+/// Buckets are numbered from a fixed origin (the window's creation), so a moment always falls in
+/// the same bucket; a bucket holds the counts of bucket number `n` and is reused for `n + 10`.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
+    origin: Instant,
     bucket: Duration,
-    buckets: [(Option<Instant>, Counts); BUCKETS],
+    buckets: [(Option<u64>, Counts); BUCKETS],
 }
 
 const BUCKETS: usize = 10;
@@ -70,42 +74,22 @@ const BUCKETS: usize = 10;
 impl TimeWindow {
     pub(crate) fn new(span: Duration) -> Self {
         Self {
+            origin: Instant::now(),
             bucket: (span / BUCKETS as u32).max(Duration::from_millis(1)),
             buckets: [(None, Counts::default()); BUCKETS],
         }
     }
 
-    fn slot(&self, now: Instant) -> (usize, Instant) {
-        // Buckets are aligned to multiples of the bucket width since an arbitrary origin: the
-        // window's first use.
-        let origin = self
-            .buckets
-            .iter()
-            .filter_map(|(s, _)| *s)
-            .min()
-            .unwrap_or(now);
-        let since = now.saturating_duration_since(origin);
-        let n = since.as_nanos() / self.bucket.as_nanos().max(1);
-        let start = origin + self.bucket * u32::try_from(n).unwrap_or(u32::MAX);
-        (usize::try_from(n % BUCKETS as u128).unwrap_or(0), start)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let span = self.bucket * BUCKETS as u32;
-        for (start, counts) in &mut self.buckets {
-            if start.is_some_and(|s| now.saturating_duration_since(s) >= span) {
-                *start = None;
-                *counts = Counts::default();
-            }
-        }
+    fn number(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(since / self.bucket.as_nanos().max(1)).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn push(&mut self, now: Instant, failed: bool, slow: bool) {
-        self.expire(now);
-        let (index, start) = self.slot(now);
-        let (bucket_start, counts) = &mut self.buckets[index];
-        if *bucket_start != Some(start) {
-            *bucket_start = Some(start);
+        let n = self.number(now);
+        let (number, counts) = &mut self.buckets[(n % BUCKETS as u64) as usize];
+        if *number != Some(n) {
+            *number = Some(n);
             *counts = Counts::default();
         }
         counts.calls += 1;
@@ -114,9 +98,10 @@ impl TimeWindow {
     }
 
     pub(crate) fn counts(&mut self, now: Instant) -> Counts {
-        self.expire(now);
+        let current = self.number(now);
         self.buckets
             .iter()
+            .filter(|(n, _)| n.is_some_and(|n| current.saturating_sub(n) < BUCKETS as u64))
             .fold(Counts::default(), |acc, (_, c)| Counts {
                 calls: acc.calls + c.calls,
                 failures: acc.failures + c.failures,
@@ -175,5 +160,24 @@ mod tests {
         assert_eq!(w.counts(Instant::now()).failures, 1);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(w.counts(Instant::now()), Counts::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_inside_the_window_survive_older_buckets_expiring() {
+        // 1 s buckets. Pushes at 0, 3, 10.5, 12, 13 and 17 s: at 17 s the outcomes of 10.5, 12,
+        // 13 and 17 s are inside the window, whatever expired before.
+        let mut w = TimeWindow::new(Duration::from_secs(10));
+        let start = Instant::now();
+        for at in [0, 3_000, 10_500, 12_000, 13_000, 17_000] {
+            tokio::time::advance(start + Duration::from_millis(at) - Instant::now()).await;
+            w.push(Instant::now(), true, false);
+        }
+        assert_eq!(w.counts(Instant::now()).failures, 4);
+        tokio::time::advance(Duration::from_millis(3_000)).await;
+        assert_eq!(
+            w.counts(Instant::now()).failures,
+            3,
+            "10.5 s has left the window at 20 s"
+        );
     }
 }
