@@ -2,8 +2,9 @@
 //! of queueing it.
 //!
 //! Unlike tower's `ConcurrencyLimit`, which makes callers wait in `poll_ready` (an unbounded queue
-//! in front of a slow upstream), a full bulkhead answers at once: the client can retry elsewhere
-//! and the gateway's memory stays flat. The limit is shared by every clone of the service.
+//! in front of a slow upstream), a full bulkhead answers `503` in `call`: the client can retry
+//! elsewhere and the gateway's memory stays flat. (`poll_ready` is the inner service's.) The limit
+//! is shared by every clone of the service.
 //!
 //! A call counts from `call` until its response future completes (the response headers are in);
 //! a streamed response body is not counted.

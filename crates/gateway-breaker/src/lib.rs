@@ -1,9 +1,13 @@
 //! Resilience middleware for tower services.
 //!
-//! - [`CircuitBreakerLayer`]: stops calling an upstream that keeps failing, answers at once with
-//!   `503` + `Retry-After` (or a fallback) while open, and probes it before closing again.
-//! - [`BulkheadLayer`]: caps concurrent calls to an upstream and sheds the excess with `503` at
-//!   once instead of queueing it.
+//! - [`CircuitBreakerLayer`]: stops calling an upstream that keeps failing, answers `503` +
+//!   `Retry-After` (or a fallback) without calling it while open, and probes it before closing
+//!   again.
+//! - [`BulkheadLayer`]: caps concurrent calls to an upstream and sheds the excess with `503`
+//!   instead of queueing it in the gateway.
+//!
+//! The breaker and the bulkhead decide in `call`; their `poll_ready` is the inner service's, so an
+//! inner service that applies backpressure still does.
 //! - [`RetryLayer`]: budgeted retries with backoff, safe by default (idempotent methods, replayable
 //!   bodies, connect failures for any method).
 //! - [`HedgeLayer`]: a budgeted second copy of a slow idempotent request; the first answer wins.

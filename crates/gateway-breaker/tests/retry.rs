@@ -199,7 +199,7 @@ async fn retry_after_is_honoured_up_to_the_cap() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn backoff_grows_but_stays_under_its_ceiling() {
+async fn backoff_stays_under_its_doubling_ceiling() {
     let (svc, seen) = upstream(&[status(503), status(503), status(503)]);
     let svc = RetryLayer::new(
         RetryConfig::default()
@@ -268,4 +268,63 @@ async fn the_budget_caps_extra_load_under_total_failure() {
         (101..=120).contains(&calls),
         "{calls} upstream calls for 100 requests"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_with_no_healthy_endpoint_is_not_retried() {
+    let (svc, seen) = upstream(&[flagged(503, ResponseFlags::NO_HEALTHY_UPSTREAM)]);
+    let res = RetryLayer::new(RetryConfig::default())
+        .layer(svc)
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_beyond_the_cap_ends_the_retries() {
+    let mut later = status(503);
+    let when = std::time::SystemTime::now() + Duration::from_secs(3600);
+    later.headers_mut().insert(
+        "retry-after",
+        httpdate::fmt_http_date(when).parse().unwrap(),
+    );
+    let (svc, seen) = upstream(&[later]);
+    let res = RetryLayer::new(RetryConfig::default())
+        .layer(svc)
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_longer_than_it_declared_is_refused_not_buffered() {
+    let (svc, seen) = upstream(&[]);
+    let lying = Request::put("/")
+        .header("content-length", "4")
+        .body(Full::new(Bytes::from_static(
+            b"much longer than four bytes",
+        )))
+        .unwrap();
+    let res = RetryLayer::new(RetryConfig::default().max_body_bytes(8))
+        .layer(svc)
+        .oneshot(lying)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_final_answer_carries_its_retry_count() {
+    let (svc, _) = upstream(&[]);
+    let res = RetryLayer::new(RetryConfig::default().max_body_bytes(1))
+        .layer(svc)
+        .oneshot(request(Method::PUT, "streamed, not buffered"))
+        .await
+        .unwrap();
+    assert_eq!(res.extensions().get::<RetryCount>(), Some(&RetryCount(0)));
 }

@@ -518,7 +518,7 @@ async fn per_endpoint_breakers_take_a_failing_endpoint_out_of_rotation() {
         .consecutive_failures(2)
         .open_for(Duration::from_secs(3600));
     let upstream = upstream_for(&[bad.addr(), good.addr()])
-        .endpoint_breakers(&breaker)
+        .endpoint_breakers(&breaker, gateway_core::DefaultClassifier::new())
         .build::<Full<Bytes>>();
     for _ in 0..10 {
         call(&upstream, request("GET", "/", "")).await;

@@ -135,38 +135,63 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 struct ForceBreaker {
     /// `open`, `closed` or `reset`.
     state: String,
+    /// With per-endpoint breakers: the endpoint (`host:port`); all endpoints when absent.
+    #[serde(default)]
+    endpoint: Option<String>,
 }
 
-/// `POST /upstreams/{name}/breaker` with `{"state": "open" | "closed" | "reset"}`.
+fn admin_problem(status: StatusCode, detail: &str) -> Response {
+    let res: axum::http::Response<String> = Problem::new(status).detail(detail).into_response();
+    res.into_response()
+}
+
+/// `POST /upstreams/{name}/breaker` with `{"state": "open" | "closed" | "reset"}` and, for
+/// per-endpoint breakers, an optional `"endpoint": "host:port"`.
 async fn force_breaker(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     Json(body): Json<ForceBreaker>,
 ) -> Response {
-    let Some(layer) = shared
-        .compiled
-        .upstreams
-        .iter()
-        .find(|u| u.name == name)
-        .and_then(|u| u.breaker.as_ref())
-    else {
-        let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
-            .detail("no upstream with a circuit breaker by that name")
-            .into_response();
-        return res.into_response();
+    let Some(upstream) = shared.compiled.upstreams.iter().find(|u| u.name == name) else {
+        return admin_problem(StatusCode::NOT_FOUND, "no upstream by that name");
     };
-    let handle = layer.handle();
-    match body.state.as_str() {
-        "open" => handle.force_open(),
-        "closed" => handle.force_closed(),
-        "reset" => handle.reset(),
-        _ => {
-            let res: axum::http::Response<String> = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
-                .detail("state must be \"open\", \"closed\" or \"reset\"")
-                .into_response();
-            return res.into_response();
+    let handles: Vec<gateway_breaker::CircuitBreakerHandle> = match (
+        &upstream.breaker,
+        upstream.builder.endpoint_breaker_handles(),
+    ) {
+        (Some(layer), _) => vec![layer.handle()],
+        (None, Some(per_endpoint)) => per_endpoint
+            .iter()
+            .zip(&upstream.endpoints)
+            .filter(|(_, e)| {
+                body.endpoint
+                    .as_deref()
+                    .is_none_or(|want| e.to_string() == want)
+            })
+            .map(|(h, _)| h.clone())
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    if handles.is_empty() {
+        return admin_problem(
+            StatusCode::NOT_FOUND,
+            "that upstream (or endpoint) has no circuit breaker",
+        );
+    }
+    for handle in &handles {
+        match body.state.as_str() {
+            "open" => handle.force_open(),
+            "closed" => handle.force_closed(),
+            "reset" => handle.reset(),
+            _ => {
+                return admin_problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "state must be \"open\", \"closed\" or \"reset\"",
+                );
+            }
         }
     }
-    tracing::warn!(upstream = %name, state = %body.state, "circuit breaker forced through the admin API");
-    Json(serde_json::json!({ "name": name, "state": handle.state().as_str() })).into_response()
+    tracing::warn!(upstream = %name, endpoint = ?body.endpoint, state = %body.state, "circuit breaker forced through the admin API");
+    let states: Vec<&str> = handles.iter().map(|h| h.state().as_str()).collect();
+    Json(serde_json::json!({ "name": name, "states": states })).into_response()
 }

@@ -168,7 +168,11 @@ impl Compiled {
                 .filter(|_| !per_endpoint)
                 .map(|b| breaker_layer(&b.value));
             let builder = match up.breaker.as_ref().filter(|_| per_endpoint) {
-                Some(b) => builder.endpoint_breakers(&breaker_config(&b.value)),
+                Some(b) => builder.endpoint_breakers(
+                    &breaker_config(&b.value),
+                    DefaultClassifier::new()
+                        .rate_limited_is_failure(b.value.rate_limited_is_failure),
+                ),
                 None => builder,
             };
             if let Some(b) = &up.breaker

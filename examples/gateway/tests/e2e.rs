@@ -910,14 +910,20 @@ async fn retries_spread_over_endpoints_replay_bodies_and_spare_non_idempotent_re
 #[tokio::test]
 async fn the_total_deadline_bounds_a_hanging_upstream_retries_included() {
     let up = TestUpstream::start(|_req| std::future::pending()).await;
+    // Each attempt times out after 100 ms and is retried; the whole exchange gets 450 ms.
     let yaml = simple("").replace(
         "    timeouts: { connect: 1s, request: 2s }\n",
-        "    timeouts: { connect: 1s, request: 10s, total: 300ms }\n    retry: { attempts: 3 }\n",
+        "    timeouts: { connect: 1s, request: 100ms, total: 450ms }\n    retry: { attempts: 10, backoff: 1ms, max_backoff: 1ms, min_per_sec: 100 }\n",
     );
     let gw = start(&yaml, up.addr());
     let res = get(addr(&gw), "/").await;
     assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(res.text().contains("request deadline"), "{}", res.text());
+    let attempts = up.requests().len();
+    assert!(
+        (2..=5).contains(&attempts),
+        "{attempts} attempts: retries ran, the deadline cut them"
+    );
 }
 
 #[tokio::test]
@@ -970,6 +976,21 @@ async fn per_endpoint_breakers_route_around_a_failing_endpoint() {
         .map(|e| e["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["open", "closed"]);
+
+    // An operator resets just the bad endpoint's breaker.
+    let reset = Request::post(format!(
+        "http://{}/upstreams/up/breaker",
+        gw.admin_addr().unwrap()
+    ))
+    .header("content-type", "application/json")
+    .body(full(format!(
+        r#"{{"state":"reset","endpoint":"{}"}}"#,
+        bad.addr()
+    )))
+    .unwrap();
+    let res = send(&client(), reset).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text());
+    assert_eq!(res.text(), r#"{"name":"up","states":["closed"]}"#);
 }
 
 #[tokio::test]

@@ -136,6 +136,19 @@ pub(crate) struct RetryPolicy {
     pub(crate) rng: u64,
 }
 
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -163,7 +176,11 @@ impl RetryPolicy {
             .extensions()
             .get::<Rejection>()
             .map_or(ResponseFlags::empty(), |r| r.flags);
-        if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) {
+        if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW)
+            || flags.contains(ResponseFlags::NO_HEALTHY_UPSTREAM)
+        {
+            // A breaker, a bulkhead or every endpoint's breaker said no: retrying only spends
+            // budget on an upstream known to be unavailable.
             return Verdict::No;
         }
         if flags.contains(ResponseFlags::UPSTREAM_CONNECTION_FAILURE) {
@@ -185,8 +202,7 @@ impl RetryPolicy {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(parse_retry_after);
         match retry_after {
             Some(wait) if wait > self.cfg.retry_after_cap => Verdict::No,
             wait => Verdict::Yes(wait),
@@ -229,13 +245,14 @@ impl<B, ResBody, E> Policy<Request<ReplayBody<B>>, Response<ResBody>, E> for Ret
             }
             Verdict::Yes(wait) => wait,
         };
-        if self.retries >= self.cfg.attempts || !self.budget.withdraw() {
+        if self.retries >= self.cfg.attempts {
             give_up(result, self.retries);
             return None;
         }
         let delay = wait.unwrap_or_else(|| self.backoff());
         let at = Instant::now() + delay;
-        if self.cfg.deadline.is_some_and(|d| at > self.started + d) {
+        // The budget is spent last, only on a retry that will really be made.
+        if self.cfg.deadline.is_some_and(|d| at > self.started + d) || !self.budget.withdraw() {
             give_up(result, self.retries);
             return None;
         }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use gateway_core::{Problem, RejectReason, ResponseFlags};
 use http::{Request, Response, StatusCode, header::CONTENT_LENGTH};
 use http_body::Body;
-use http_body_util::{BodyExt, combinators::Collect};
+use http_body_util::{BodyExt, LengthLimitError, Limited, combinators::Collect};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -128,6 +128,7 @@ impl<S, B, ResBody> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body<Data = Bytes>,
+    B::Error: Into<gateway_core::BoxError>,
     ResBody: From<String>,
 {
     type Response = Response<ResBody>;
@@ -176,7 +177,13 @@ where
             }
         } else if declared.is_some_and(|n| n <= self.cfg.max_body_bytes) {
             RetryState::Collecting {
-                collect: body.collect(),
+                // Never trust the declared length: a body longer than the cap is an error, not
+                // a bigger buffer.
+                collect: Limited::new(
+                    body,
+                    usize::try_from(self.cfg.max_body_bytes).unwrap_or(usize::MAX),
+                )
+                .collect(),
                 parts: Some(parts),
                 tower: Some(tower),
             }
@@ -195,6 +202,7 @@ pin_project! {
     where
         S: Service<Request<ReplayBody<B>>>,
         B: Body,
+        B::Error: Into<gateway_core::BoxError>,
         RetryPolicy: tower::retry::Policy<Request<ReplayBody<B>>, S::Response, S::Error>,
     {
         #[pin]
@@ -208,11 +216,12 @@ pin_project! {
     where
         S: Service<Request<ReplayBody<B>>>,
         B: Body,
+        B::Error: Into<gateway_core::BoxError>,
         RetryPolicy: tower::retry::Policy<Request<ReplayBody<B>>, S::Response, S::Error>,
     {
         Collecting {
             #[pin]
-            collect: Collect<B>,
+            collect: Collect<Limited<B>>,
             parts: Option<http::request::Parts>,
             tower: Option<Tower<S>>,
         },
@@ -227,6 +236,7 @@ impl<S, B> std::fmt::Debug for RetryFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
+    B::Error: Into<gateway_core::BoxError>,
     RetryPolicy: tower::retry::Policy<Request<ReplayBody<B>>, S::Response, S::Error>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,6 +248,7 @@ impl<S, B, ResBody> Future for RetryFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body<Data = Bytes>,
+    B::Error: Into<gateway_core::BoxError>,
     ResBody: From<String>,
 {
     type Output = Result<Response<ResBody>, S::Error>;
@@ -252,16 +263,29 @@ where
                     tower,
                 } => {
                     let collected = ready!(collect.poll(cx));
-                    let Ok(collected) = collected else {
-                        let mut res: Response<ResBody> = Problem::new(StatusCode::BAD_REQUEST)
-                            .detail("the request body could not be read")
-                            .reason(
-                                RejectReason::BadRequest,
-                                ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
-                            )
-                            .into_response();
-                        res.extensions_mut().insert(RetryCount(0));
-                        return Poll::Ready(Ok(res));
+                    let collected = match collected {
+                        Ok(collected) => collected,
+                        Err(e) => {
+                            let mut res: Response<ResBody> = if e.is::<LengthLimitError>() {
+                                Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
+                                    .detail("the request body is longer than it declared")
+                                    .reason(
+                                        RejectReason::PayloadTooLarge,
+                                        ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                                    )
+                                    .into_response()
+                            } else {
+                                Problem::new(StatusCode::BAD_REQUEST)
+                                    .detail("the request body could not be read")
+                                    .reason(
+                                        RejectReason::BadRequest,
+                                        ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                                    )
+                                    .into_response()
+                            };
+                            res.extensions_mut().insert(RetryCount(0));
+                            return Poll::Ready(Ok(res));
+                        }
                     };
                     let parts = parts.take().expect("polled after completion");
                     let mut tower = tower.take().expect("polled after completion");
@@ -270,7 +294,18 @@ where
                     let fut = tower.call(req);
                     this.state.set(RetryState::Calling { fut });
                 }
-                StateProj::Calling { fut } => return fut.poll(cx),
+                StateProj::Calling { fut } => {
+                    // tower's future skips the policy when the request could not be cloned (a
+                    // streamed body): every final answer still says how many retries it took.
+                    return fut.poll(cx).map(|out| {
+                        out.map(|mut res| {
+                            if res.extensions().get::<RetryCount>().is_none() {
+                                res.extensions_mut().insert(RetryCount(0));
+                            }
+                            res
+                        })
+                    });
+                }
             }
         }
     }

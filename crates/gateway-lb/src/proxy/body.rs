@@ -35,6 +35,9 @@ pin_project! {
             // Boxed so the body stays `Unpin`; allocated only when a body timeout is set.
             idle: Option<Pin<Box<Sleep>>>,
             idle_for: Duration,
+            // Whether the timer runs: it starts on the first `Pending` after a frame, so time the
+            // client spends not reading (backpressure) is not counted against the upstream.
+            armed: bool,
         },
         Full { #[pin] body: Full<Bytes> },
     }
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Kind {
                 on_end,
                 idle_for,
                 idle,
+                ..
             } => f
                 .debug_struct("Upstream")
                 .field("body", body)
@@ -71,6 +75,7 @@ impl ResponseBody {
                 on_end,
                 idle: idle_timeout.map(|d| Box::pin(tokio::time::sleep(d))),
                 idle_for: idle_timeout.unwrap_or_default(),
+                armed: false,
             },
         }
     }
@@ -122,8 +127,18 @@ impl Body for ResponseBody {
                 on_end,
                 idle,
                 idle_for,
+                armed,
             } => {
                 let polled = body.as_mut().poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(timer) = idle.as_mut()
+                    && !*armed
+                {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + *idle_for);
+                    *armed = true;
+                }
                 if polled.is_pending()
                     && let Some(timer) = idle.as_mut()
                     && timer.as_mut().poll(cx).is_ready()

@@ -41,7 +41,7 @@ pin_project! {
             #[pin]
             sleep: Option<Sleep>,
             body_timeout: Option<Duration>,
-            permit: Option<CallPermit>,
+            permit: Option<(CallPermit, DefaultClassifier)>,
         },
     }
 }
@@ -65,7 +65,7 @@ impl ResponseFuture {
         fut: Exchange,
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
-        permit: Option<CallPermit>,
+        permit: Option<(CallPermit, DefaultClassifier)>,
     ) -> Self {
         Self {
             state: State::Waiting {
@@ -79,9 +79,9 @@ impl ResponseFuture {
 }
 
 /// Records an exchange's outcome on the endpoint's breaker, when it has one.
-fn record(permit: Option<CallPermit>, res: &Response<ResponseBody>) {
-    if let Some(permit) = permit {
-        let failed = DefaultClassifier::new()
+fn record(permit: Option<(CallPermit, DefaultClassifier)>, res: &Response<ResponseBody>) {
+    if let Some((permit, classifier)) = permit {
+        let failed = classifier
             .classify_response(res.status(), res.headers(), res.extensions())
             .is_some();
         permit.record(failed);

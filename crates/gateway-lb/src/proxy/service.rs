@@ -9,7 +9,9 @@ use std::{
 };
 
 use gateway_breaker::{CallPermit, CircuitBreakerHandle};
-use gateway_core::{ClientIp, ConnectionInfo, Problem, RejectReason, ResponseFlags};
+use gateway_core::{
+    ClientIp, ConnectionInfo, DefaultClassifier, Problem, RejectReason, ResponseFlags,
+};
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::HOST,
@@ -55,6 +57,7 @@ pub enum Protocol {
 pub struct UpstreamBuilder {
     endpoints: Vec<Endpoint>,
     endpoint_breakers: Option<Arc<[CircuitBreakerHandle]>>,
+    endpoint_classifier: DefaultClassifier,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
@@ -96,9 +99,14 @@ impl UpstreamBuilder {
     /// Gives every endpoint a circuit breaker of its own (shared by every `Upstream` built from
     /// this builder and their clones): an endpoint whose breaker is open is skipped by the
     /// balancer, and when every endpoint is open the answer is `503` with flag `UH`. Outcomes are
-    /// classified by [`gateway_core::DefaultClassifier`].
+    /// classified by `classifier`.
     #[must_use]
-    pub fn endpoint_breakers(mut self, config: &gateway_breaker::CircuitBreakerConfig) -> Self {
+    pub fn endpoint_breakers(
+        mut self,
+        config: &gateway_breaker::CircuitBreakerConfig,
+        classifier: DefaultClassifier,
+    ) -> Self {
+        self.endpoint_classifier = classifier;
         self.endpoint_breakers = Some(
             self.endpoints
                 .iter()
@@ -184,6 +192,7 @@ impl UpstreamBuilder {
         Upstream {
             shared: Arc::new(Shared {
                 breakers: self.endpoint_breakers.clone(),
+                classifier: self.endpoint_classifier,
                 host_values: self
                     .endpoints
                     .iter()
@@ -209,8 +218,9 @@ impl UpstreamBuilder {
 
 struct Shared {
     endpoints: Box<[Endpoint]>,
-    /// One breaker per endpoint, when configured.
+    /// One breaker per endpoint, when configured, and how their outcomes are classified.
     breakers: Option<Arc<[CircuitBreakerHandle]>>,
+    classifier: DefaultClassifier,
     /// Each endpoint's `host:port` as a `Host` value, made once.
     host_values: Box<[HeaderValue]>,
     next: AtomicUsize,
@@ -264,6 +274,7 @@ impl Upstream<()> {
         UpstreamBuilder {
             endpoints: endpoints.into_iter().collect(),
             endpoint_breakers: None,
+            endpoint_classifier: DefaultClassifier::new(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Some(Duration::from_secs(15)),
             body_timeout: None,
@@ -416,7 +427,7 @@ where
             Box::pin(fut),
             shared.request_timeout,
             shared.body_timeout,
-            permit,
+            permit.map(|p| (p, shared.classifier)),
         )
     }
 }
