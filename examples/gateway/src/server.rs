@@ -161,13 +161,30 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
     });
 
     let mut threads = Vec::with_capacity(workers);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     for (i, sockets) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();
+        let started = started_tx.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{i}"))
-                .spawn(move || run_worker(i, sockets, &shared))?,
+                .spawn(move || run_worker(i, sockets, &shared, &started))?,
         );
+    }
+    drop(started_tx);
+    // Return only once every worker accepts, so readiness is true as soon as `start` returns.
+    for _ in 0..workers {
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.shutdown.send_replace(true);
+                return Err(e);
+            }
+            Err(_) => {
+                shared.shutdown.send_replace(true);
+                return Err(io::Error::other("a worker thread stopped while starting"));
+            }
+        }
     }
     let admin_thread = match admin_listener {
         Some(listener) => {
@@ -202,7 +219,12 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run_worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: &Arc<Shared>) {
+fn run_worker(
+    index: usize,
+    sockets: Vec<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+    started: &std::sync::mpsc::Sender<io::Result<()>>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -210,10 +232,11 @@ fn run_worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: &Arc<Sh
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = index, error = %e, "cannot start worker runtime");
+            let _ = started.send(Err(e));
             return;
         }
     };
-    rt.block_on(worker(index, sockets, shared.clone()));
+    rt.block_on(worker(index, sockets, shared.clone(), started));
 }
 
 fn http_builder(compiled: &Compiled) -> auto::Builder<TokioExecutor> {
@@ -242,7 +265,12 @@ fn http_builder(compiled: &Compiled) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: Arc<Shared>) {
+async fn worker(
+    index: usize,
+    sockets: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    started: &std::sync::mpsc::Sender<io::Result<()>>,
+) {
     let pipeline = Arc::new(Pipeline::new(shared.compiled.clone()));
     let builder = Arc::new(http_builder(&shared.compiled));
     // Every connection task holds a sender; when all are gone, the worker has drained.
@@ -253,7 +281,8 @@ async fn worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: Arc<S
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(worker = index, error = %e, "cannot register listener");
-                continue;
+                let _ = started.send(Err(e));
+                return;
             }
         };
         accept_tasks.push(tokio::spawn(accept_loop(
@@ -266,6 +295,7 @@ async fn worker(index: usize, sockets: Vec<std::net::TcpListener>, shared: Arc<S
     }
     drop(drain_tx);
     shared.workers_ready.fetch_add(1, Ordering::AcqRel);
+    let _ = started.send(Ok(()));
 
     let mut shutdown = shared.shutdown_signal();
     shutting_down(&mut shutdown).await;
