@@ -558,3 +558,51 @@ async fn per_endpoint_breakers_take_a_failing_endpoint_out_of_rotation() {
     .await;
     assert_eq!(good.requests().len(), 8);
 }
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_its_body_gets_408_and_no_breaker_blame() {
+    // The upstream reads the whole body before answering; the client sends one chunk and stalls.
+    let backend = TestUpstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Response::new(full(body))
+    })
+    .await;
+    let breaker = gateway_breaker::CircuitBreakerConfig::default().consecutive_failures(1);
+    let upstream = upstream_for(&[backend.addr()])
+        .request_timeout(Some(Duration::from_millis(200)))
+        .endpoint_breakers(&breaker, gateway_core::DefaultClassifier::new())
+        .build::<gateway_test::TestBody>();
+    let (tx, body) = gateway_test::channel_body(1);
+    tx.send(Bytes::from_static(b"part")).await.unwrap();
+    let req = Request::post("/").header("host", "x").body(body).unwrap();
+    let res = upstream.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        upstream.endpoint_breakers().unwrap()[0].state(),
+        gateway_breaker::BreakerState::Closed,
+        "a slow client is not the upstream's failure"
+    );
+    drop(tx);
+
+    // A slow upstream is: 504, and the breaker records it.
+    let slow = TestUpstream::start(|_req| std::future::pending()).await;
+    let upstream = upstream_for(&[slow.addr()])
+        .request_timeout(Some(Duration::from_millis(200)))
+        .endpoint_breakers(&breaker, gateway_core::DefaultClassifier::new())
+        .build::<Full<Bytes>>();
+    let res = upstream
+        .clone()
+        .oneshot(request("GET", "/", ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        upstream.endpoint_breakers().unwrap()[0].state(),
+        gateway_breaker::BreakerState::Open
+    );
+}

@@ -1,6 +1,10 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -15,7 +19,7 @@ use super::{
     ResponseBody,
     headers::strip_hop_by_hop,
     pool::{Exchanged, ProxyError},
-    service::{error_response, timeout_response},
+    service::{error_response, slow_client_response, timeout_response},
 };
 
 /// The boxed upstream exchange. hyper's connection futures cannot be named, so this is the one
@@ -42,6 +46,7 @@ pin_project! {
             sleep: Option<Sleep>,
             body_timeout: Option<Duration>,
             permit: Option<(CallPermit, DefaultClassifier)>,
+            uploaded: Option<Arc<AtomicBool>>,
         },
     }
 }
@@ -66,6 +71,7 @@ impl ResponseFuture {
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
         permit: Option<(CallPermit, DefaultClassifier)>,
+        uploaded: Option<Arc<AtomicBool>>,
     ) -> Self {
         Self {
             state: State::Waiting {
@@ -73,6 +79,7 @@ impl ResponseFuture {
                 sleep: timeout.map(tokio::time::sleep),
                 body_timeout,
                 permit,
+                uploaded,
             },
         }
     }
@@ -101,6 +108,7 @@ impl Future for ResponseFuture {
                 sleep,
                 body_timeout,
                 permit,
+                uploaded,
             } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
                     let res = match result {
@@ -122,6 +130,15 @@ impl Future for ResponseFuture {
                 }
                 if let Some(sleep) = sleep.as_pin_mut() {
                     ready!(sleep.poll(cx));
+                    if uploaded
+                        .as_ref()
+                        .is_some_and(|done| !done.load(Ordering::Acquire))
+                    {
+                        // Still waiting for the client's body: not the upstream's failure, so
+                        // the permit is given back unrecorded.
+                        permit.take();
+                        return Poll::Ready(Ok(slow_client_response()));
+                    }
                     let res = timeout_response();
                     record(permit.take(), &res);
                     return Poll::Ready(Ok(res));

@@ -6,6 +6,7 @@ mod future;
 pub(crate) mod headers;
 mod pool;
 mod service;
+mod tracked;
 
 pub use body::ResponseBody;
 pub use endpoint::{Endpoint, EndpointError};

@@ -24,6 +24,7 @@ use super::{
     Endpoint, ResponseBody, ResponseFuture,
     headers::{Forwarding, Via, apply_forwarding, strip_hop_by_hop},
     pool::{Pool, PoolConfig, ProxyError},
+    tracked::TrackedBody,
 };
 
 /// What `Host` the upstream sees.
@@ -80,7 +81,9 @@ impl UpstreamBuilder {
 
     /// Timeout from handing the request to the upstream (connecting, or waiting for a pooled
     /// connection, and sending the body are included) until the response headers arrive (default
-    /// 15 s; `None` disables it). The response body is not covered.
+    /// 15 s; `None` disables it). The response body is not covered. When it expires while the
+    /// client is still sending its request body, the answer is `408` (the client's fault, not
+    /// recorded against an endpoint breaker) instead of `504`.
     #[must_use]
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
@@ -247,7 +250,7 @@ struct Shared {
 /// the endpoints, the round-robin position and the connection pool.
 pub struct Upstream<B> {
     shared: Arc<Shared>,
-    pool: Arc<Pool<B>>,
+    pool: Arc<Pool<TrackedBody<B>>>,
 }
 
 impl<B> Clone for Upstream<B> {
@@ -419,6 +422,7 @@ where
             }
         }
 
+        let (body, uploaded) = TrackedBody::new(body);
         let fut = self
             .pool
             .clone()
@@ -428,6 +432,7 @@ where
             shared.request_timeout,
             shared.body_timeout,
             permit.map(|p| (p, shared.classifier)),
+            uploaded,
         )
     }
 }
@@ -495,6 +500,17 @@ pub(crate) fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     Problem::new(StatusCode::BAD_GATEWAY)
         .detail("the upstream connection failed")
         .reason(RejectReason::UpstreamProtocol, flags)
+        .into_response()
+}
+
+/// The client did not send its request body in time: its fault, not the upstream's.
+pub(crate) fn slow_client_response() -> Response<ResponseBody> {
+    Problem::new(StatusCode::REQUEST_TIMEOUT)
+        .detail("the request body was not received in time")
+        .reason(
+            RejectReason::BadRequest,
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        )
         .into_response()
 }
 
