@@ -15,13 +15,19 @@ use http::{Method, Request, Response};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
-/// An upstream whose n-th call takes `latencies[n]` milliseconds (the last value repeats), and
-/// the counter of its calls.
+/// An upstream whose n-th call takes `latencies[n]` milliseconds and answers `200`, and the
+/// counter of its calls (the last latency repeats).
 fn upstream(latencies: &'static [u64]) -> (Upstream, Arc<AtomicUsize>) {
+    scripted(latencies, &[200])
+}
+
+/// Like [`upstream`], with the n-th call answering `statuses[n]` (the last status repeats).
+fn scripted(latencies: &'static [u64], statuses: &'static [u16]) -> (Upstream, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     (
         Upstream {
             latencies,
+            statuses,
             calls: calls.clone(),
         },
         calls,
@@ -31,6 +37,7 @@ fn upstream(latencies: &'static [u64]) -> (Upstream, Arc<AtomicUsize>) {
 #[derive(Clone)]
 struct Upstream {
     latencies: &'static [u64],
+    statuses: &'static [u16],
     calls: Arc<AtomicUsize>,
 }
 
@@ -51,9 +58,12 @@ impl Service<Request<ReplayBody<Full<Bytes>>>> for Upstream {
     fn call(&mut self, _req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let wait = self.latencies[n.min(self.latencies.len() - 1)];
+        let status = self.statuses[n.min(self.statuses.len() - 1)];
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            Ok(Response::new(format!("call {n}")))
+            let mut res = Response::new(format!("call {n}"));
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok(res)
         })
     }
 }
@@ -136,53 +146,16 @@ async fn hedges_are_drawn_from_the_budget() {
     assert!(seen.lock().unwrap().iter().all(|h| !h));
 }
 
-/// An upstream whose first call answers 200 after 200 ms and whose later calls fail at once.
-#[derive(Clone)]
-struct FastFailure {
-    calls: Arc<AtomicUsize>,
-}
-
-impl Service<Request<ReplayBody<Full<Bytes>>>> for FastFailure {
-    type Response = Response<String>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<String>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            if n == 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(Response::new(String::from("slow but good")))
-            } else {
-                let mut res = Response::new(String::from("refused"));
-                *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                Ok(res)
-            }
-        })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failed_hedge_does_not_beat_a_good_slow_answer() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = FastFailure {
-        calls: calls.clone(),
-    };
+    // The first call answers 200 after 200 ms; the hedge fails at once with 503.
+    let (svc, calls) = scripted(&[200, 0], &[200, 503]);
     let res = HedgeLayer::new(Duration::from_millis(50))
         .layer(svc)
         .oneshot(buffered(Method::GET))
         .await
         .unwrap();
-    assert_eq!(res.body(), "slow but good");
+    assert_eq!(res.body(), "call 0");
     assert!(res.extensions().get::<Hedged>().is_none());
     assert_eq!(
         calls.load(Ordering::SeqCst),

@@ -58,6 +58,19 @@ fn upstream(
     (svc, seen)
 }
 
+/// Sends `req` through a retry layer with `config` in front of `svc`.
+async fn retried<S>(config: RetryConfig, svc: S, req: Request<Full<Bytes>>) -> Response<String>
+where
+    S: Service<Request<ReplayBody<Full<Bytes>>>, Response = Response<String>, Error = Infallible>
+        + Clone,
+{
+    RetryLayer::new(config)
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
 fn status(code: u16) -> Response<String> {
     let mut r = Response::new(String::new());
     *r.status_mut() = StatusCode::from_u16(code).unwrap();
@@ -110,11 +123,7 @@ async fn attempts_are_capped_and_the_last_answer_is_returned() {
 #[tokio::test(start_paused = true)]
 async fn post_is_retried_only_when_the_connection_was_never_made() {
     let (svc, seen) = upstream(&[status(503)]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::POST, "order"))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::POST, "order")).await;
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -123,11 +132,7 @@ async fn post_is_retried_only_when_the_connection_was_never_made() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 
     let (svc, seen) = upstream(&[flagged(502, ResponseFlags::UPSTREAM_CONNECTION_FAILURE)]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::POST, "order"))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::POST, "order")).await;
     assert_eq!(
         res.status(),
         StatusCode::OK,
@@ -141,11 +146,7 @@ async fn post_is_retried_only_when_the_connection_was_never_made() {
 #[tokio::test(start_paused = true)]
 async fn breaker_and_bulkhead_rejections_are_not_retried() {
     let (svc, seen) = upstream(&[flagged(503, ResponseFlags::UPSTREAM_OVERFLOW)]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::GET, "")).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
@@ -153,11 +154,12 @@ async fn breaker_and_bulkhead_rejections_are_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn bodies_over_the_replay_limit_stream_through_and_are_not_retried() {
     let (svc, seen) = upstream(&[status(503)]);
-    let res = RetryLayer::new(RetryConfig::default().max_body_bytes(4))
-        .layer(svc)
-        .oneshot(request(Method::PUT, "too long to buffer"))
-        .await
-        .unwrap();
+    let res = retried(
+        RetryConfig::default().max_body_bytes(4),
+        svc,
+        request(Method::PUT, "too long to buffer"),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(seen.lock().unwrap()[0].1, "too long to buffer");
@@ -185,11 +187,7 @@ async fn retry_after_is_honoured_up_to_the_cap() {
         .headers_mut()
         .insert("retry-after", "60".parse().unwrap());
     let (svc, seen) = upstream(&[wait60]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::GET, "")).await;
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -227,20 +225,22 @@ async fn no_retry_starts_after_the_deadline() {
         .attempts(5)
         .retry_after_cap(Duration::from_secs(5));
     let (svc, seen) = upstream(std::slice::from_ref(&wait1));
-    let res = RetryLayer::new(config.clone().deadline(Duration::from_millis(500)))
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(
+        config.clone().deadline(Duration::from_millis(500)),
+        svc,
+        request(Method::GET, ""),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
     // With room for the pause, the same exchange is retried.
     let (svc, seen) = upstream(&[wait1]);
-    let res = RetryLayer::new(config.deadline(Duration::from_secs(2)))
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(
+        config.deadline(Duration::from_secs(2)),
+        svc,
+        request(Method::GET, ""),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
@@ -273,11 +273,7 @@ async fn the_budget_caps_extra_load_under_total_failure() {
 #[tokio::test(start_paused = true)]
 async fn an_upstream_with_no_healthy_endpoint_is_not_retried() {
     let (svc, seen) = upstream(&[flagged(503, ResponseFlags::NO_HEALTHY_UPSTREAM)]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::GET, "")).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
@@ -291,11 +287,7 @@ async fn retry_after_as_an_http_date_beyond_the_cap_ends_the_retries() {
         httpdate::fmt_http_date(when).parse().unwrap(),
     );
     let (svc, seen) = upstream(&[later]);
-    let res = RetryLayer::new(RetryConfig::default())
-        .layer(svc)
-        .oneshot(request(Method::GET, ""))
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default(), svc, request(Method::GET, "")).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
@@ -309,11 +301,7 @@ async fn a_body_longer_than_it_declared_is_refused_not_buffered() {
             b"much longer than four bytes",
         )))
         .unwrap();
-    let res = RetryLayer::new(RetryConfig::default().max_body_bytes(8))
-        .layer(svc)
-        .oneshot(lying)
-        .await
-        .unwrap();
+    let res = retried(RetryConfig::default().max_body_bytes(8), svc, lying).await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(seen.lock().unwrap().is_empty());
 }
@@ -321,10 +309,11 @@ async fn a_body_longer_than_it_declared_is_refused_not_buffered() {
 #[tokio::test(start_paused = true)]
 async fn every_final_answer_carries_its_retry_count() {
     let (svc, _) = upstream(&[]);
-    let res = RetryLayer::new(RetryConfig::default().max_body_bytes(1))
-        .layer(svc)
-        .oneshot(request(Method::PUT, "streamed, not buffered"))
-        .await
-        .unwrap();
+    let res = retried(
+        RetryConfig::default().max_body_bytes(1),
+        svc,
+        request(Method::PUT, "streamed, not buffered"),
+    )
+    .await;
     assert_eq!(res.extensions().get::<RetryCount>(), Some(&RetryCount(0)));
 }

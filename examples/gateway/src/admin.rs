@@ -67,20 +67,15 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.is_ready() {
+    if shared.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "draining" })),
+        )
+    } else {
         (
             StatusCode::OK,
             Json(serde_json::json!({ "status": "ready" })),
-        )
-    } else {
-        let status = if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
-            "draining"
-        } else {
-            "starting"
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": status })),
         )
     }
 }

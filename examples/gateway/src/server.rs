@@ -12,7 +12,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     thread::JoinHandle,
@@ -44,14 +44,13 @@ pub(crate) struct Shared {
     /// `draining` for the whole drain.
     stopped: watch::Sender<bool>,
     connections: Arc<Semaphore>,
-    workers_ready: AtomicUsize,
-    pub(crate) draining: AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && self.workers_ready.load(Ordering::Acquire) == self.compiled.workers
+    /// Whether shutdown has begun. (The admin listener starts only after every worker accepts,
+    /// so before that there is no one to ask.)
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -87,7 +86,6 @@ impl RunningGateway {
     /// Begins a graceful shutdown: stop accepting, let in-flight requests finish (up to the
     /// drain timeout), close idle connections.
     pub fn shutdown(&self) {
-        self.shared.draining.store(true, Ordering::Release);
         self.shared.shutdown.send_replace(true);
     }
 
@@ -156,8 +154,6 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         connections: Arc::new(Semaphore::new(compiled.limits.max_connections)),
         compiled,
         shutdown,
-        workers_ready: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
     });
 
     let mut threads = Vec::with_capacity(workers);
@@ -294,7 +290,6 @@ async fn worker(
         )));
     }
     drop(drain_tx);
-    shared.workers_ready.fetch_add(1, Ordering::AcqRel);
     let _ = started.send(Ok(()));
 
     let mut shutdown = shared.shutdown_signal();
