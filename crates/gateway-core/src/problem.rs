@@ -42,6 +42,9 @@ pub enum RejectReason {
     Overloaded,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// A dependency the decision needs (a rate-limit store, a key set) failed and its policy is
+    /// to fail closed.
+    DependencyFailed,
 }
 
 impl RejectReason {
@@ -63,6 +66,7 @@ impl RejectReason {
             Self::CircuitOpen => "circuit_open",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
+            Self::DependencyFailed => "dependency_failed",
         }
     }
 }
@@ -125,6 +129,8 @@ flags! {
     UPSTREAM_RETRY_LIMIT_EXCEEDED = 10, "URX";
     /// `DC`: the downstream connection was terminated.
     DOWNSTREAM_CONNECTION_TERMINATION = 11, "DC";
+    /// `RLSE`: the rate-limit store failed (and the policy was to refuse).
+    RATE_LIMIT_SERVICE_ERROR = 12, "RLSE";
 }
 
 impl ResponseFlags {

@@ -2,7 +2,8 @@
 //!
 //! Real parts, not mocks: [`TestUpstream`] is a hyper server on `127.0.0.1:0` speaking HTTP/1.1
 //! and HTTP/2 (prior knowledge) that records every request and counts connections; [`client`]
-//! and [`raw_exchange`] talk to servers over real sockets.
+//! and [`raw_exchange`] talk to servers over real sockets. [`TestRedis`] is a private
+//! `redis-server` per test.
 
 use std::{
     convert::Infallible,
@@ -30,6 +31,9 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
+
+pub mod redis;
+pub use redis::{TestRedis, silent_listener};
 
 /// The error type of test bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,711 @@
+//! [`RateLimitLayer`]: the middleware that evaluates a request's limits and answers `429`.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use gateway_core::{Principal, Problem, RejectReason, ResponseFlags};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header::RETRY_AFTER};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    Outcome, Policy, Quota, Rate,
+    key::{KeyBy, KeyContext, MakeRateLimitKey},
+    store::{Check, Decided, Decision, MemoryStore, Store, StoreError},
+};
+
+/// One limit: a name, what it enforces, and what it counts per.
+///
+/// ```
+/// use gateway_ratelimit::{KeyBy, Limit, Rate};
+///
+/// let per_ip = Limit::rate("per-ip", Rate::per_second(50)).burst(100).key(KeyBy::client_ip());
+/// assert_eq!(per_ip.name(), "per-ip");
+/// ```
+#[derive(Clone)]
+pub struct Limit {
+    name: Arc<str>,
+    policy: LimitPolicy,
+    key: Arc<dyn MakeRateLimitKey>,
+}
+
+#[derive(Clone, Debug)]
+enum LimitPolicy {
+    Fixed(Policy),
+    Tiered(Arc<Tiers>),
+}
+
+#[derive(Debug)]
+struct Tiers {
+    by_name: HashMap<String, (Arc<str>, Policy)>,
+    default: Option<(Arc<str>, Policy)>,
+}
+
+impl fmt::Debug for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limit")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limit {
+    /// A GCRA rate, with a burst equal to the rate's count (`100/s` admits 100 at once from an
+    /// idle key, then one every 10 ms), counted per client IP.
+    pub fn rate(name: impl Into<Arc<str>>, rate: Rate) -> Self {
+        let burst = u32::try_from(rate.count()).unwrap_or(u32::MAX);
+        Self::policy(name, Policy::rate(rate, burst))
+    }
+
+    /// A calendar quota, counted per client IP.
+    pub fn quota(name: impl Into<Arc<str>>, quota: Quota) -> Self {
+        Self::policy(name, Policy::Quota(quota))
+    }
+
+    /// Any policy, counted per client IP.
+    pub fn policy(name: impl Into<Arc<str>>, policy: Policy) -> Self {
+        Self {
+            name: name.into(),
+            policy: LimitPolicy::Fixed(policy),
+            key: Arc::new(KeyBy::client_ip()),
+        }
+    }
+
+    /// A policy chosen by the caller's tier ([`Principal::tier`]), counted per consumer, falling
+    /// back to the client IP for anonymous callers. Callers without a tier, or with a tier not in
+    /// `tiers`, get `default` (or are not limited by this limit when it is `None`). Each tier
+    /// counts separately, so moving a consumer to another tier starts it on a fresh bucket.
+    pub fn tiered(
+        name: impl Into<Arc<str>>,
+        tiers: impl IntoIterator<Item = (String, Policy)>,
+        default: Option<Policy>,
+    ) -> Self {
+        let name: Arc<str> = name.into();
+        let by_name = tiers
+            .into_iter()
+            .map(|(tier, p)| {
+                let scoped: Arc<str> = format!("{name}@{tier}").into();
+                (tier, (scoped, p))
+            })
+            .collect();
+        let default = default.map(|p| (Arc::<str>::from(format!("{name}@")), p));
+        Self {
+            name,
+            policy: LimitPolicy::Tiered(Arc::new(Tiers { by_name, default })),
+            key: Arc::new(KeyBy::consumer().or(KeyBy::client_ip())),
+        }
+    }
+
+    /// Sets the burst of a fixed rate limit (ignored for quotas and tiered limits).
+    pub fn burst(mut self, burst: u32) -> Self {
+        if let LimitPolicy::Fixed(Policy::Rate { rate, .. }) = self.policy {
+            self.policy = LimitPolicy::Fixed(Policy::rate(rate, burst));
+        }
+        self
+    }
+
+    /// Sets what the limit counts per.
+    pub fn key(mut self, key: impl MakeRateLimitKey) -> Self {
+        self.key = Arc::new(key);
+        self
+    }
+
+    /// The limit's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check(&self, cx: &KeyContext<'_>, cost: u32) -> Option<Check> {
+        let (name, policy) = match &self.policy {
+            LimitPolicy::Fixed(p) => (self.name.clone(), *p),
+            LimitPolicy::Tiered(t) => {
+                let tier = cx.extensions.get::<Principal>().and_then(Principal::tier);
+                let (n, p) = tier
+                    .and_then(|t2| t.by_name.get(t2))
+                    .or(t.default.as_ref())?;
+                (n.clone(), *p)
+            }
+        };
+        Some(Check {
+            name,
+            key: self.key.make_key(cx)?,
+            policy,
+            cost,
+        })
+    }
+}
+
+/// Which rate-limit response headers to send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderStyle {
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09):
+    /// `RateLimit-Policy: "per-ip";q=100;w=1` and `RateLimit: "per-ip";r=42;t=1`.
+    #[default]
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds).
+    Legacy,
+    /// No headers (a `429` still carries `Retry-After`).
+    None,
+}
+
+/// What the layer decided, as a response extension for metrics and access logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitReport {
+    /// The reported limit's name (the refusing one, or the one with the fewest requests left).
+    pub limit: Arc<str>,
+    /// Whether the request was admitted.
+    pub allowed: bool,
+    /// Whether shadow mode let through a request the limits refused.
+    pub shadow_refused: bool,
+    /// How long the request was held by throttling.
+    pub delayed: Duration,
+    /// Requests left under the reported limit.
+    pub remaining: u64,
+}
+
+#[derive(Clone)]
+struct Config {
+    limits: Vec<Limit>,
+    store: Arc<dyn Store>,
+    headers: HeaderStyle,
+    max_wait: Duration,
+    shadow: bool,
+    cost: u32,
+}
+
+/// Layer applying one or more limits; see the [crate docs](crate).
+///
+/// The service stays ready (it refuses in `call`); clones share the limits and the store, and the
+/// service is `Clone` when the inner service is. The inner service must be `Clone` because a
+/// decision that waits (Redis, throttling) calls it later.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    cfg: Arc<Config>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limits", &self.cfg.limits)
+            .field("store", &self.cfg.store)
+            .field("headers", &self.cfg.headers)
+            .field("max_wait", &self.cfg.max_wait)
+            .field("shadow", &self.cfg.shadow)
+            .field("cost", &self.cfg.cost)
+            .finish()
+    }
+}
+
+impl RateLimitLayer {
+    /// A layer enforcing `limit`, with an in-memory store.
+    pub fn new(limit: Limit) -> Self {
+        Self {
+            cfg: Arc::new(Config {
+                limits: vec![limit],
+                store: Arc::new(MemoryStore::new()),
+                headers: HeaderStyle::default(),
+                max_wait: Duration::ZERO,
+                shadow: false,
+                cost: 1,
+            }),
+        }
+    }
+
+    /// `count` requests per second per client IP, burst `count`.
+    pub fn per_second(count: u64) -> Self {
+        Self::new(Limit::rate("default", Rate::per_second(count)))
+    }
+
+    /// `count` requests per minute per client IP, burst `count`.
+    pub fn per_minute(count: u64) -> Self {
+        Self::new(Limit::rate("default", Rate::per_minute(count)))
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.cfg));
+        self
+    }
+
+    /// Adds another limit; every limit must admit a request.
+    pub fn limit(self, limit: Limit) -> Self {
+        self.edit(|c| c.limits.push(limit))
+    }
+
+    /// Sets the burst of the most recently added limit (see [`Limit::burst`]).
+    pub fn burst(self, burst: u32) -> Self {
+        self.edit(|c| {
+            if let Some(last) = c.limits.pop() {
+                c.limits.push(last.burst(burst));
+            }
+        })
+    }
+
+    /// Sets what the most recently added limit counts per.
+    pub fn key(self, key: impl MakeRateLimitKey) -> Self {
+        self.edit(|c| {
+            if let Some(last) = c.limits.pop() {
+                c.limits.push(last.key(key));
+            }
+        })
+    }
+
+    /// Uses `store` for the limit state (shared by everything holding the same store).
+    pub fn store(self, store: impl Store) -> Self {
+        let store: Arc<dyn Store> = Arc::new(store);
+        self.edit(|c| c.store = store)
+    }
+
+    /// Which headers to send (default [`HeaderStyle::Ietf`]).
+    pub fn headers(self, style: HeaderStyle) -> Self {
+        self.edit(|c| c.headers = style)
+    }
+
+    /// Throttling: hold a request for up to `max_wait` when that lets it conform to its rate
+    /// limits, instead of refusing it (the slot is reserved, so held requests leave in order).
+    /// Quotas never hold. Default zero (refuse at once).
+    pub fn throttle(self, max_wait: Duration) -> Self {
+        self.edit(|c| c.max_wait = max_wait)
+    }
+
+    /// Shadow mode: decide and report (headers, [`RateLimitReport`], a log line) but never
+    /// refuse. Refused requests charge nothing, so shadow mode shows what enforcement would do.
+    pub fn shadow(self, shadow: bool) -> Self {
+        self.edit(|c| c.shadow = shadow)
+    }
+
+    /// The cost (weight) of each request, at least 1 (default 1).
+    pub fn cost(self, cost: u32) -> Self {
+        self.edit(|c| c.cost = cost.max(1))
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// Service applying a [`RateLimitLayer`]'s limits.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    cfg: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the layer, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// What to do with a request once the store has decided.
+enum Verdict<B> {
+    Forward { delay: Duration, headers: Headers },
+    Refuse(Response<B>),
+}
+
+/// Up to three response headers and the report, added to the upstream's response.
+#[derive(Default)]
+struct Headers {
+    fields: Vec<(HeaderName, HeaderValue)>,
+    report: Option<RateLimitReport>,
+}
+
+impl Headers {
+    fn apply<B>(self, res: &mut Response<B>) {
+        for (name, value) in self.fields {
+            res.headers_mut().insert(name, value);
+        }
+        if let Some(report) = self.report {
+            res.extensions_mut().insert(report);
+        }
+    }
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn sf_string(name: &str) -> String {
+    // An sf-string: printable ASCII with `"` and `\` escaped; anything else replaced.
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn header_fields(
+    style: HeaderStyle,
+    checks: &[Check],
+    d: &Decision,
+    at: usize,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let o = &d.outcomes[at];
+    let mut fields = Vec::with_capacity(3);
+    let mut push = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            fields.push((HeaderName::from_static(name), v));
+        }
+    };
+    match style {
+        HeaderStyle::Ietf => {
+            let policies: Vec<String> = checks
+                .iter()
+                .zip(&d.outcomes)
+                .map(|(c, o)| {
+                    format!(
+                        "{};q={};w={}",
+                        sf_string(&c.name),
+                        o.limit,
+                        secs_ceil(o.window).max(1)
+                    )
+                })
+                .collect();
+            push("ratelimit-policy", policies.join(", "));
+            push(
+                "ratelimit",
+                format!(
+                    "{};r={};t={}",
+                    sf_string(&checks[at].name),
+                    o.remaining,
+                    secs_ceil(o.reset)
+                ),
+            );
+        }
+        HeaderStyle::Legacy => {
+            push("x-ratelimit-limit", o.limit.to_string());
+            push("x-ratelimit-remaining", o.remaining.to_string());
+            push("x-ratelimit-reset", secs_ceil(o.reset).to_string());
+        }
+        HeaderStyle::None => {}
+    }
+    fields
+}
+
+fn verdict<B: From<String>>(cfg: &Config, checks: &[Check], d: &Decision) -> Verdict<B> {
+    let Some(at) = d.deciding() else {
+        return Verdict::Forward {
+            delay: Duration::ZERO,
+            headers: Headers::default(),
+        };
+    };
+    let o: &Outcome = &d.outcomes[at];
+    let name = checks[at].name.clone();
+    let fields = header_fields(cfg.headers, checks, d, at);
+    let mut report = RateLimitReport {
+        limit: name.clone(),
+        allowed: true,
+        shadow_refused: false,
+        delayed: Duration::ZERO,
+        remaining: o.remaining,
+    };
+    if d.allowed() {
+        report.delayed = d.delay();
+        return Verdict::Forward {
+            delay: d.delay(),
+            headers: Headers {
+                fields,
+                report: Some(report),
+            },
+        };
+    }
+    if cfg.shadow {
+        tracing::info!(limit = %name, "rate limit would refuse this request (shadow mode)");
+        report.shadow_refused = true;
+        return Verdict::Forward {
+            delay: Duration::ZERO,
+            headers: Headers {
+                fields,
+                report: Some(report),
+            },
+        };
+    }
+    report.allowed = false;
+    let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS)
+        .detail(match o.retry_after {
+            Some(_) => "rate limit exceeded",
+            None => "the request costs more than the limit allows in one window",
+        })
+        .extension("limit", name.as_ref().to_owned())
+        .reason(RejectReason::RateLimited, ResponseFlags::RATE_LIMITED);
+    let retry = o.retry_after.map(secs_ceil);
+    if let Some(secs) = retry {
+        problem = problem.extension("retry_after", secs);
+    }
+    let mut res: Response<B> = problem.into_response();
+    if let Some(secs) = retry {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    Headers {
+        fields,
+        report: Some(report),
+    }
+    .apply(&mut res);
+    Verdict::Refuse(res)
+}
+
+fn store_failed<B: From<String>>(e: &StoreError) -> Response<B> {
+    tracing::warn!(error = %e, "rate-limit store failed; refusing (fail closed)");
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+        .detail("rate limiting is unavailable")
+        .reason(
+            RejectReason::DependencyFailed,
+            ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
+        )
+        .into_response()
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let cx = KeyContext::of(&req);
+        let checks: Vec<Check> = self
+            .cfg
+            .limits
+            .iter()
+            .filter_map(|l| l.check(&cx, self.cfg.cost))
+            .collect();
+        if checks.is_empty() {
+            return ResponseFuture::calling(self.inner.call(req), Headers::default());
+        }
+        match self.cfg.store.decide(&checks, self.cfg.max_wait) {
+            Decided::Ready(Ok(d)) => match verdict(&self.cfg, &checks, &d) {
+                Verdict::Refuse(res) => ResponseFuture::done(res),
+                Verdict::Forward { delay, headers } if delay.is_zero() => {
+                    ResponseFuture::calling(self.inner.call(req), headers)
+                }
+                Verdict::Forward { delay, headers } => {
+                    let svc = take_ready(&mut self.inner);
+                    ResponseFuture::sleeping(delay, svc, req, headers)
+                }
+            },
+            Decided::Ready(Err(e)) => ResponseFuture::done(store_failed(&e)),
+            Decided::Pending(fut) => {
+                let svc = take_ready(&mut self.inner);
+                ResponseFuture {
+                    state: State::Deciding {
+                        fut,
+                        rest: Some(Deferred {
+                            svc,
+                            req,
+                            checks,
+                            cfg: self.cfg.clone(),
+                        }),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The service that `poll_ready` readied, swapped for a fresh clone (tower's pattern for calling
+/// a service after an await).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+struct Deferred<S, R> {
+    svc: S,
+    req: Request<R>,
+    checks: Vec<Check>,
+    cfg: Arc<Config>,
+}
+
+pin_project! {
+    /// Response future of [`RateLimit`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Deciding {
+            fut: Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>,
+            rest: Option<Deferred<S, ReqBody>>,
+        },
+        Sleeping {
+            #[pin]
+            sleep: tokio::time::Sleep,
+            rest: Option<(S, Request<ReqBody>, Headers)>,
+        },
+        Calling {
+            #[pin]
+            fut: S::Future,
+            headers: Option<Headers>,
+        },
+        Done {
+            res: Option<S::Response>,
+        },
+    }
+}
+
+impl<S, R> fmt::Debug for ResponseFuture<S, R>
+where
+    S: Service<Request<R>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<S, R> ResponseFuture<S, R>
+where
+    S: Service<Request<R>>,
+{
+    fn calling(fut: S::Future, headers: Headers) -> Self {
+        Self {
+            state: State::Calling {
+                fut,
+                headers: Some(headers),
+            },
+        }
+    }
+
+    fn done(res: S::Response) -> Self {
+        Self {
+            state: State::Done { res: Some(res) },
+        }
+    }
+
+    fn sleeping(delay: Duration, svc: S, req: Request<R>, headers: Headers) -> Self {
+        Self {
+            state: State::Sleeping {
+                sleep: tokio::time::sleep(delay),
+                rest: Some((svc, req, headers)),
+            },
+        }
+    }
+}
+
+impl<S, R, ResBody> Future for ResponseFuture<S, R>
+where
+    S: Service<Request<R>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Deciding { fut, rest } => {
+                    let decided = ready!(fut.as_mut().poll(cx));
+                    let Some(Deferred {
+                        mut svc,
+                        req,
+                        checks,
+                        cfg,
+                    }) = rest.take()
+                    else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    match decided.map(|d| verdict::<ResBody>(&cfg, &checks, &d)) {
+                        Err(e) => State::Done {
+                            res: Some(store_failed(&e)),
+                        },
+                        Ok(Verdict::Refuse(res)) => State::Done { res: Some(res) },
+                        Ok(Verdict::Forward { delay, headers }) if delay.is_zero() => {
+                            State::Calling {
+                                fut: svc.call(req),
+                                headers: Some(headers),
+                            }
+                        }
+                        Ok(Verdict::Forward { delay, headers }) => State::Sleeping {
+                            sleep: tokio::time::sleep(delay),
+                            rest: Some((svc, req, headers)),
+                        },
+                    }
+                }
+                StateProj::Sleeping { sleep, rest } => {
+                    ready!(sleep.poll(cx));
+                    let Some((mut svc, req, headers)) = rest.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    State::Calling {
+                        fut: svc.call(req),
+                        headers: Some(headers),
+                    }
+                }
+                StateProj::Calling { fut, headers } => {
+                    let mut res = ready!(fut.poll(cx))?;
+                    if let Some(h) = headers.take() {
+                        h.apply(&mut res);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Done { res } => {
+                    return Poll::Ready(Ok(res
+                        .take()
+                        .expect("ResponseFuture polled after completion")));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use super::{Check, Decided, Decision, Store};
+use crate::{
+    Policy,
+    algorithm::{self, Outcome},
+    clock::Clock,
+};
+
+/// The state of one (limit, key).
+#[derive(Clone, Copy, Debug)]
+enum Cell {
+    /// GCRA theoretical arrival time.
+    Tat(i64),
+    /// Quota window number and requests used in it.
+    Quota { window: i64, used: u64, end: i64 },
+}
+
+impl Cell {
+    /// When the cell holds nothing an absent cell would not: after that it can be evicted.
+    fn expires(&self) -> i64 {
+        match *self {
+            Self::Tat(tat) => tat,
+            Self::Quota { end, .. } => end,
+        }
+    }
+}
+
+/// The keys are already hashes (SipHash with a per-store random seed): pass them through.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = HashMap<u64, Cell, BuildHasherDefault<IdentityHasher>>;
+
+/// In-process limit state: sharded, bounded, with idle keys evicted.
+///
+/// State is one 16-byte cell per (limit, key), stored under a 64-bit SipHash of the pair with a
+/// per-store random seed (so clients cannot aim collisions; two keys colliding by chance would
+/// share a bucket, with probability ~2⁻⁶⁴ per pair).
+///
+/// # Memory bound
+/// At most `max_keys` cells (default 1,000,000), about 32 bytes each in the hash table, so
+/// ≈ 32 MiB at the default (a table may briefly hold 2× while it grows). A shard that is full
+/// first drops every expired cell (a key whose bucket has refilled or whose quota window has
+/// ended holds nothing an absent key would not); if that frees less than an eighth of the
+/// shard, it also evicts the cells closest to expiry. Evicting a live cell forgets that key's
+/// debt, so under a key-cardinality attack larger than `max_keys` the limit errs towards
+/// admitting, never towards unbounded memory. [`evictions`](Self::evictions) counts such
+/// evictions; size `max_keys` above the expected number of live keys.
+///
+/// Clones share the state.
+#[derive(Clone, Debug)]
+pub struct MemoryStore(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    shard_bits: u32,
+    per_shard: usize,
+    seed: RandomState,
+    clock: Clock,
+    evictions: AtomicU64,
+}
+
+impl MemoryStore {
+    /// A store with the default bound (1,000,000 keys) and tokio's clock. Must be called inside a
+    /// tokio runtime (the clock anchors there).
+    pub fn new() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+
+    /// A store holding at most `max_keys` cells.
+    pub fn with_capacity(max_keys: usize) -> Self {
+        Self::with_clock(max_keys, Clock::system())
+    }
+
+    /// A store with an explicit clock (tests, or sharing a clock with another store).
+    pub fn with_clock(max_keys: usize, clock: Clock) -> Self {
+        let shard_bits = 6; // 64 shards: contention is negligible on any core count we target.
+        let shards = 1usize << shard_bits;
+        let per_shard = max_keys.div_ceil(shards).max(8);
+        Self(Arc::new(Inner {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_bits,
+            per_shard,
+            seed: RandomState::new(),
+            clock,
+            evictions: AtomicU64::new(0),
+        }))
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.0.clock
+    }
+
+    /// Cells held now.
+    pub fn len(&self) -> usize {
+        self.0.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Whether no cell is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most cells this store holds.
+    pub fn capacity(&self) -> usize {
+        self.0.per_shard * self.0.shards.len()
+    }
+
+    /// Live cells evicted to stay within the bound (expired cells dropped are not counted).
+    pub fn evictions(&self) -> u64 {
+        self.0.evictions.load(Ordering::Relaxed)
+    }
+
+    fn hash(&self, check: &Check) -> u64 {
+        let mut h = self.0.seed.build_hasher();
+        h.write(check.name.as_bytes());
+        h.write_u8(0xff);
+        h.write(check.key.as_str().as_bytes());
+        h.finish()
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> (64 - self.0.shard_bits)) as usize
+    }
+
+    /// Decides at an explicit instant (Unix µs); `decide` uses the store's clock.
+    pub fn decide_at(&self, checks: &[Check], max_wait: Duration, now: i64) -> Decision {
+        let max_wait = i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX);
+        let hashes: Vec<u64> = checks.iter().map(|c| self.hash(c)).collect();
+        // Lock every shard involved, in index order (no deadlock between two requests).
+        let mut idx: Vec<usize> = hashes.iter().map(|&h| self.shard_of(h)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut guards: Vec<MutexGuard<'_, Shard>> =
+            idx.iter().map(|&i| lock(&self.0.shards[i])).collect();
+        // For each check, the index of its shard's guard.
+        let slot: Vec<usize> = hashes
+            .iter()
+            .map(|&h| idx.binary_search(&self.shard_of(h)).unwrap_or(0))
+            .collect();
+
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(checks.len());
+        let mut updates: Vec<Option<Cell>> = Vec::with_capacity(checks.len());
+        for ((check, &hash), &g) in checks.iter().zip(&hashes).zip(&slot) {
+            let cell = guards[g].get(&hash).copied();
+            let cost = u64::from(check.cost.max(1));
+            let (outcome, update) = match check.policy {
+                Policy::Rate { rate, burst } => {
+                    let tat = match cell {
+                        Some(Cell::Tat(t)) => Some(t),
+                        _ => None,
+                    };
+                    let (o, new) = algorithm::gcra(tat, now, rate, burst, cost, max_wait);
+                    (o, new.map(Cell::Tat))
+                }
+                Policy::Quota(q) => {
+                    let state = match cell {
+                        Some(Cell::Quota { window, used, .. }) => Some((window, used)),
+                        _ => None,
+                    };
+                    let (o, new, end) = algorithm::quota(state, now, q, cost);
+                    (
+                        o,
+                        new.map(|(window, used)| Cell::Quota { window, used, end }),
+                    )
+                }
+            };
+            outcomes.push(outcome);
+            updates.push(update);
+        }
+        let decision = Decision::all_or_nothing(outcomes);
+        if decision.allowed() {
+            for ((&hash, update), &g) in hashes.iter().zip(updates).zip(&slot) {
+                let Some(cell) = update else { continue };
+                let map = &mut guards[g];
+                if map.len() >= self.0.per_shard && !map.contains_key(&hash) {
+                    let evicted = make_room(map, self.0.per_shard, now);
+                    self.0.evictions.fetch_add(evicted, Ordering::Relaxed);
+                }
+                map.insert(hash, cell);
+            }
+        }
+        decision
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a cell half-written (cells are Copy), so the
+    // state is still valid.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Frees at least an eighth of a full shard: expired cells first, then the cells closest to
+/// expiry. Returns how many live cells were evicted.
+fn make_room(map: &mut Shard, cap: usize, now: i64) -> u64 {
+    map.retain(|_, c| c.expires() > now);
+    let target = cap - cap / 8;
+    if map.len() <= target {
+        return 0;
+    }
+    let excess = map.len() - target;
+    let mut expiries: Vec<i64> = map.values().map(Cell::expires).collect();
+    let (_, &mut cutoff, _) = expiries.select_nth_unstable(excess - 1);
+    let mut evicted = 0u64;
+    map.retain(|_, c| {
+        if evicted < excess as u64 && c.expires() <= cutoff {
+            evicted += 1;
+            false
+        } else {
+            true
+        }
+    });
+    evicted
+}
+
+impl Store for MemoryStore {
+    fn decide(&self, checks: &[Check], max_wait: Duration) -> Decided {
+        Decided::Ready(Ok(self.decide_at(
+            checks,
+            max_wait,
+            self.0.clock.now_micros(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::{Quota, Rate, RateLimitKey};
+
+    fn check(name: &str, key: &str, policy: Policy) -> Check {
+        Check {
+            name: name.into(),
+            key: RateLimitKey::new(key),
+            policy,
+            cost: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_charges_no_limit() {
+        let store = MemoryStore::with_clock(1000, Clock::manual(SystemTime::now()));
+        let checks = [
+            check("burst", "k", Policy::rate(Rate::per_second(1), 1)),
+            check("daily", "k", Policy::Quota(Quota::per_day(10))),
+        ];
+        let now = store.clock().now_micros();
+        let first = store.decide_at(&checks, Duration::ZERO, now);
+        assert!(first.allowed());
+        assert_eq!(first.outcomes[1].remaining, 9);
+        for _ in 0..5 {
+            let d = store.decide_at(&checks, Duration::ZERO, now);
+            assert!(!d.allowed());
+            assert_eq!(d.deciding(), Some(0));
+        }
+        let later = store.decide_at(&checks, Duration::ZERO, now + 1_000_000);
+        assert!(later.allowed());
+        assert_eq!(
+            later.outcomes[1].remaining, 8,
+            "refusals did not use the quota"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_under_a_key_cardinality_attack() {
+        let store = MemoryStore::with_clock(4096, Clock::manual(SystemTime::now()));
+        let now = store.clock().now_micros();
+        let policy = Policy::rate(Rate::per_minute(1), 1);
+        for i in 0..100_000 {
+            let d = store.decide_at(
+                &[check("ip", &format!("k{i}"), policy)],
+                Duration::ZERO,
+                now,
+            );
+            assert!(d.allowed());
+        }
+        assert!(
+            store.len() <= store.capacity(),
+            "{} > {}",
+            store.len(),
+            store.capacity()
+        );
+        assert!(store.capacity() < 4096 + 64 * 8);
+        assert!(store.evictions() > 90_000);
+        // Expired cells are dropped before live ones: after a minute every cell has expired, and
+        // the next wave of keys evicts nothing live.
+        let before = store.evictions();
+        for i in 0..2000 {
+            store.decide_at(
+                &[check("ip", &format!("n{i}"), policy)],
+                Duration::ZERO,
+                now + 61_000_000,
+            );
+        }
+        assert_eq!(store.evictions(), before);
+    }
+}
