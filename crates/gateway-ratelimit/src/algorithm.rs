@@ -29,16 +29,27 @@ pub enum Policy {
 
 impl Policy {
     /// A GCRA policy; `burst` is clamped to at least 1. Panics if `burst × interval` exceeds
-    /// ≈ 35 years (such a limit is a configuration mistake).
+    /// ≈ 35 years (such a limit is a configuration mistake); [`try_rate`](Self::try_rate) returns
+    /// an error instead.
     pub fn rate(rate: Rate, burst: u32) -> Self {
-        let burst = burst.max(1);
-        assert!(
-            rate.emission_interval_micros()
-                .saturating_mul(u64::from(burst))
-                <= MAX_SPAN_MICROS,
-            "rate {rate} with burst {burst} spans more than 2^50 µs"
-        );
-        Self::Rate { rate, burst }
+        Self::try_rate(rate, burst.max(1)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A GCRA policy, or an error when `burst` is zero or `burst × interval` exceeds ≈ 35 years.
+    pub fn try_rate(rate: Rate, burst: u32) -> Result<Self, String> {
+        if burst == 0 {
+            return Err(String::from("the burst must be at least 1"));
+        }
+        if rate
+            .emission_interval_micros()
+            .saturating_mul(u64::from(burst))
+            > MAX_SPAN_MICROS
+        {
+            return Err(format!(
+                "rate {rate} with burst {burst} spans more than 2^50 µs"
+            ));
+        }
+        Ok(Self::Rate { rate, burst })
     }
 
     /// The most a single request may cost under this policy (a larger cost can never conform).

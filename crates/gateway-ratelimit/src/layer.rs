@@ -45,7 +45,8 @@ enum LimitPolicy {
 
 #[derive(Debug)]
 struct Tiers {
-    by_name: HashMap<String, (Arc<str>, Policy)>,
+    /// `None`: the tier exists and this limit does not apply to it.
+    by_name: HashMap<String, Option<(Arc<str>, Policy)>>,
     default: Option<(Arc<str>, Policy)>,
 }
 
@@ -81,12 +82,13 @@ impl Limit {
     }
 
     /// A policy chosen by the caller's tier ([`Principal::tier`]), counted per consumer, falling
-    /// back to the client IP for anonymous callers. Callers without a tier, or with a tier not in
-    /// `tiers`, get `default` (or are not limited by this limit when it is `None`). Each tier
-    /// counts separately, so moving a consumer to another tier starts it on a fresh bucket.
-    pub fn tiered(
+    /// back to the client IP for anonymous callers. A tier listed with `None` is not limited by
+    /// this limit. Callers without a tier, or with a tier not listed, get `default` (or are not
+    /// limited by this limit when it is `None`). Each tier counts separately, so moving a
+    /// consumer to another tier starts it on a fresh bucket.
+    pub fn tiered<P: Into<Option<Policy>>>(
         name: impl Into<Arc<str>>,
-        tiers: impl IntoIterator<Item = (String, Policy)>,
+        tiers: impl IntoIterator<Item = (String, P)>,
         default: Option<Policy>,
     ) -> Self {
         let name: Arc<str> = name.into();
@@ -94,10 +96,11 @@ impl Limit {
             .into_iter()
             .map(|(tier, p)| {
                 let scoped: Arc<str> = format!("{name}@{tier}").into();
-                (tier, (scoped, p))
+                let p: Option<Policy> = p.into();
+                (tier, p.map(|p| (scoped, p)))
             })
             .collect();
-        let default = default.map(|p| (Arc::<str>::from(format!("{name}@")), p));
+        let default = default.map(|p| (Arc::<str>::from(format!("{name}@default")), p));
         Self {
             name,
             policy: LimitPolicy::Tiered(Arc::new(Tiers { by_name, default })),
@@ -129,9 +132,10 @@ impl Limit {
             LimitPolicy::Fixed(p) => (self.name.clone(), *p),
             LimitPolicy::Tiered(t) => {
                 let tier = cx.extensions.get::<Principal>().and_then(Principal::tier);
-                let (n, p) = tier
-                    .and_then(|t2| t.by_name.get(t2))
-                    .or(t.default.as_ref())?;
+                let (n, p) = match tier.and_then(|name| t.by_name.get(name)) {
+                    Some(listed) => listed.as_ref()?,
+                    None => t.default.as_ref()?,
+                };
                 (n.clone(), *p)
             }
         };
@@ -289,6 +293,75 @@ impl RateLimitLayer {
     }
 }
 
+impl RateLimitLayer {
+    /// Decides `req` outside tower (a hand-written pipeline): `Ok` with the headers and report to
+    /// add to the eventual response (after any throttling delay), or `Err` with the refusal to
+    /// send instead. The returned future owns what it needs, so `req` can be moved on at once.
+    ///
+    /// ```
+    /// use gateway_ratelimit::RateLimitLayer;
+    /// use http::{Request, Response};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limit = RateLimitLayer::per_minute(1);
+    /// let admitted = limit.admit::<_, String>(&Request::new(())).await.unwrap();
+    /// let mut res = Response::new(String::from("from the upstream"));
+    /// admitted.apply(&mut res);
+    /// assert_eq!(res.headers()["ratelimit"], "\"default\";r=0;t=60");
+    /// let refused: Response<String> = limit.admit(&Request::new(())).await.unwrap_err();
+    /// assert_eq!(refused.status(), 429);
+    /// # }
+    /// ```
+    pub fn admit<B, ResBody>(
+        &self,
+        req: &Request<B>,
+    ) -> impl Future<Output = Result<Admission, Response<ResBody>>> + Send + 'static + use<B, ResBody>
+    where
+        ResBody: From<String>,
+    {
+        let cx = KeyContext::of(req);
+        let checks: Vec<Check> = self
+            .cfg
+            .limits
+            .iter()
+            .filter_map(|l| l.check(&cx, self.cfg.cost))
+            .collect();
+        let decided =
+            (!checks.is_empty()).then(|| self.cfg.store.decide(&checks, self.cfg.max_wait));
+        let cfg = self.cfg.clone();
+        async move {
+            let decision = match decided {
+                None => return Ok(Admission::default()),
+                Some(Decided::Ready(r)) => r,
+                Some(Decided::Pending(f)) => f.await,
+            };
+            let (delay, headers) = match decision.map(|d| verdict::<ResBody>(&cfg, &checks, &d)) {
+                Err(e) => return Err(store_failed(&e)),
+                Ok(Verdict::Refuse(res)) => return Err(res),
+                Ok(Verdict::Forward { delay, headers }) => (delay, headers),
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(Admission { headers })
+        }
+    }
+}
+
+/// A request admitted by [`RateLimitLayer::admit`]: the headers and report for its response.
+#[derive(Debug, Default)]
+pub struct Admission {
+    headers: Headers,
+}
+
+impl Admission {
+    /// Adds the rate-limit headers and the [`RateLimitReport`] extension to `res`.
+    pub fn apply<B>(self, res: &mut Response<B>) {
+        self.headers.apply(res);
+    }
+}
+
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 
@@ -339,7 +412,7 @@ enum Verdict<B> {
 }
 
 /// Up to three response headers and the report, added to the upstream's response.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Headers {
     fields: Vec<(HeaderName, HeaderValue)>,
     report: Option<RateLimitReport>,

@@ -76,6 +76,10 @@ pub use algorithm::{Outcome, Policy};
 pub use clock::Clock;
 pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use key::{KeyBy, KeyContext, MakeRateLimitKey, RateLimitKey};
-pub use layer::{HeaderStyle, Limit, RateLimit, RateLimitLayer, RateLimitReport, ResponseFuture};
+pub use layer::{
+    Admission, HeaderStyle, Limit, RateLimit, RateLimitLayer, RateLimitReport, ResponseFuture,
+};
 pub use rate::{ParseRateError, Quota, QuotaWindow, Rate};
 pub use store::{Check, Decided, Decision, MemoryStore, Store, StoreError};
+#[cfg(feature = "redis")]
+pub use store::{FailurePolicy, HybridStore, RedisStore, TimeSource};

@@ -310,7 +310,10 @@ async fn after_a_failure_redis_is_left_alone_for_the_pause_then_probed() {
 }
 
 #[tokio::test]
-#[allow(clippy::print_stderr, reason = "the measured figures are the test's report")]
+#[allow(
+    clippy::print_stderr,
+    reason = "the measured figures are the test's report"
+)]
 async fn hybrid_leasing_overshoots_under_one_percent_with_few_redis_calls() {
     let redis = TestRedis::start().await;
     let clock = Clock::manual(SystemTime::now());

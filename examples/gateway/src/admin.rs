@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/routes`. It runs on its own thread and socket,
+//! The admin listener: `/healthz`, `/readyz`, `/routes`, `/upstreams`, `/ratelimit`. It runs on its own thread and socket,
 //! never on a public listener, so no path or header trick on the public side can reach it.
 
 use std::sync::Arc;
@@ -57,6 +57,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/routes", get(routes))
         .route("/upstreams", get(upstreams))
         .route("/upstreams/{name}/breaker", post(force_breaker))
+        .route("/ratelimit", get(ratelimit))
         .fallback(|| async {
             let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
                 .detail("unknown admin endpoint")
@@ -78,6 +79,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             Json(serde_json::json!({ "status": "ready" })),
         )
     }
+}
+
+async fn ratelimit(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(shared.compiled.limit_state.describe())
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

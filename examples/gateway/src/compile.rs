@@ -11,11 +11,18 @@ use gateway_lb::{Endpoint, HostHeader, Protocol, Upstream, UpstreamBuilder};
 use http::{HeaderName, HeaderValue, Method};
 use tokio::sync::Semaphore;
 
+/// What route `rate_limit` blocks compile against.
+struct RouteLimits<'a> {
+    tiers: &'a TierLimits,
+    state: &'a LimitState,
+}
+
 use crate::{
     config::{
         Config, ConfigError, ForwardedHeaderConfig, HostConfig, Issues, Limits, ProtocolConfig,
         WindowConfig, check_unique_names,
     },
+    ratelimit::{LimitState, TierLimits, compile_route_limit, compile_state, compile_tiers},
     router::{
         HostMatch, PathMatch, Rewrite, Route, Router, Segment, ValueMatch, parse_rewrite_template,
         parse_template,
@@ -43,6 +50,8 @@ pub struct Compiled {
     pub trusted: TrustedProxies,
     /// Drain deadline on shutdown.
     pub drain_timeout: Duration,
+    /// Where rate-limit state lives (shared by every route and worker).
+    pub limit_state: LimitState,
 }
 
 /// An upstream's name and how to build its client (one per worker).
@@ -218,10 +227,16 @@ impl Compiled {
             });
         }
 
+        let limit_state = compile_state(config, &mut issues);
+        let tiers = compile_tiers(config, &mut issues);
         check_unique_names(&config.routes, &mut issues);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, spanned) in config.routes.iter().enumerate() {
-            if let Some(route) = compile_route(i, spanned, &upstreams, &mut issues) {
+            let limits = RouteLimits {
+                tiers: &tiers,
+                state: &limit_state,
+            };
+            if let Some(route) = compile_route(i, spanned, &upstreams, &limits, &mut issues) {
                 routes.push(route);
             }
         }
@@ -245,6 +260,7 @@ impl Compiled {
             internal_prefixes,
             trusted,
             drain_timeout: config.shutdown.drain_timeout.0,
+            limit_state,
         }))
     }
 }
@@ -253,6 +269,7 @@ fn compile_route(
     i: usize,
     spanned: &serde_saphyr::Spanned<crate::config::RouteConfig>,
     upstreams: &[UpstreamSpec],
+    limits: &RouteLimits<'_>,
     issues: &mut Issues,
 ) -> Option<Route> {
     let rc = &spanned.value;
@@ -421,6 +438,9 @@ fn compile_route(
         }
         (None, false, _) => Rewrite::None,
     };
+    let rate_limit = rc.rate_limit.as_ref().and_then(|rl| {
+        compile_route_limit(&field, &rc.name, rl, limits.tiers, limits.state, issues)
+    });
     if issues.0.len() > before {
         return None;
     }
@@ -434,6 +454,7 @@ fn compile_route(
         upstream: upstream?,
         upstream_name: rc.upstream.value.clone(),
         rewrite,
+        rate_limit,
         order: i,
     })
 }

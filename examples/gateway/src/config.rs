@@ -49,6 +49,163 @@ pub struct Config {
     /// Routes.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Where limit state lives: in this process (default) or in Redis, shared by every instance.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Named tiers: the rate and quota a consumer of that tier gets on routes with
+    /// `rate_limit: { by: consumer }`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, Spanned<TierConfig>>,
+    /// The tier of callers without one (anonymous callers, consumers without a tier). Without it,
+    /// such callers are not limited by tier limits (route limits still apply).
+    #[serde(default)]
+    pub default_tier: Option<Spanned<String>>,
+}
+
+/// Where rate-limit state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `redis://[:password@]host:port/db`: share limits with every instance using this Redis.
+    /// Absent: state stays in this process.
+    #[serde(default)]
+    pub redis: Option<Spanned<String>>,
+    /// Prefix of the Redis keys (default `gateway:rl:`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// How long a decision may wait for Redis (default 50ms).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// What to do when Redis fails or is too slow: `open` (admit, the default), `closed` (503),
+    /// or `local` (decide with an in-process limiter of the same shape).
+    #[serde(default)]
+    pub on_failure: FailureConfig,
+    /// `exact` (one Redis call per decision, the default) or `hybrid` (local token leases).
+    #[serde(default)]
+    pub mode: StateMode,
+    /// Hybrid mode: how much time worth of tokens one lease holds (default 50ms).
+    #[serde(default)]
+    pub lease: Option<HumanDuration>,
+    /// The most keys held in memory (the in-process store, or the `local` fallback), default
+    /// 1000000 (about 32 MiB).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+}
+
+/// What the Redis store does when Redis fails.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureConfig {
+    /// Admit.
+    #[default]
+    Open,
+    /// Refuse with 503.
+    Closed,
+    /// Decide with an in-process limiter.
+    Local,
+}
+
+/// How decisions use Redis.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StateMode {
+    /// One atomic script call per decision.
+    #[default]
+    Exact,
+    /// Local buckets leasing tokens in batches.
+    Hybrid,
+}
+
+/// A tier's limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Sustained rate, e.g. `1000/s`.
+    #[serde(default)]
+    pub rate: Option<gateway_ratelimit::Rate>,
+    /// Requests at once from an idle consumer (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Calendar quota, e.g. `5000000/month`.
+    #[serde(default)]
+    pub quota: Option<gateway_ratelimit::Quota>,
+}
+
+/// A route's rate limiting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Shorthand for one entry of `limits`: what it counts per.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Shorthand: the rate.
+    #[serde(default)]
+    pub rate: Option<gateway_ratelimit::Rate>,
+    /// Shorthand: the burst.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Shorthand: the quota.
+    #[serde(default)]
+    pub quota: Option<gateway_ratelimit::Quota>,
+    /// Shorthand: the IPv6 aggregation prefix for `by: ip`.
+    #[serde(default)]
+    pub ipv6_prefix: Option<u8>,
+    /// Several limits, all of which must admit a request.
+    #[serde(default)]
+    pub limits: Vec<Spanned<LimitConfig>>,
+    /// What each request costs (default 1).
+    #[serde(default = "one")]
+    pub cost: u32,
+    /// Hold a request up to this long when that lets it conform to its rates (default: refuse at
+    /// once).
+    #[serde(default)]
+    pub throttle: Option<HumanDuration>,
+    /// Report but never refuse.
+    #[serde(default)]
+    pub shadow: bool,
+    /// `ietf` (`RateLimit` / `RateLimit-Policy`, the default), `legacy` (`X-RateLimit-*`) or
+    /// `none`.
+    #[serde(default)]
+    pub headers: HeadersConfig,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One limit of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// What the limit counts per: `ip` (the default), `consumer`, `route`, `global` or
+    /// `header:NAME`. `consumer` without `rate`/`quota` applies the consumer's tier.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Sustained rate.
+    #[serde(default)]
+    pub rate: Option<gateway_ratelimit::Rate>,
+    /// Requests at once (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Calendar quota.
+    #[serde(default)]
+    pub quota: Option<gateway_ratelimit::Quota>,
+    /// IPv6 aggregation prefix for `by: ip` (default 64).
+    #[serde(default)]
+    pub ipv6_prefix: Option<u8>,
+}
+
+/// Which rate-limit headers to send.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersConfig {
+    /// IETF draft fields.
+    #[default]
+    Ietf,
+    /// `X-RateLimit-*`.
+    Legacy,
+    /// None.
+    None,
 }
 
 fn default_internal_prefixes() -> Vec<String> {
@@ -433,6 +590,9 @@ pub struct RouteConfig {
     /// `{name}` placeholders take template parameters).
     #[serde(default)]
     pub rewrite: Option<Spanned<String>>,
+    /// Rate limits and quotas for this route.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<RateLimitConfig>>,
 }
 
 /// What a route matches. Every condition given must hold.

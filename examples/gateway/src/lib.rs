@@ -26,6 +26,7 @@ mod compile;
 pub mod config;
 mod demo;
 mod pipeline;
+pub mod ratelimit;
 pub mod router;
 mod server;
 

@@ -28,7 +28,10 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{compile::Compiled, router::rewrite_path};
+use crate::{
+    compile::Compiled,
+    router::{Route, rewrite_path},
+};
 
 /// The client's body, counted against `limits.max_body_bytes` while it streams.
 pub type ClientBody = Limited<Incoming>;
@@ -158,7 +161,16 @@ impl Pipeline {
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
         match self.prepare(req, conn) {
-            Ok((upstream, req)) => {
+            Ok((route, req)) => {
+                let upstream = route.upstream;
+                // Rate limits and quotas, before any upstream resource is taken.
+                let admission = match &route.rate_limit {
+                    Some(limit) => match limit.admit(&req).await {
+                        Ok(admission) => Some(admission),
+                        Err(refusal) => return refusal,
+                    },
+                    None => None,
+                };
                 // The bulkhead comes first: shed requests never count against the breaker.
                 let _slot = match &self.compiled.upstreams[upstream].bulkhead {
                     Some(bulkhead) => match bulkhead.try_admit() {
@@ -189,10 +201,14 @@ impl Pipeline {
                         }
                     },
                 };
-                match sent {
+                let mut res = match sent {
                     Ok(res) => res,
                     Err(never) => match never {},
+                };
+                if let Some(admission) = admission {
+                    admission.apply(&mut res);
                 }
+                res
             }
             Err(res) => res,
         }
@@ -204,7 +220,7 @@ impl Pipeline {
         &self,
         req: Request<Incoming>,
         conn: ConnectionInfo,
-    ) -> Result<(usize, Request<ClientBody>), Response<ResponseBody>> {
+    ) -> Result<(&Route, Request<ClientBody>), Response<ResponseBody>> {
         let c = &*self.compiled;
         let limits = &c.limits;
         let (mut parts, body) = req.into_parts();
@@ -309,7 +325,6 @@ impl Pipeline {
                 }
             }
         }
-        let upstream = route.upstream;
         parts.extensions.insert(route.id.clone());
         if !matched.params.0.is_empty() {
             parts.extensions.insert(matched.params);
@@ -317,10 +332,7 @@ impl Pipeline {
         parts.extensions.insert(client_ip);
         parts.extensions.insert(conn);
         let max = usize::try_from(limits.max_body_bytes.0).unwrap_or(usize::MAX);
-        Ok((
-            upstream,
-            Request::from_parts(parts, Limited::new(body, max)),
-        ))
+        Ok((route, Request::from_parts(parts, Limited::new(body, max))))
     }
 }
 

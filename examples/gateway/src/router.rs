@@ -100,6 +100,8 @@ pub struct Route {
     pub upstream_name: String,
     /// Path rewrite.
     pub rewrite: Rewrite,
+    /// Rate limits and quotas.
+    pub rate_limit: Option<gateway_ratelimit::RateLimitLayer>,
     /// Position in the configuration file.
     pub order: usize,
 }
@@ -570,6 +572,7 @@ mod tests {
             upstream: 0,
             upstream_name: "u".into(),
             rewrite: Rewrite::None,
+            rate_limit: None,
             order,
         }
     }

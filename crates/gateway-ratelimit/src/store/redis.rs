@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -116,9 +116,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Builds the store. It connects lazily (and reconnects by itself), so a Redis that is down
-    /// at start-up is handled by the failure policy like any later outage. Fails only on a bad
-    /// URL. Must be called inside a tokio runtime.
+    /// Builds the store. It connects on first use (and reconnects by itself), so a Redis that is
+    /// down at start-up is handled by the failure policy like any later outage. Fails only on a
+    /// bad URL. The connection is driven by the tokio runtime of the first decision.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| StoreError(format!("invalid Redis URL ({:?})", e.kind())))?;
@@ -127,10 +127,10 @@ impl RedisStoreBuilder {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError(format!("redis: {e}")))?;
         Ok(RedisStore(Arc::new(Inner {
-            conn,
+            client,
+            config,
+            conn: OnceLock::new(),
             script: Script::new(SCRIPT),
             prefix: self.prefix,
             timeout: self.timeout,
@@ -163,7 +163,10 @@ impl RedisStoreBuilder {
 pub struct RedisStore(Arc<Inner>);
 
 struct Inner {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Made on first use, inside the runtime that will drive it.
+    conn: OnceLock<ConnectionManager>,
     script: Script,
     prefix: String,
     timeout: Duration,
@@ -329,7 +332,17 @@ impl RedisStore {
             return Ok(None);
         }
         inner.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let mut conn = inner.conn.clone();
+        let mut conn = match inner.conn.get() {
+            Some(c) => c.clone(),
+            None => {
+                let made = ConnectionManager::new_lazy_with_config(
+                    inner.client.clone(),
+                    inner.config.clone(),
+                )
+                .map_err(|e| StoreError(format!("redis: {e}")))?;
+                inner.conn.get_or_init(|| made).clone()
+            }
+        };
         let mut invocation = inner.script.prepare_invoke();
         for k in &call.keys {
             invocation.key(k);
