@@ -52,6 +52,21 @@ impl Policy {
         Ok(Self::Rate { rate, burst })
     }
 
+    /// The limit's size and window at `now` (as reported in [`Outcome::limit`] and
+    /// [`Outcome::window`]).
+    pub(crate) fn shape(&self, now: i64) -> (u64, Duration) {
+        match self {
+            Self::Rate { rate, burst } => (
+                u64::from(*burst),
+                Duration::from_micros(rate.emission_interval_micros() * u64::from(*burst)),
+            ),
+            Self::Quota(q) => {
+                let (_, start, end) = q.window().bounds(now);
+                (q.limit(), micros(end - start))
+            }
+        }
+    }
+
     /// The most a single request may cost under this policy (a larger cost can never conform).
     pub fn capacity(&self) -> u64 {
         match self {
@@ -125,17 +140,17 @@ pub(crate) fn gcra(
     (out, Some(new_tat))
 }
 
-/// Fixed calendar window. `state` is the stored (window number, used); returns the outcome and,
-/// when admitted, the new state to store (valid until the returned window end).
+/// Fixed calendar window. `state` is the stored (window end, used): the end identifies the window.
+/// Returns the outcome and, when admitted, the new state to store (valid until the window end).
 pub(crate) fn quota(
     state: Option<(i64, u64)>,
     now: i64,
     quota: Quota,
     cost: u64,
-) -> (Outcome, Option<(i64, u64)>, i64) {
-    let (id, start, end) = quota.window().bounds(now);
+) -> (Outcome, Option<(i64, u64)>) {
+    let (_, start, end) = quota.window().bounds(now);
     let used = match state {
-        Some((w, used)) if w == id => used,
+        Some((e, used)) if e == end => used,
         _ => 0,
     };
     let limit = quota.limit();
@@ -149,15 +164,15 @@ pub(crate) fn quota(
         delay: Duration::ZERO,
     };
     if cost > limit {
-        return (out, None, end);
+        return (out, None);
     }
     if used.saturating_add(cost) > limit {
         out.retry_after = Some(micros(end - now));
-        return (out, None, end);
+        return (out, None);
     }
     out.allowed = true;
     out.remaining = limit - used - cost;
-    (out, Some((id, used + cost)), end)
+    (out, Some((end, used + cost)))
 }
 
 #[cfg(test)]
@@ -207,7 +222,7 @@ mod tests {
     fn cost_above_burst_never_conforms() {
         let (o, new) = gcra(None, NOW, Rate::per_second(10), 5, 6, i64::MAX / 4);
         assert!(!o.allowed && new.is_none() && o.retry_after.is_none());
-        let (o, new, _) = quota(None, NOW, Quota::per_day(5), 6);
+        let (o, new) = quota(None, NOW, Quota::per_day(5), 6);
         assert!(!o.allowed && new.is_none() && o.retry_after.is_none());
     }
 
@@ -215,17 +230,17 @@ mod tests {
     fn quota_resets_at_the_utc_boundary() {
         let q = Quota::per_day(2);
         let midnight = 1_795_737_600_000_000; // 2026-11-27T00:00:00Z
-        let (o, s, _) = quota(None, midnight - 10, q, 1);
+        let (o, s) = quota(None, midnight - 10, q, 1);
         assert!(o.allowed);
-        let (o, s, _) = quota(s, midnight - 5, q, 1);
+        let (o, s) = quota(s, midnight - 5, q, 1);
         assert_eq!((o.allowed, o.remaining), (true, 0));
-        let (o, none, _) = quota(s, midnight - 1, q, 1);
+        let (o, none) = quota(s, midnight - 1, q, 1);
         assert_eq!(
             (o.allowed, o.retry_after),
             (false, Some(Duration::from_micros(1)))
         );
         assert!(none.is_none());
-        let (o, _, _) = quota(s, midnight, q, 1);
+        let (o, _) = quota(s, midnight, q, 1);
         assert_eq!((o.allowed, o.remaining), (true, 1));
     }
 }

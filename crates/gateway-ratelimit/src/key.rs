@@ -231,8 +231,15 @@ impl KeyBy {
             }
             Kind::Consumer => {
                 let p = cx.extensions.get::<Principal>()?;
-                let id = p.consumer().unwrap_or_else(|| p.subject());
-                let _ = write!(out, "c:{}:{id}", id.len());
+                // A subject never shares a bucket with a consumer id that happens to be equal.
+                match p.consumer() {
+                    Some(id) => {
+                        let _ = write!(out, "c:{}:{id}", id.len());
+                    }
+                    None => {
+                        let _ = write!(out, "s:{}:{}", p.subject().len(), p.subject());
+                    }
+                }
             }
             Kind::All(parts) => {
                 for (i, part) in parts.iter().enumerate() {
@@ -344,5 +351,13 @@ mod tests {
             Principal::new("user-1", gateway_core::AuthMethod::ApiKey).with_consumer("acme"),
         );
         assert_eq!(key(&fallback, &req).unwrap(), "c:4:acme");
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(Principal::new("acme", gateway_core::AuthMethod::Jwt));
+        assert_eq!(
+            key(&fallback, &req).unwrap(),
+            "s:4:acme",
+            "a subject is not a consumer id"
+        );
     }
 }

@@ -241,7 +241,16 @@ impl RateLimitLayer {
     }
 
     /// Adds another limit; every limit must admit a request.
+    ///
+    /// # Panics
+    /// If a limit with the same name was already added: names partition the store, so two limits
+    /// sharing one would share state.
     pub fn limit(self, limit: Limit) -> Self {
+        assert!(
+            self.cfg.limits.iter().all(|l| l.name != limit.name),
+            "duplicate rate limit name `{}`",
+            limit.name
+        );
         self.edit(|c| c.limits.push(limit))
     }
 
@@ -336,10 +345,9 @@ impl RateLimitLayer {
                 Some(Decided::Ready(r)) => r,
                 Some(Decided::Pending(f)) => f.await,
             };
-            let (delay, headers) = match decision.map(|d| verdict::<ResBody>(&cfg, &checks, &d)) {
-                Err(e) => return Err(store_failed(&e)),
-                Ok(Verdict::Refuse(res)) => return Err(res),
-                Ok(Verdict::Forward { delay, headers }) => (delay, headers),
+            let (delay, headers) = match resolve::<ResBody>(&cfg, &checks, decision) {
+                Verdict::Refuse(res) => return Err(res),
+                Verdict::Forward { delay, headers } => (delay, headers),
             };
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -451,6 +459,16 @@ fn sf_string(name: &str) -> String {
     out
 }
 
+/// A limit as `(q, w)`: `q` requests per `w` whole seconds. A quota is its count per window; a
+/// rate is its burst scaled to a window of at least one second (`100/s` with burst 1 is
+/// advertised as `q=100;w=1`, not `q=1`).
+fn quota_units(o: &Outcome) -> (u64, u64) {
+    let window_us = o.window.as_micros().max(1);
+    let w = secs_ceil(o.window).max(1);
+    let q = (u128::from(o.limit) * u128::from(w) * 1_000_000 + window_us / 2) / window_us;
+    (u64::try_from(q).unwrap_or(u64::MAX).max(1), w)
+}
+
 fn header_fields(
     style: HeaderStyle,
     checks: &[Check],
@@ -458,6 +476,8 @@ fn header_fields(
     at: usize,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let o = &d.outcomes[at];
+    // `t` points at the same moment as `Retry-After` on a refusal.
+    let t = secs_ceil(o.retry_after.filter(|_| !o.allowed).unwrap_or(o.reset));
     let mut fields = Vec::with_capacity(3);
     let mut push = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::try_from(value) {
@@ -470,37 +490,48 @@ fn header_fields(
                 .iter()
                 .zip(&d.outcomes)
                 .map(|(c, o)| {
-                    format!(
-                        "{};q={};w={}",
-                        sf_string(&c.name),
-                        o.limit,
-                        secs_ceil(o.window).max(1)
-                    )
+                    let (q, w) = quota_units(o);
+                    format!("{};q={q};w={w}", sf_string(&c.name))
                 })
                 .collect();
             push("ratelimit-policy", policies.join(", "));
             push(
                 "ratelimit",
-                format!(
-                    "{};r={};t={}",
-                    sf_string(&checks[at].name),
-                    o.remaining,
-                    secs_ceil(o.reset)
-                ),
+                format!("{};r={};t={t}", sf_string(&checks[at].name), o.remaining),
             );
         }
         HeaderStyle::Legacy => {
-            push("x-ratelimit-limit", o.limit.to_string());
+            push("x-ratelimit-limit", quota_units(o).0.to_string());
             push("x-ratelimit-remaining", o.remaining.to_string());
-            push("x-ratelimit-reset", secs_ceil(o.reset).to_string());
+            push("x-ratelimit-reset", t.to_string());
         }
         HeaderStyle::None => {}
     }
     fields
 }
 
-fn verdict<B: From<String>>(cfg: &Config, checks: &[Check], d: &Decision) -> Verdict<B> {
+/// Turns a store's answer into what to do: a refusal, or the request forwarded (after a delay)
+/// with its headers. In shadow mode nothing is ever refused or held, and a failed store only
+/// logs.
+fn resolve<B: From<String>>(
+    cfg: &Config,
+    checks: &[Check],
+    decided: Result<Decision, StoreError>,
+) -> Verdict<B> {
+    let d = match decided {
+        Ok(d) if d.outcomes.is_empty() || d.outcomes.len() == checks.len() => d,
+        Ok(d) => {
+            let e = StoreError::new(format!(
+                "{} outcomes for {} checks",
+                d.outcomes.len(),
+                checks.len()
+            ));
+            return store_failed(cfg, &e);
+        }
+        Err(e) => return store_failed(cfg, &e),
+    };
     let Some(at) = d.deciding() else {
+        // A store that failed open: forward without headers.
         return Verdict::Forward {
             delay: Duration::ZERO,
             headers: Headers::default(),
@@ -508,7 +539,7 @@ fn verdict<B: From<String>>(cfg: &Config, checks: &[Check], d: &Decision) -> Ver
     };
     let o: &Outcome = &d.outcomes[at];
     let name = checks[at].name.clone();
-    let fields = header_fields(cfg.headers, checks, d, at);
+    let fields = header_fields(cfg.headers, checks, &d, at);
     let mut report = RateLimitReport {
         limit: name.clone(),
         allowed: true,
@@ -517,9 +548,14 @@ fn verdict<B: From<String>>(cfg: &Config, checks: &[Check], d: &Decision) -> Ver
         remaining: o.remaining,
     };
     if d.allowed() {
-        report.delayed = d.delay();
+        let delay = if cfg.shadow {
+            Duration::ZERO
+        } else {
+            d.delay()
+        };
+        report.delayed = delay;
         return Verdict::Forward {
-            delay: d.delay(),
+            delay,
             headers: Headers {
                 fields,
                 report: Some(report),
@@ -562,15 +598,24 @@ fn verdict<B: From<String>>(cfg: &Config, checks: &[Check], d: &Decision) -> Ver
     Verdict::Refuse(res)
 }
 
-fn store_failed<B: From<String>>(e: &StoreError) -> Response<B> {
+fn store_failed<B: From<String>>(cfg: &Config, e: &StoreError) -> Verdict<B> {
+    if cfg.shadow {
+        tracing::warn!(error = %e, "rate-limit store failed; forwarding (shadow mode)");
+        return Verdict::Forward {
+            delay: Duration::ZERO,
+            headers: Headers::default(),
+        };
+    }
     tracing::warn!(error = %e, "rate-limit store failed; refusing (fail closed)");
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-        .detail("rate limiting is unavailable")
-        .reason(
-            RejectReason::DependencyFailed,
-            ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
-        )
-        .into_response()
+    Verdict::Refuse(
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail("rate limiting is unavailable")
+            .reason(
+                RejectReason::DependencyFailed,
+                ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
+            )
+            .into_response(),
+    )
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
@@ -598,40 +643,34 @@ where
             return ResponseFuture::calling(self.inner.call(req), Headers::default());
         }
         match self.cfg.store.decide(&checks, self.cfg.max_wait) {
-            Decided::Ready(Ok(d)) => match verdict(&self.cfg, &checks, &d) {
+            Decided::Ready(decided) => match resolve(&self.cfg, &checks, decided) {
                 Verdict::Refuse(res) => ResponseFuture::done(res),
                 Verdict::Forward { delay, headers } if delay.is_zero() => {
                     ResponseFuture::calling(self.inner.call(req), headers)
                 }
-                Verdict::Forward { delay, headers } => {
-                    let svc = take_ready(&mut self.inner);
-                    ResponseFuture::sleeping(delay, svc, req, headers)
-                }
-            },
-            Decided::Ready(Err(e)) => ResponseFuture::done(store_failed(&e)),
-            Decided::Pending(fut) => {
-                let svc = take_ready(&mut self.inner);
-                ResponseFuture {
-                    state: State::Deciding {
-                        fut,
-                        rest: Some(Deferred {
-                            svc,
-                            req,
-                            checks,
-                            cfg: self.cfg.clone(),
-                        }),
+                // Held: the readied inner service stays here for the next request; the held one
+                // readies a clone when its time comes, so it takes no downstream capacity while
+                // it waits.
+                Verdict::Forward { delay, headers } => ResponseFuture {
+                    state: State::Sleeping {
+                        sleep: tokio::time::sleep(delay),
+                        rest: Some((self.inner.clone(), req, headers)),
                     },
-                }
-            }
+                },
+            },
+            Decided::Pending(fut) => ResponseFuture {
+                state: State::Deciding {
+                    fut,
+                    rest: Some(Deferred {
+                        svc: self.inner.clone(),
+                        req,
+                        checks,
+                        cfg: self.cfg.clone(),
+                    }),
+                },
+            },
         }
     }
-}
-
-/// The service that `poll_ready` readied, swapped for a fresh clone (tower's pattern for calling
-/// a service after an await).
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }
 
 struct Deferred<S, R> {
@@ -665,6 +704,9 @@ pin_project! {
         Sleeping {
             #[pin]
             sleep: tokio::time::Sleep,
+            rest: Option<(S, Request<ReqBody>, Headers)>,
+        },
+        Readying {
             rest: Option<(S, Request<ReqBody>, Headers)>,
         },
         Calling {
@@ -705,16 +747,9 @@ where
             state: State::Done { res: Some(res) },
         }
     }
-
-    fn sleeping(delay: Duration, svc: S, req: Request<R>, headers: Headers) -> Self {
-        Self {
-            state: State::Sleeping {
-                sleep: tokio::time::sleep(delay),
-                rest: Some((svc, req, headers)),
-            },
-        }
-    }
 }
+
+const POLLED_AFTER_DONE: &str = "ResponseFuture polled after completion";
 
 impl<S, R, ResBody> Future for ResponseFuture<S, R>
 where
@@ -729,27 +764,18 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Deciding { fut, rest } => {
                     let decided = ready!(fut.as_mut().poll(cx));
-                    let Some(Deferred {
-                        mut svc,
+                    let Deferred {
+                        svc,
                         req,
                         checks,
                         cfg,
-                    }) = rest.take()
-                    else {
-                        panic!("ResponseFuture polled after completion");
-                    };
-                    match decided.map(|d| verdict::<ResBody>(&cfg, &checks, &d)) {
-                        Err(e) => State::Done {
-                            res: Some(store_failed(&e)),
+                    } = rest.take().expect(POLLED_AFTER_DONE);
+                    match resolve::<ResBody>(&cfg, &checks, decided) {
+                        Verdict::Refuse(res) => State::Done { res: Some(res) },
+                        Verdict::Forward { delay, headers } if delay.is_zero() => State::Readying {
+                            rest: Some((svc, req, headers)),
                         },
-                        Ok(Verdict::Refuse(res)) => State::Done { res: Some(res) },
-                        Ok(Verdict::Forward { delay, headers }) if delay.is_zero() => {
-                            State::Calling {
-                                fut: svc.call(req),
-                                headers: Some(headers),
-                            }
-                        }
-                        Ok(Verdict::Forward { delay, headers }) => State::Sleeping {
+                        Verdict::Forward { delay, headers } => State::Sleeping {
                             sleep: tokio::time::sleep(delay),
                             rest: Some((svc, req, headers)),
                         },
@@ -757,9 +783,14 @@ where
                 }
                 StateProj::Sleeping { sleep, rest } => {
                     ready!(sleep.poll(cx));
-                    let Some((mut svc, req, headers)) = rest.take() else {
-                        panic!("ResponseFuture polled after completion");
-                    };
+                    State::Readying {
+                        rest: Some(rest.take().expect(POLLED_AFTER_DONE)),
+                    }
+                }
+                StateProj::Readying { rest } => {
+                    let (svc, _, _) = rest.as_mut().expect(POLLED_AFTER_DONE);
+                    ready!(svc.poll_ready(cx))?;
+                    let (mut svc, req, headers) = rest.take().expect(POLLED_AFTER_DONE);
                     State::Calling {
                         fut: svc.call(req),
                         headers: Some(headers),
@@ -773,9 +804,7 @@ where
                     return Poll::Ready(Ok(res));
                 }
                 StateProj::Done { res } => {
-                    return Poll::Ready(Ok(res
-                        .take()
-                        .expect("ResponseFuture polled after completion")));
+                    return Poll::Ready(Ok(res.take().expect(POLLED_AFTER_DONE)));
                 }
             };
             this.state.set(next);

@@ -9,8 +9,9 @@ use serde::{Deserialize, Deserializer};
 /// `100/s` means one hundred requests per second, never one request every hundred seconds. The
 /// period may carry a multiplier (`30/10s` is thirty requests per ten seconds). Internally a rate
 /// becomes an emission interval of `period / count` in whole microseconds, rounded up, so the
-/// enforced rate never exceeds the written one (and differs from it by less than one part per
-/// million for every rate below 1000/s).
+/// enforced rate never exceeds the written one. The rate is exact when the interval is a whole
+/// number of microseconds (`100/s`, `1000/s`, `5000/min`); otherwise it is low by less than
+/// 1 µs per interval (2 ppm for `3/s`, 0.03% for `3000/s`).
 ///
 /// ```
 /// use gateway_ratelimit::Rate;
@@ -250,9 +251,15 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// `limit` requests per `window`. Panics if `limit` is zero.
+    /// The largest quota: 2^53 requests per window (counts stay exact in the Redis script).
+    pub const MAX: u64 = 1 << 53;
+
+    /// `limit` requests per `window`. Panics if `limit` is zero or above [`Quota::MAX`].
     pub fn new(limit: u64, window: QuotaWindow) -> Self {
-        assert!(limit > 0, "a quota needs a positive limit");
+        assert!(
+            limit > 0 && limit <= Self::MAX,
+            "a quota needs a limit from 1 to 2^53"
+        );
         Self { limit, window }
     }
 
@@ -301,9 +308,9 @@ impl FromStr for Quota {
             "month" => QuotaWindow::Month,
             _ => return Err(err()),
         };
-        if limit == 0 {
+        if limit == 0 || limit > Self::MAX {
             return Err(ParseRateError(format!(
-                "invalid quota `{s}`: the count must be positive"
+                "invalid quota `{s}`: the count must be from 1 to 2^53"
             )));
         }
         Ok(Self::new(limit, window))

@@ -348,6 +348,33 @@ async fn requests_without_a_key_are_not_limited_by_that_limit() {
     assert_eq!(status(&mut svc, keyed()).await.status(), 429);
 }
 
+#[tokio::test(start_paused = true)]
+async fn rate_policies_are_advertised_per_second_or_longer() {
+    // 100/s with burst 1 is 100 per second, not 1.
+    let mut svc = service(
+        RateLimitLayer::new(Limit::rate("r", Rate::per_second(100)).burst(1)),
+        Arc::default(),
+    );
+    let res = status(&mut svc, from([192, 0, 2, 1])).await;
+    assert_eq!(res.headers()["ratelimit-policy"], "\"r\";q=100;w=1");
+    // On a refusal `t` is the Retry-After moment.
+    let mut svc = service(
+        RateLimitLayer::new(Limit::rate("r", Rate::per_minute(2))),
+        Arc::default(),
+    );
+    status(&mut svc, from([192, 0, 2, 1])).await;
+    status(&mut svc, from([192, 0, 2, 1])).await;
+    let refused = status(&mut svc, from([192, 0, 2, 1])).await;
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert_eq!(refused.headers()["ratelimit"], "\"r\";r=0;t=30");
+}
+
+#[test]
+#[should_panic(expected = "duplicate rate limit name `default`")]
+fn duplicate_limit_names_are_refused() {
+    let _ = RateLimitLayer::per_second(1).limit(Limit::quota("default", Quota::per_day(1)));
+}
+
 #[derive(Debug)]
 struct BrokenStore;
 
@@ -372,6 +399,19 @@ async fn a_store_error_reaching_the_layer_is_a_503_problem() {
         RejectReason::DependencyFailed
     );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn shadow_mode_forwards_when_the_store_fails() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut svc = service(
+        RateLimitLayer::per_second(1)
+            .store(BrokenStore)
+            .shadow(true),
+        hits.clone(),
+    );
+    assert_eq!(status(&mut svc, from([192, 0, 2, 1])).await.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

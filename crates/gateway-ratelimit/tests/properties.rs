@@ -101,5 +101,11 @@ proptest! {
         for (w, used) in per_window {
             prop_assert!(used <= limit, "window {w}: {used} > {limit}");
         }
+        // The next window starts with the whole limit.
+        let next = (now.div_euclid(60_000_000) + 1) * 60_000_000;
+        for _ in 0..limit {
+            prop_assert!(store.decide_at(&[check(policy, 1)], Duration::ZERO, next).allowed());
+        }
+        prop_assert!(!store.decide_at(&[check(policy, 1)], Duration::ZERO, next).allowed());
     }
 }

@@ -66,6 +66,8 @@ async fn redis_and_memory_stores_make_the_same_decisions() {
         Policy::Quota(Quota::new(7, QuotaWindow::Minute)),
         Policy::Quota(Quota::per_month(40)),
         Policy::Quota(Quota::per_day(25)),
+        // Smaller than the largest cost: some requests can never pass.
+        Policy::Quota(Quota::new(3, QuotaWindow::Hour)),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut admitted = 0;
@@ -75,9 +77,11 @@ async fn redis_and_memory_stores_make_the_same_decisions() {
         let checks: Vec<Check> = (0..n)
             .map(|_| {
                 let p = rng.below(policies.len() as u64) as usize;
-                let cost = 1 + rng.below(3) as u32;
+                let cost = 1 + rng.below(4) as u32;
+                // Rates and quotas share names (l0 is a rate and a quota): kinds keep them apart.
+                let name = if p < 6 { p % 3 } else { p };
                 check(
-                    &format!("l{p}"),
+                    &format!("l{name}"),
                     &format!("k{}", rng.below(3)),
                     policies[p],
                     cost,
@@ -88,7 +92,10 @@ async fn redis_and_memory_stores_make_the_same_decisions() {
         let mut seen = std::collections::HashSet::new();
         let checks: Vec<Check> = checks
             .into_iter()
-            .filter(|c| seen.insert((c.name.clone(), c.key.clone())))
+            .filter(|c| {
+                let rate = matches!(c.policy, Policy::Rate { .. });
+                seen.insert((c.name.clone(), c.key.clone(), rate))
+            })
             .collect();
         let max_wait = Duration::from_micros(if rng.below(4) == 0 {
             rng.below(300_000)
@@ -130,6 +137,10 @@ async fn every_key_written_has_an_expiry() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains("client")),
+        "keys are hashed: {keys:?}"
+    );
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -264,6 +275,76 @@ async fn outage_applies_the_failure_policy_and_recovery_resumes_shared_limits() 
             .unwrap()
             .allowed(),
         "limit enforced again"
+    );
+}
+
+#[tokio::test]
+async fn the_server_clock_decides_by_default() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::builder(redis.url())
+        .prefix(redis.prefix())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let c = [check("r", "k", Policy::rate(Rate::per_hour(1), 1), 1)];
+    assert!(decide(&store, &c, Duration::ZERO).await.unwrap().allowed());
+    let refused = decide(&store, &c, Duration::ZERO).await.unwrap();
+    let wait = refused.outcomes[0].retry_after.unwrap();
+    assert!(
+        wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600),
+        "{wait:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_leases_are_single_flight_and_never_overshoot_under_concurrency() {
+    let redis = TestRedis::start().await;
+    // A frozen clock: nothing refills during the test, so the bucket's 1000 tokens are all
+    // there is.
+    let clock = Clock::manual(SystemTime::now());
+    let instances: Vec<Arc<HybridStore>> = (0..3)
+        .map(|_| {
+            let shared = RedisStore::builder(redis.url())
+                .prefix(redis.prefix())
+                .time(TimeSource::Local(clock.clone()))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            Arc::new(HybridStore::with_clock(
+                shared,
+                Duration::from_millis(50),
+                clock.clone(),
+            ))
+        })
+        .collect();
+    let policy = Policy::rate(Rate::per_second(1000), 1000);
+    let tasks: Vec<_> = (0..3000)
+        .map(|i| {
+            let store = instances[i % 3].clone();
+            tokio::spawn(async move {
+                decide(
+                    &*store,
+                    &[check("api", "global", policy, 1)],
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap()
+                .allowed()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    let calls: u64 = instances.iter().map(|s| s.redis().stats().calls).sum();
+    assert!(admitted <= 1000, "overshoot: {admitted}");
+    // Undershoot is bounded by the unspent part of one lease (50 tokens) per instance.
+    assert!(admitted >= 1000 - 3 * 50, "undershoot: {admitted}");
+    // One call per lease of 50, plus the calls that learned the bucket was empty.
+    assert!(
+        calls <= 1000 / 50 + 3 * 3,
+        "{calls} Redis calls for 3000 decisions"
     );
 }
 

@@ -234,6 +234,7 @@ pub(crate) fn compile_route_limit(
         ipv6_prefix: rc.ipv6_prefix,
     };
     let mut limits: Vec<Limit> = Vec::new();
+    let mut tiers_used = false;
     let mut add = |j: Option<usize>, lc: &LimitConfig, issues: &mut Issues| {
         let f = match j {
             Some(j) => format!("{field}.limits[{j}]"),
@@ -280,7 +281,10 @@ pub(crate) fn compile_route_limit(
                         "`by: consumer` without a rate or quota applies the consumer's tier, but no `tiers` are configured",
                     ),
                 );
+            } else if tiers_used {
+                at(issues, "by", String::from("the tiers apply once per route"));
             } else {
+                tiers_used = true;
                 limits.extend(tiers.rate.iter().cloned());
                 limits.extend(tiers.quota.iter().cloned());
             }

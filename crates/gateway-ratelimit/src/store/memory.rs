@@ -15,13 +15,13 @@ use crate::{
     clock::Clock,
 };
 
-/// The state of one (limit, key).
+/// The state of one (limit, key): 24 bytes.
 #[derive(Clone, Copy, Debug)]
 enum Cell {
     /// GCRA theoretical arrival time.
     Tat(i64),
-    /// Quota window number and requests used in it.
-    Quota { window: i64, used: u64, end: i64 },
+    /// Requests used in the quota window ending at `end` (the end identifies the window).
+    Quota { end: i64, used: u64 },
 }
 
 impl Cell {
@@ -54,15 +54,20 @@ impl Hasher for IdentityHasher {
 
 type Shard = HashMap<u64, Cell, BuildHasherDefault<IdentityHasher>>;
 
+const SHARD_BITS: u32 = 6;
+
 /// In-process limit state: sharded, bounded, with idle keys evicted.
 ///
-/// State is one 16-byte cell per (limit, key), stored under a 64-bit SipHash of the pair with a
-/// per-store random seed (so clients cannot aim collisions; two keys colliding by chance would
-/// share a bucket, with probability ~2⁻⁶⁴ per pair).
+/// State is one 24-byte cell per (limit, key), stored under a 64-bit SipHash of the limit's name,
+/// kind and key with a per-store random seed (so clients cannot aim collisions; two keys
+/// colliding by chance would share a bucket, with probability ~2⁻⁶⁴ per pair). Only the hash is
+/// kept, never the key's text.
 ///
 /// # Memory bound
-/// At most `max_keys` cells (default 1,000,000), about 32 bytes each in the hash table, so
-/// ≈ 32 MiB at the default (a table may briefly hold 2× while it grows). A shard that is full
+/// The capacity is `max_keys` rounded down so that each of the 64 shards' hash tables is full at
+/// its bucket count (7/8 of a power of two): the default 1,000,000 gives 917,504 keys. Each
+/// bucket costs 33 bytes (8-byte hash, 24-byte cell, 1 control byte), so the default store
+/// never exceeds ≈ 35 MB (16,384 buckets × 64 shards). A shard that is full
 /// first drops every expired cell (a key whose bucket has refilled or whose quota window has
 /// ended holds nothing an absent key would not); if that frees less than an eighth of the
 /// shard, it also evicts the cells closest to expiry. Evicting a live cell forgets that key's
@@ -77,7 +82,6 @@ pub struct MemoryStore(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    shard_bits: u32,
     per_shard: usize,
     seed: RandomState,
     clock: Clock,
@@ -98,12 +102,19 @@ impl MemoryStore {
 
     /// A store with an explicit clock (tests, or sharing a clock with another store).
     pub fn with_clock(max_keys: usize, clock: Clock) -> Self {
-        let shard_bits = 6; // 64 shards: contention is negligible on any core count we target.
-        let shards = 1usize << shard_bits;
-        let per_shard = max_keys.div_ceil(shards).max(8);
+        // 64 shards: contention is negligible on any core count we target.
+        let shards = 1usize << SHARD_BITS;
+        // The most a table of 2^k buckets holds without growing is 7/8 of 2^k: round the
+        // per-shard cap down to that, so the bound is the table size, not twice it.
+        let wanted = max_keys.div_ceil(shards).max(14);
+        let buckets = (wanted * 8 / 7).next_power_of_two();
+        let per_shard = if buckets / 8 * 7 >= wanted {
+            wanted
+        } else {
+            buckets / 16 * 7
+        };
         Self(Arc::new(Inner {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_bits,
             per_shard,
             seed: RandomState::new(),
             clock,
@@ -139,13 +150,18 @@ impl MemoryStore {
     fn hash(&self, check: &Check) -> u64 {
         let mut h = self.0.seed.build_hasher();
         h.write(check.name.as_bytes());
-        h.write_u8(0xff);
+        // The kind, so a rate and a quota under one name keep separate cells.
+        h.write_u8(match check.policy {
+            Policy::Rate { .. } => 0xfe,
+            Policy::Quota(_) => 0xff,
+        });
         h.write(check.key.as_str().as_bytes());
         h.finish()
     }
 
     fn shard_of(&self, hash: u64) -> usize {
-        (hash >> (64 - self.0.shard_bits)) as usize
+        // Low bits: the tables use the top bits for their own probing filter.
+        (hash & ((1 << SHARD_BITS) - 1)) as usize
     }
 
     /// Decides at an explicit instant (Unix µs); `decide` uses the store's clock.
@@ -180,14 +196,11 @@ impl MemoryStore {
                 }
                 Policy::Quota(q) => {
                     let state = match cell {
-                        Some(Cell::Quota { window, used, .. }) => Some((window, used)),
+                        Some(Cell::Quota { end, used }) => Some((end, used)),
                         _ => None,
                     };
-                    let (o, new, end) = algorithm::quota(state, now, q, cost);
-                    (
-                        o,
-                        new.map(|(window, used)| Cell::Quota { window, used, end }),
-                    )
+                    let (o, new) = algorithm::quota(state, now, q, cost);
+                    (o, new.map(|(end, used)| Cell::Quota { end, used }))
                 }
             };
             outcomes.push(outcome);

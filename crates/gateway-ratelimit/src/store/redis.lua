@@ -16,6 +16,9 @@
 --   be free.
 -- Nothing is written unless every limit admits; every key written gets an expiry.
 
+-- Redis < 5 replicates scripts verbatim and refuses writes after TIME without this.
+if redis.replicate_commands then redis.replicate_commands() end
+
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -148,8 +151,9 @@ if all then
       redis.call('SET', w[2], string.format('%.0f', w[3]), 'PX', math.max(1, math.ceil(w[4] / 1000)))
     else
       redis.call('HSET', w[2], 'w', string.format('%.0f', w[3]), 'u', string.format('%.0f', w[4]))
-      -- Kept a minute past the window's end: a late reader with a skewed clock still sees it.
-      redis.call('PEXPIREAT', w[2], string.format('%.0f', math.ceil(w[5] / 1000) + 60000))
+      -- Kept a minute past the window's end (relative to this script's now, whatever clock it
+      -- came from), so a late reader with a skewed clock still sees it.
+      redis.call('PEXPIRE', w[2], string.format('%.0f', math.ceil((w[5] - now) / 1000) + 60000))
     end
   end
 end

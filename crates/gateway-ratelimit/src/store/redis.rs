@@ -72,7 +72,6 @@ struct Counters {
 }
 
 /// Builder of a [`RedisStore`].
-#[derive(Debug)]
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
@@ -80,6 +79,28 @@ pub struct RedisStoreBuilder {
     retry_after_failure: Duration,
     failure: FailurePolicy,
     time: TimeSource,
+}
+
+/// A Redis URL with any password replaced, for `Debug` output.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("failure", &self.failure)
+            .field("time", &self.time)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -218,12 +239,7 @@ impl ScriptCall {
                 }
                 Policy::Quota(q) => ("q", q.limit(), window_name(q.window()).to_owned()),
             };
-            keys.push(format!(
-                "{prefix}{kind}:{}:{}:{}",
-                c.name.len(),
-                c.name,
-                c.key.as_str()
-            ));
+            keys.push(redis_key(prefix, kind, c));
             args.extend([
                 kind.to_owned(),
                 a.to_string(),
@@ -234,6 +250,20 @@ impl ScriptCall {
         }
         Self { keys, args }
     }
+}
+
+/// `{prefix}{kind}:{name length}:{name}:{digest}`: the key's text is hashed (SHA-256, first 16
+/// bytes, hex), so a credential-derived key never appears in Redis (`KEYS`, `MONITOR`, dumps) and
+/// every key has the same bounded length whatever the client sent.
+fn redis_key(prefix: &str, kind: &str, c: &Check) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let digest = Sha256::digest(c.key.as_str().as_bytes());
+    let mut key = format!("{prefix}{kind}:{}:{}:", c.name.len(), c.name);
+    for b in &digest[..16] {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
 }
 
 fn window_name(w: crate::QuotaWindow) -> &'static str {
@@ -305,9 +335,40 @@ impl RedisStore {
         }
     }
 
-    /// Whether the last call failed and the store is pausing before it tries Redis again.
+    /// Whether the last call failed and the store is pausing (or probing) before it uses Redis
+    /// for every decision again.
     pub fn is_degraded(&self) -> bool {
-        self.0.local.now_micros() < self.0.down_until.load(Ordering::Relaxed)
+        self.0.down_until.load(Ordering::Relaxed) != i64::MIN
+    }
+
+    /// Whether a failure's pause is still running (no call is made, no probe is due).
+    fn paused(&self) -> bool {
+        let until = self.0.down_until.load(Ordering::Acquire);
+        until != i64::MIN && self.0.local.now_micros() < until
+    }
+
+    /// Whether this decision may call Redis: always when healthy; after a failure, only once the
+    /// pause is over, and then only for the one caller that claims the probe.
+    fn may_call(&self) -> bool {
+        let until = self.0.down_until.load(Ordering::Acquire);
+        if until == i64::MIN {
+            return true;
+        }
+        let now = self.0.local.now_micros();
+        if now < until {
+            return false;
+        }
+        // Claim the probe: others keep using the failure policy until it answers.
+        let timeout = i64::try_from(self.0.timeout.as_micros()).unwrap_or(i64::MAX);
+        self.0
+            .down_until
+            .compare_exchange(
+                until,
+                now.saturating_add(timeout),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     pub(super) fn prefix(&self) -> &str {
@@ -328,7 +389,7 @@ impl RedisStore {
         call: ScriptCall,
     ) -> Result<Option<(i64, Vec<Row>)>, StoreError> {
         let inner = &self.0;
-        if self.is_degraded() {
+        if !self.may_call() {
             return Ok(None);
         }
         inner.counters.calls.fetch_add(1, Ordering::Relaxed);
@@ -357,7 +418,13 @@ impl RedisStore {
         .await;
         let error = match result {
             Ok(Ok(reply)) => match parse_reply(&reply, call.keys.len()) {
-                Ok(parsed) => return Ok(Some(parsed)),
+                Ok(parsed) => {
+                    if inner.down_until.load(Ordering::Relaxed) != i64::MIN {
+                        inner.down_until.store(i64::MIN, Ordering::Release);
+                        tracing::info!("rate-limit store recovered");
+                    }
+                    return Ok(Some(parsed));
+                }
                 Err(e) => e.0,
             },
             Ok(Err(e)) => format!("redis: {e}"),
@@ -398,7 +465,7 @@ impl RedisStore {
 
 impl Store for RedisStore {
     fn decide(&self, checks: &[Check], max_wait: Duration) -> Decided {
-        if self.is_degraded() {
+        if self.paused() {
             return Decided::Ready(self.fail(checks, max_wait));
         }
         let call = ScriptCall::new(&self.0.prefix, checks, max_wait, self.now_arg(), None);
