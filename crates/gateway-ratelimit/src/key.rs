@@ -190,11 +190,17 @@ impl KeyBy {
                         let mask = u32::MAX
                             .checked_shl(32 - u32::from(*v4_prefix))
                             .unwrap_or(0);
-                        let _ = write!(
-                            out,
-                            "ip:{}/{v4_prefix}",
-                            std::net::Ipv4Addr::from(u32::from(v4) & mask)
-                        );
+                        // Written by hand: this runs on every request.
+                        let octets = (u32::from(v4) & mask).to_be_bytes();
+                        out.push_str("ip:");
+                        for (i, o) in octets.into_iter().enumerate() {
+                            if i > 0 {
+                                out.push('.');
+                            }
+                            push_small(out, o);
+                        }
+                        out.push('/');
+                        push_small(out, *v4_prefix);
                     }
                     Some(IpAddr::V6(v6)) => {
                         let mask = u128::MAX
@@ -259,6 +265,17 @@ impl KeyBy {
         }
         Some(())
     }
+}
+
+/// Appends a number below 256 in decimal.
+fn push_small(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + n / 10 % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
 }
 
 impl MakeRateLimitKey for KeyBy {

@@ -39,15 +39,45 @@ pub struct Limit {
 
 #[derive(Clone, Debug)]
 enum LimitPolicy {
-    Fixed(Policy),
+    Fixed(Policy, Arc<Meta>),
     Tiered(Arc<Tiers>),
 }
 
 #[derive(Debug)]
 struct Tiers {
     /// `None`: the tier exists and this limit does not apply to it.
-    by_name: HashMap<String, Option<(Arc<str>, Policy)>>,
-    default: Option<(Arc<str>, Policy)>,
+    by_name: HashMap<String, Option<(Arc<str>, Policy, Arc<Meta>)>>,
+    default: Option<(Arc<str>, Policy, Arc<Meta>)>,
+}
+
+/// Header text that depends only on a limit's name and policy, prepared once.
+#[derive(Debug)]
+struct Meta {
+    /// The name as a structured-field string.
+    quoted: Box<str>,
+    /// `"name";q=Q;w=W`, unless it changes over time (monthly quotas).
+    item: Option<Box<str>>,
+    /// `RateLimit-Policy` when this is the request's only limit.
+    header: Option<HeaderValue>,
+}
+
+impl Meta {
+    fn new(name: &str, policy: &Policy) -> Arc<Self> {
+        let quoted: Box<str> = sf_string(name).into();
+        let fixed_window =
+            !matches!(policy, Policy::Quota(q) if q.window() == crate::QuotaWindow::Month);
+        let item = fixed_window.then(|| {
+            let (limit, window) = policy.shape(0);
+            let (q, w) = quota_units(limit, window);
+            format!("{quoted};q={q};w={w}").into_boxed_str()
+        });
+        let header = item.as_deref().and_then(|i| HeaderValue::from_str(i).ok());
+        Arc::new(Self {
+            quoted,
+            item,
+            header,
+        })
+    }
 }
 
 impl fmt::Debug for Limit {
@@ -74,9 +104,11 @@ impl Limit {
 
     /// Any policy, counted per client IP.
     pub fn policy(name: impl Into<Arc<str>>, policy: Policy) -> Self {
+        let name: Arc<str> = name.into();
+        let meta = Meta::new(&name, &policy);
         Self {
-            name: name.into(),
-            policy: LimitPolicy::Fixed(policy),
+            name,
+            policy: LimitPolicy::Fixed(policy, meta),
             key: Arc::new(KeyBy::client_ip()),
         }
     }
@@ -97,10 +129,14 @@ impl Limit {
             .map(|(tier, p)| {
                 let scoped: Arc<str> = format!("{name}@{tier}").into();
                 let p: Option<Policy> = p.into();
-                (tier, p.map(|p| (scoped, p)))
+                (tier, p.map(|p| (scoped.clone(), p, Meta::new(&scoped, &p))))
             })
             .collect();
-        let default = default.map(|p| (Arc::<str>::from(format!("{name}@default")), p));
+        let default = default.map(|p| {
+            let scoped = Arc::<str>::from(format!("{name}@default"));
+            let meta = Meta::new(&scoped, &p);
+            (scoped, p, meta)
+        });
         Self {
             name,
             policy: LimitPolicy::Tiered(Arc::new(Tiers { by_name, default })),
@@ -110,8 +146,9 @@ impl Limit {
 
     /// Sets the burst of a fixed rate limit (ignored for quotas and tiered limits).
     pub fn burst(mut self, burst: u32) -> Self {
-        if let LimitPolicy::Fixed(Policy::Rate { rate, .. }) = self.policy {
-            self.policy = LimitPolicy::Fixed(Policy::rate(rate, burst));
+        if let LimitPolicy::Fixed(Policy::Rate { rate, .. }, _) = self.policy {
+            let policy = Policy::rate(rate, burst);
+            self.policy = LimitPolicy::Fixed(policy, Meta::new(&self.name, &policy));
         }
         self
     }
@@ -127,24 +164,25 @@ impl Limit {
         &self.name
     }
 
-    fn check(&self, cx: &KeyContext<'_>, cost: u32) -> Option<Check> {
-        let (name, policy) = match &self.policy {
-            LimitPolicy::Fixed(p) => (self.name.clone(), *p),
+    fn check(&self, cx: &KeyContext<'_>, cost: u32) -> Option<(Check, Arc<Meta>)> {
+        let (name, policy, meta) = match &self.policy {
+            LimitPolicy::Fixed(p, meta) => (self.name.clone(), *p, meta.clone()),
             LimitPolicy::Tiered(t) => {
                 let tier = cx.extensions.get::<Principal>().and_then(Principal::tier);
-                let (n, p) = match tier.and_then(|name| t.by_name.get(name)) {
+                let (n, p, meta) = match tier.and_then(|name| t.by_name.get(name)) {
                     Some(listed) => listed.as_ref()?,
                     None => t.default.as_ref()?,
                 };
-                (n.clone(), *p)
+                (n.clone(), *p, meta.clone())
             }
         };
-        Some(Check {
+        let check = Check {
             name,
             key: self.key.make_key(cx)?,
             policy,
             cost,
-        })
+        };
+        Some((check, meta))
     }
 }
 
@@ -329,13 +367,7 @@ impl RateLimitLayer {
     where
         ResBody: From<String>,
     {
-        let cx = KeyContext::of(req);
-        let checks: Vec<Check> = self
-            .cfg
-            .limits
-            .iter()
-            .filter_map(|l| l.check(&cx, self.cfg.cost))
-            .collect();
+        let (checks, metas) = self.cfg.checks(&KeyContext::of(req));
         let decided =
             (!checks.is_empty()).then(|| self.cfg.store.decide(&checks, self.cfg.max_wait));
         let cfg = self.cfg.clone();
@@ -345,7 +377,7 @@ impl RateLimitLayer {
                 Some(Decided::Ready(r)) => r,
                 Some(Decided::Pending(f)) => f.await,
             };
-            let (delay, headers) = match resolve::<ResBody>(&cfg, &checks, decision) {
+            let (delay, headers) = match resolve::<ResBody>(&cfg, &checks, &metas, decision) {
                 Verdict::Refuse(res) => return Err(res),
                 Verdict::Forward { delay, headers } => (delay, headers),
             };
@@ -367,6 +399,19 @@ impl Admission {
     /// Adds the rate-limit headers and the [`RateLimitReport`] extension to `res`.
     pub fn apply<B>(self, res: &mut Response<B>) {
         self.headers.apply(res);
+    }
+}
+
+impl Config {
+    /// The checks a request is subject to, with their prepared header text.
+    fn checks(&self, cx: &KeyContext<'_>) -> (Vec<Check>, Vec<Arc<Meta>>) {
+        let mut checks = Vec::with_capacity(self.limits.len());
+        let mut metas = Vec::with_capacity(self.limits.len());
+        for (check, meta) in self.limits.iter().filter_map(|l| l.check(cx, self.cost)) {
+            checks.push(check);
+            metas.push(meta);
+        }
+        (checks, metas)
     }
 }
 
@@ -462,16 +507,33 @@ fn sf_string(name: &str) -> String {
 /// A limit as `(q, w)`: `q` requests per `w` whole seconds. A quota is its count per window; a
 /// rate is its burst scaled to a window of at least one second (`100/s` with burst 1 is
 /// advertised as `q=100;w=1`, not `q=1`).
-fn quota_units(o: &Outcome) -> (u64, u64) {
-    let window_us = o.window.as_micros().max(1);
-    let w = secs_ceil(o.window).max(1);
-    let q = (u128::from(o.limit) * u128::from(w) * 1_000_000 + window_us / 2) / window_us;
+fn quota_units(limit: u64, window: Duration) -> (u64, u64) {
+    let window_us = window.as_micros().max(1);
+    let w = secs_ceil(window).max(1);
+    let q = (u128::from(limit) * u128::from(w) * 1_000_000 + window_us / 2) / window_us;
     (u64::try_from(q).unwrap_or(u64::MAX).max(1), w)
+}
+
+/// Appends `n` in decimal (without `fmt`'s machinery: this is on every response).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
 }
 
 fn header_fields(
     style: HeaderStyle,
-    checks: &[Check],
+    metas: &[Arc<Meta>],
     d: &Decision,
     at: usize,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -479,31 +541,59 @@ fn header_fields(
     // `t` points at the same moment as `Retry-After` on a refusal.
     let t = secs_ceil(o.retry_after.filter(|_| !o.allowed).unwrap_or(o.reset));
     let mut fields = Vec::with_capacity(3);
-    let mut push = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            fields.push((HeaderName::from_static(name), v));
-        }
-    };
     match style {
         HeaderStyle::Ietf => {
-            let policies: Vec<String> = checks
-                .iter()
-                .zip(&d.outcomes)
-                .map(|(c, o)| {
-                    let (q, w) = quota_units(o);
-                    format!("{};q={q};w={w}", sf_string(&c.name))
-                })
-                .collect();
-            push("ratelimit-policy", policies.join(", "));
-            push(
-                "ratelimit",
-                format!("{};r={};t={t}", sf_string(&checks[at].name), o.remaining),
-            );
+            let policy = match metas {
+                [only] if only.header.is_some() => only.header.clone(),
+                _ => {
+                    let mut v = String::with_capacity(48 * metas.len());
+                    for (i, (meta, o)) in metas.iter().zip(&d.outcomes).enumerate() {
+                        if i > 0 {
+                            v.push_str(", ");
+                        }
+                        match &meta.item {
+                            Some(item) => v.push_str(item),
+                            None => {
+                                let (q, w) = quota_units(o.limit, o.window);
+                                v.push_str(&meta.quoted);
+                                v.push_str(";q=");
+                                push_u64(&mut v, q);
+                                v.push_str(";w=");
+                                push_u64(&mut v, w);
+                            }
+                        }
+                    }
+                    HeaderValue::try_from(v).ok()
+                }
+            };
+            if let Some(policy) = policy {
+                fields.push((HeaderName::from_static("ratelimit-policy"), policy));
+            }
+            let quoted = &metas[at].quoted;
+            let mut v = String::with_capacity(quoted.len() + 32);
+            v.push_str(quoted);
+            v.push_str(";r=");
+            push_u64(&mut v, o.remaining);
+            v.push_str(";t=");
+            push_u64(&mut v, t);
+            if let Ok(v) = HeaderValue::try_from(v) {
+                fields.push((HeaderName::from_static("ratelimit"), v));
+            }
         }
         HeaderStyle::Legacy => {
-            push("x-ratelimit-limit", quota_units(o).0.to_string());
-            push("x-ratelimit-remaining", o.remaining.to_string());
-            push("x-ratelimit-reset", t.to_string());
+            let (q, _) = quota_units(o.limit, o.window);
+            fields.push((
+                HeaderName::from_static("x-ratelimit-limit"),
+                HeaderValue::from(q),
+            ));
+            fields.push((
+                HeaderName::from_static("x-ratelimit-remaining"),
+                HeaderValue::from(o.remaining),
+            ));
+            fields.push((
+                HeaderName::from_static("x-ratelimit-reset"),
+                HeaderValue::from(t),
+            ));
         }
         HeaderStyle::None => {}
     }
@@ -516,6 +606,7 @@ fn header_fields(
 fn resolve<B: From<String>>(
     cfg: &Config,
     checks: &[Check],
+    metas: &[Arc<Meta>],
     decided: Result<Decision, StoreError>,
 ) -> Verdict<B> {
     let d = match decided {
@@ -539,7 +630,7 @@ fn resolve<B: From<String>>(
     };
     let o: &Outcome = &d.outcomes[at];
     let name = checks[at].name.clone();
-    let fields = header_fields(cfg.headers, checks, &d, at);
+    let fields = header_fields(cfg.headers, metas, &d, at);
     let mut report = RateLimitReport {
         limit: name.clone(),
         allowed: true,
@@ -632,18 +723,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let cx = KeyContext::of(&req);
-        let checks: Vec<Check> = self
-            .cfg
-            .limits
-            .iter()
-            .filter_map(|l| l.check(&cx, self.cfg.cost))
-            .collect();
+        let (checks, metas) = self.cfg.checks(&KeyContext::of(&req));
         if checks.is_empty() {
             return ResponseFuture::calling(self.inner.call(req), Headers::default());
         }
         match self.cfg.store.decide(&checks, self.cfg.max_wait) {
-            Decided::Ready(decided) => match resolve(&self.cfg, &checks, decided) {
+            Decided::Ready(decided) => match resolve(&self.cfg, &checks, &metas, decided) {
                 Verdict::Refuse(res) => ResponseFuture::done(res),
                 Verdict::Forward { delay, headers } if delay.is_zero() => {
                     ResponseFuture::calling(self.inner.call(req), headers)
@@ -665,6 +750,7 @@ where
                         svc: self.inner.clone(),
                         req,
                         checks,
+                        metas,
                         cfg: self.cfg.clone(),
                     }),
                 },
@@ -677,6 +763,7 @@ struct Deferred<S, R> {
     svc: S,
     req: Request<R>,
     checks: Vec<Check>,
+    metas: Vec<Arc<Meta>>,
     cfg: Arc<Config>,
 }
 
@@ -768,9 +855,10 @@ where
                         svc,
                         req,
                         checks,
+                        metas,
                         cfg,
                     } = rest.take().expect(POLLED_AFTER_DONE);
-                    match resolve::<ResBody>(&cfg, &checks, decided) {
+                    match resolve::<ResBody>(&cfg, &checks, &metas, decided) {
                         Verdict::Refuse(res) => State::Done { res: Some(res) },
                         Verdict::Forward { delay, headers } if delay.is_zero() => State::Readying {
                             rest: Some((svc, req, headers)),

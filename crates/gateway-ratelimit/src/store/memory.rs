@@ -167,6 +167,16 @@ impl MemoryStore {
     /// Decides at an explicit instant (Unix µs); `decide` uses the store's clock.
     pub fn decide_at(&self, checks: &[Check], max_wait: Duration, now: i64) -> Decision {
         let max_wait = i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX);
+        if let [check] = checks {
+            // The common case, without the bookkeeping of several shards.
+            let hash = self.hash(check);
+            let mut map = lock(&self.0.shards[self.shard_of(hash)]);
+            let (outcome, update) = evaluate(check, map.get(&hash).copied(), now, max_wait);
+            if let Some(cell) = update {
+                self.insert(&mut map, hash, cell, now);
+            }
+            return Decision::all_or_nothing(vec![outcome]);
+        }
         let hashes: Vec<u64> = checks.iter().map(|c| self.hash(c)).collect();
         // Lock every shard involved, in index order (no deadlock between two requests).
         let mut idx: Vec<usize> = hashes.iter().map(|&h| self.shard_of(h)).collect();
@@ -183,42 +193,51 @@ impl MemoryStore {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(checks.len());
         let mut updates: Vec<Option<Cell>> = Vec::with_capacity(checks.len());
         for ((check, &hash), &g) in checks.iter().zip(&hashes).zip(&slot) {
-            let cell = guards[g].get(&hash).copied();
-            let cost = u64::from(check.cost.max(1));
-            let (outcome, update) = match check.policy {
-                Policy::Rate { rate, burst } => {
-                    let tat = match cell {
-                        Some(Cell::Tat(t)) => Some(t),
-                        _ => None,
-                    };
-                    let (o, new) = algorithm::gcra(tat, now, rate, burst, cost, max_wait);
-                    (o, new.map(Cell::Tat))
-                }
-                Policy::Quota(q) => {
-                    let state = match cell {
-                        Some(Cell::Quota { end, used }) => Some((end, used)),
-                        _ => None,
-                    };
-                    let (o, new) = algorithm::quota(state, now, q, cost);
-                    (o, new.map(|(end, used)| Cell::Quota { end, used }))
-                }
-            };
+            let (outcome, update) = evaluate(check, guards[g].get(&hash).copied(), now, max_wait);
             outcomes.push(outcome);
             updates.push(update);
         }
         let decision = Decision::all_or_nothing(outcomes);
         if decision.allowed() {
             for ((&hash, update), &g) in hashes.iter().zip(updates).zip(&slot) {
-                let Some(cell) = update else { continue };
-                let map = &mut guards[g];
-                if map.len() >= self.0.per_shard && !map.contains_key(&hash) {
-                    let evicted = make_room(map, self.0.per_shard, now);
-                    self.0.evictions.fetch_add(evicted, Ordering::Relaxed);
+                if let Some(cell) = update {
+                    self.insert(&mut guards[g], hash, cell, now);
                 }
-                map.insert(hash, cell);
             }
         }
         decision
+    }
+
+    /// Stores a cell, making room first when its shard is full.
+    fn insert(&self, map: &mut Shard, hash: u64, cell: Cell, now: i64) {
+        if map.len() >= self.0.per_shard && !map.contains_key(&hash) {
+            let evicted = make_room(map, self.0.per_shard, now);
+            self.0.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        map.insert(hash, cell);
+    }
+}
+
+/// One limit's outcome against its stored cell, and the cell to store if the request is admitted.
+fn evaluate(check: &Check, cell: Option<Cell>, now: i64, max_wait: i64) -> (Outcome, Option<Cell>) {
+    let cost = u64::from(check.cost.max(1));
+    match check.policy {
+        Policy::Rate { rate, burst } => {
+            let tat = match cell {
+                Some(Cell::Tat(t)) => Some(t),
+                _ => None,
+            };
+            let (o, new) = algorithm::gcra(tat, now, rate, burst, cost, max_wait);
+            (o, new.map(Cell::Tat))
+        }
+        Policy::Quota(q) => {
+            let state = match cell {
+                Some(Cell::Quota { end, used }) => Some((end, used)),
+                _ => None,
+            };
+            let (o, new) = algorithm::quota(state, now, q, cost);
+            (o, new.map(|(end, used)| Cell::Quota { end, used }))
+        }
     }
 }
 
