@@ -101,6 +101,7 @@ enum Kind {
     Header(HeaderName),
     Route,
     Consumer,
+    Tier,
     All(Arc<[KeyBy]>),
     Or(Arc<(KeyBy, KeyBy)>),
 }
@@ -161,6 +162,12 @@ impl KeyBy {
     /// are not limited by this key (combine with [`or`](Self::or)).
     pub fn consumer() -> Self {
         Self(Kind::Consumer)
+    }
+
+    /// The caller's tier ([`Principal::tier`]): every consumer of a tier shares one bucket.
+    /// Callers without a tier are not limited by this key (combine with [`or`](Self::or)).
+    pub fn tier() -> Self {
+        Self(Kind::Tier)
     }
 
     /// A composite key: all parts must be present.
@@ -246,6 +253,10 @@ impl KeyBy {
                         let _ = write!(out, "s:{}:{}", p.subject().len(), p.subject());
                     }
                 }
+            }
+            Kind::Tier => {
+                let tier = cx.extensions.get::<Principal>()?.tier()?;
+                let _ = write!(out, "t:{}:{tier}", tier.len());
             }
             Kind::All(parts) => {
                 for (i, part) in parts.iter().enumerate() {
@@ -376,5 +387,9 @@ mod tests {
             "s:4:acme",
             "a subject is not a consumer id"
         );
+        assert_eq!(key(&KeyBy::tier(), &req), None, "no tier");
+        req.extensions_mut()
+            .insert(Principal::new("acme", gateway_core::AuthMethod::Jwt).with_tier("gold"));
+        assert_eq!(key(&KeyBy::tier(), &req).unwrap(), "t:4:gold");
     }
 }

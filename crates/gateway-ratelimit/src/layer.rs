@@ -43,11 +43,14 @@ enum LimitPolicy {
     Tiered(Arc<Tiers>),
 }
 
+/// One tier's policy: the name it is counted under, the policy, its header text.
+type TierPolicy = (Arc<str>, Policy, Arc<Meta>);
+
 #[derive(Debug)]
 struct Tiers {
     /// `None`: the tier exists and this limit does not apply to it.
-    by_name: HashMap<String, Option<(Arc<str>, Policy, Arc<Meta>)>>,
-    default: Option<(Arc<str>, Policy, Arc<Meta>)>,
+    by_name: HashMap<String, Option<TierPolicy>>,
+    default: Option<TierPolicy>,
 }
 
 /// Header text that depends only on a limit's name and policy, prepared once.

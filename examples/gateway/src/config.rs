@@ -177,7 +177,7 @@ fn one() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
-    /// What the limit counts per: `ip` (the default), `consumer`, `route`, `global` or
+    /// What the limit counts per: `ip` (the default), `consumer`, `tier`, `route`, `global` or
     /// `header:NAME`. `consumer` without `rate`/`quota` applies the consumer's tier.
     #[serde(default)]
     pub by: Option<String>,

@@ -185,6 +185,8 @@ fn key_by(by: Option<&str>, ipv6_prefix: Option<u8>) -> Result<(KeyBy, bool), St
         // Anonymous callers fall back to their IP, so no one escapes a consumer limit.
         "consumer" => (KeyBy::consumer().or(ip), true),
         "route" => (KeyBy::route(), false),
+        // Callers without a tier are counted per IP instead.
+        "tier" => (KeyBy::tier().or(ip), false),
         "global" => (KeyBy::global(), false),
         other => match other.strip_prefix("header:") {
             Some(name) => {
@@ -195,7 +197,7 @@ fn key_by(by: Option<&str>, ipv6_prefix: Option<u8>) -> Result<(KeyBy, bool), St
             }
             None => {
                 return Err(format!(
-                    "unknown key `{other}`: use ip, consumer, route, global or header:NAME"
+                    "unknown key `{other}`: use ip, consumer, tier, route, global or header:NAME"
                 ));
             }
         },
