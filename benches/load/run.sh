@@ -4,26 +4,31 @@
 # machine, in one run, with the same wrk settings, alternating targets per round and reporting
 # medians. See benches/load/README.md.
 #
-# Usage: benches/load/run.sh [--skip-gateway]
+# Usage: benches/load/run.sh [--skip-gateway] [--ratelimit]
 # Env:   THREADS=1 CONNECTIONS=50 DURATION=10s WARMUP=2s ROUNDS=3
 #        UPSTREAM_PORT=18080 NGINX_PORT=18081 GATEWAY_PORT=18082 ADMIN_PORT=19901
+#        RATELIMIT=0 GATEWAY_RL_PORT=18083 ADMIN_RL_PORT=19902
 #        GATEWAY_BIN=target/release/gateway SKIP_GATEWAY=0 READY_TIMEOUT=20 OUT= KEEP_TMP=0
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: benches/load/run.sh [--skip-gateway] [--help]
+Usage: benches/load/run.sh [--skip-gateway] [--ratelimit] [--help]
 
 Measures the upstream directly, nginx (proxy_pass + upstream keep-alive) and the gateway with the
 same wrk settings, alternating targets each round, and prints the medians as a markdown table.
 
 Options:
   --skip-gateway   measure only direct + nginx (same as SKIP_GATEWAY=1)
+  --ratelimit      also measure "gateway-rl": a second gateway whose route has a per-IP rate
+                   limit that always admits (the decision and headers on every request;
+                   same as RATELIMIT=1)
   -h, --help       this text
 
 Environment (defaults in brackets):
   THREADS [1]  CONNECTIONS [50]  DURATION [10s]  WARMUP [2s, 0 = none]  ROUNDS [3]
   UPSTREAM_PORT [18080]  NGINX_PORT [18081]  GATEWAY_PORT [18082]  ADMIN_PORT [19901]
+  GATEWAY_RL_PORT [18083]  ADMIN_RL_PORT [19902]   (with --ratelimit)
   GATEWAY_BIN [<repo>/target/release/gateway; built with cargo if that default is missing]
   READY_TIMEOUT [20]  seconds to wait for the gateway's /readyz
   OUT [unset]         also write the report (markdown) to this file
@@ -33,9 +38,11 @@ EOF
 }
 
 SKIP_GATEWAY=${SKIP_GATEWAY:-0}
+RATELIMIT=${RATELIMIT:-0}
 while (($#)); do
     case $1 in
         --skip-gateway) SKIP_GATEWAY=1 ;;
+        --ratelimit) RATELIMIT=1 ;;
         -h | --help)
             usage
             exit 0
@@ -61,6 +68,8 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 GATEWAY_PORT=${GATEWAY_PORT:-18082}
 ADMIN_PORT=${ADMIN_PORT:-19901}
+GATEWAY_RL_PORT=${GATEWAY_RL_PORT:-18083}
+ADMIN_RL_PORT=${ADMIN_RL_PORT:-19902}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 OUT=${OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -87,7 +96,8 @@ dur_secs() {
     esac
 }
 
-for v in THREADS CONNECTIONS ROUNDS READY_TIMEOUT UPSTREAM_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT; do
+for v in THREADS CONNECTIONS ROUNDS READY_TIMEOUT UPSTREAM_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT \
+    GATEWAY_RL_PORT ADMIN_RL_PORT; do
     is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((THREADS >= 1)) || die "THREADS must be >= 1"
@@ -97,9 +107,12 @@ DURATION_S=$(dur_secs "$DURATION")
 WARMUP_S=$(dur_secs "$WARMUP")
 ((DURATION_S >= 1)) || die "DURATION must be at least 1s"
 [[ $SKIP_GATEWAY == 0 || $SKIP_GATEWAY == 1 ]] || die "SKIP_GATEWAY must be 0 or 1"
+[[ $RATELIMIT == 0 || $RATELIMIT == 1 ]] || die "RATELIMIT must be 0 or 1"
+if ((SKIP_GATEWAY)); then RATELIMIT=0; fi
 
 PORTS=("$UPSTREAM_PORT" "$NGINX_PORT")
 if ((!SKIP_GATEWAY)); then PORTS+=("$GATEWAY_PORT" "$ADMIN_PORT"); fi
+if ((RATELIMIT)); then PORTS+=("$GATEWAY_RL_PORT" "$ADMIN_RL_PORT"); fi
 if [[ $(printf '%s\n' "${PORTS[@]}" | sort -u | wc -l) -ne ${#PORTS[@]} ]]; then
     die "ports must be distinct: ${PORTS[*]}"
 fi
@@ -209,6 +222,7 @@ git_rev=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "no com
 if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null || true) ]]; then git_rev+=" (dirty)"; fi
 TARGETS=(direct nginx)
 if ((!SKIP_GATEWAY)); then TARGETS+=(gateway); fi
+if ((RATELIMIT)); then TARGETS+=(gateway-rl); fi
 est=$((ROUNDS * ${#TARGETS[@]} * (DURATION_S + WARMUP_S)))
 
 {
@@ -384,7 +398,32 @@ EOF
     wait_url gateway "$GATEWAY_PID" "http://$HOST:$ADMIN_PORT/readyz" "$READY_TIMEOUT" "$WORKDIR/gateway.log"
     echo "==> gateway pid $GATEWAY_PID on $HOST:$GATEWAY_PORT (admin $HOST:$ADMIN_PORT), binary $GATEWAY_BIN"
     echo "- gateway: $GATEWAY_BIN ($(date -u -r "$GATEWAY_BIN" '+built %Y-%m-%d %H:%M UTC'))" >>"$WORKDIR/header.md"
-else
+fi
+GATEWAY_RL_PID=""
+if ((RATELIMIT)); then
+    # The same route with a per-IP rate limit that always admits: every request pays for the
+    # key, the in-memory decision and the RateLimit / RateLimit-Policy headers.
+    cat >"$WORKDIR/gateway-rl.yaml" <<EOF
+listeners:
+  - bind: $HOST:$GATEWAY_RL_PORT
+admin: { bind: $HOST:$ADMIN_RL_PORT }
+upstreams:
+  bench:
+    endpoints: [ "$HOST:$UPSTREAM_PORT" ]
+routes:
+  - name: limited
+    match: { path_prefix: / }
+    upstream: bench
+    rate_limit: { by: ip, rate: 1000000000/s }
+EOF
+    RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" --config "$WORKDIR/gateway-rl.yaml" \
+        >"$WORKDIR/gateway-rl.log" 2>&1 </dev/null &
+    GATEWAY_RL_PID=$!
+    STARTED+=("$GATEWAY_RL_PID")
+    wait_url gateway-rl "$GATEWAY_RL_PID" "http://$HOST:$ADMIN_RL_PORT/readyz" "$READY_TIMEOUT" "$WORKDIR/gateway-rl.log"
+    echo "==> gateway-rl pid $GATEWAY_RL_PID on $HOST:$GATEWAY_RL_PORT (admin $HOST:$ADMIN_RL_PORT)"
+fi
+if ((SKIP_GATEWAY)); then
     echo "- gateway: skipped" >>"$WORKDIR/header.md"
 fi
 
@@ -393,6 +432,7 @@ target_port() {
         direct) echo "$UPSTREAM_PORT" ;;
         nginx) echo "$NGINX_PORT" ;;
         gateway) echo "$GATEWAY_PORT" ;;
+        gateway-rl) echo "$GATEWAY_RL_PORT" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -404,7 +444,7 @@ for t in "${TARGETS[@]}"; do
     body=$(tr -s '\r\n' '  ' <"$WORKDIR/probe" 2>/dev/null || true)
     body=${body% }
     if [[ $code != 200 || $body != ok ]]; then
-        if [[ $t == gateway ]]; then show_log "$WORKDIR/gateway.log"; fi
+        if [[ $t == gateway* ]]; then show_log "$WORKDIR/$t.log"; fi
         die "$t ($url) answered status '$code' body '${body:0:80}', expected 200 'ok'"
     fi
 done
@@ -451,25 +491,52 @@ parse_wrk() {
         }' "$1"
 }
 
+target_pid() {
+    case $1 in
+        direct) echo "$UPSTREAM_PID" ;;
+        nginx) echo "$NGINX_PID" ;;
+        gateway) echo "$GATEWAY_PID" ;;
+        gateway-rl) echo "$GATEWAY_RL_PID" ;;
+        *) die "unknown target $1" ;;
+    esac
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+tree_ticks() { # pid -> user + system CPU ticks of the process and its descendants (all threads)
+    local p total=0 t
+    for p in "$1" $(descendants "$1"); do
+        # Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+        t=$(sed -e 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+
 measure() { # round target
-    local r=$1 t=$2 port line rps p50 p99 reqs errs note=""
+    local r=$1 t=$2 port line rps p50 p99 reqs errs note="" pid before after
     port=$(target_port "$t")
+    pid=$(target_pid "$t")
     if ((WARMUP_S > 0)); then
         run_wrk "$port" "$WARMUP" "$WORKDIR/warmup.txt" || {
             cat "$WORKDIR/warmup.txt" >&2
             die "wrk warm-up against $t failed"
         }
     fi
+    before=$(tree_ticks "$pid")
     run_wrk "$port" "$DURATION" "$WORKDIR/results/$t.round$r.txt" || {
         cat "$WORKDIR/results/$t.round$r.txt" >&2
         die "wrk against $t failed"
     }
+    after=$(tree_ticks "$pid")
     line=$(parse_wrk "$WORKDIR/results/$t.round$r.txt") || {
         cat "$WORKDIR/results/$t.round$r.txt" >&2
         die "could not parse wrk output for $t"
     }
-    echo "$line" >>"$WORKDIR/results/$t"
     read -r rps p50 p99 reqs errs <<<"$line"
+    # CPU the target spent per request (µs), from its process tree's user + system time: steadier
+    # than req/s on a shared machine, and what a rate limit or an auth check costs.
+    echo "$line $(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" \
+        'BEGIN { if (n > 0) printf "%.2f", t * 1000000 / hz / n; else print "nan" }')" >>"$WORKDIR/results/$t"
     if ((errs > 0)); then note="  ($errs errors/non-2xx of $reqs)"; fi
     printf 'round %d/%d  %-8s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms%s\n' \
         "$r" "$ROUNDS" "$t" "$rps" "$p50" "$p99" "$note"
@@ -503,6 +570,13 @@ if [[ -n $GATEWAY_PID ]]; then
     }
     RSS[gateway]=$(hwm_mib "$GATEWAY_PID")
 fi
+if [[ -n $GATEWAY_RL_PID ]]; then
+    kill -0 "$GATEWAY_RL_PID" 2>/dev/null || {
+        show_log "$WORKDIR/gateway-rl.log"
+        die "gateway-rl died during the run"
+    }
+    RSS[gateway-rl]=$(hwm_mib "$GATEWAY_RL_PID")
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -516,8 +590,9 @@ col_median() { # file column
         }'
 }
 
-declare -A MED_RPS MED_P50 MED_P99 ERRS
+declare -A MED_RPS MED_P50 MED_P99 MED_CPU ERRS
 for t in "${TARGETS[@]}"; do
+    MED_CPU[$t]=$(col_median "$WORKDIR/results/$t" 6)
     MED_RPS[$t]=$(col_median "$WORKDIR/results/$t" 1)
     MED_P50[$t]=$(col_median "$WORKDIR/results/$t" 2)
     MED_P99[$t]=$(col_median "$WORKDIR/results/$t" 3)
@@ -530,17 +605,17 @@ REPORT=$WORKDIR/report.md
 {
     cat "$WORKDIR/header.md"
     echo
-    echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | ratio vs nginx |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | ratio vs nginx |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$t" "${MED_RPS[$t]}" "${MED_P50[$t]}" \
-            "${MED_P99[$t]}" "${RSS[$t]}" "$(ratio "${MED_RPS[$t]}" "${MED_RPS[nginx]}")"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s | %s |\n' "$t" "${MED_RPS[$t]}" "${MED_P50[$t]}" \
+            "${MED_P99[$t]}" "${MED_CPU[$t]}" "${RSS[$t]}" "$(ratio "${MED_RPS[$t]}" "${MED_RPS[nginx]}")"
     done
     echo
     echo "Per round (req/s):"
     echo
     for t in "${TARGETS[@]}"; do
-        printf -- '- %s: %s\n' "$t" "$(awk '{ printf "%s%.0f", (NR > 1 ? ", " : ""), $1 }' "$WORKDIR/results/$t")"
+        printf -- '- %s: %s\n' "$t" "$(awk '{ printf "%s%.0f (%s µs CPU/req)", (NR > 1 ? ", " : ""), $1, $6 }' "$WORKDIR/results/$t")"
     done
     echo
     echo "direct = the upstream nginx itself (1 worker, no proxy); peak RSS = VmHWM summed over the"
@@ -556,6 +631,10 @@ REPORT=$WORKDIR/report.md
         echo "gateway/nginx throughput ratio: $(ratio "${MED_RPS[gateway]}" "${MED_RPS[nginx]}")"
     else
         echo "gateway/nginx throughput ratio: n/a (gateway skipped)"
+    fi
+    if [[ -n $GATEWAY_RL_PID ]]; then
+        echo "gateway-rl/gateway throughput ratio: $(ratio "${MED_RPS[gateway-rl]}" "${MED_RPS[gateway]}");" \
+            "CPU per request ratio (the rate limit's cost): $(ratio "${MED_CPU[gateway-rl]}" "${MED_CPU[gateway]}")"
     fi
 } >"$REPORT"
 

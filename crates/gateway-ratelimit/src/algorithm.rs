@@ -35,10 +35,16 @@ impl Policy {
         Self::try_rate(rate, burst.max(1)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A GCRA policy, or an error when `burst` is zero or `burst × interval` exceeds ≈ 35 years.
+    /// A GCRA policy, or an error when `burst` is zero, the rate is faster than one request per
+    /// microsecond (the resolution), or `burst × interval` exceeds ≈ 35 years.
     pub fn try_rate(rate: Rate, burst: u32) -> Result<Self, String> {
         if burst == 0 {
             return Err(String::from("the burst must be at least 1"));
+        }
+        if rate.period().as_micros() < u128::from(rate.count()) {
+            return Err(format!(
+                "rate {rate} is faster than one request per microsecond"
+            ));
         }
         if rate
             .emission_interval_micros()

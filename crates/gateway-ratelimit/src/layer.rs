@@ -117,7 +117,8 @@ impl Limit {
     }
 
     /// A policy chosen by the caller's tier ([`Principal::tier`]), counted per consumer, falling
-    /// back to the client IP for anonymous callers. A tier listed with `None` is not limited by
+    /// back to the client IP for anonymous callers. Panics if a tier is named `default`: callers
+    /// that get `default` are counted as `NAME@default`. A tier listed with `None` is not limited by
     /// this limit. Callers without a tier, or with a tier not listed, get `default` (or are not
     /// limited by this limit when it is `None`). Each tier counts separately, so moving a
     /// consumer to another tier starts it on a fresh bucket.
@@ -130,6 +131,10 @@ impl Limit {
         let by_name = tiers
             .into_iter()
             .map(|(tier, p)| {
+                assert!(
+                    tier != "default",
+                    "a tier may not be named `default` (the scope of callers without a tier)"
+                );
                 let scoped: Arc<str> = format!("{name}@{tier}").into();
                 let p: Option<Policy> = p.into();
                 (tier, p.map(|p| (scoped.clone(), p, Meta::new(&scoped, &p))))
@@ -657,7 +662,8 @@ fn resolve<B: From<String>>(
         };
     }
     if cfg.shadow {
-        tracing::info!(limit = %name, "rate limit would refuse this request (shadow mode)");
+        // Per request, so debug: the report extension is what metrics count.
+        tracing::debug!(limit = %name, "rate limit would refuse this request (shadow mode)");
         report.shadow_refused = true;
         return Verdict::Forward {
             delay: Duration::ZERO,
@@ -694,13 +700,14 @@ fn resolve<B: From<String>>(
 
 fn store_failed<B: From<String>>(cfg: &Config, e: &StoreError) -> Verdict<B> {
     if cfg.shadow {
-        tracing::warn!(error = %e, "rate-limit store failed; forwarding (shadow mode)");
+        tracing::debug!(error = %e, "rate-limit store failed; forwarding (shadow mode)");
         return Verdict::Forward {
             delay: Duration::ZERO,
             headers: Headers::default(),
         };
     }
-    tracing::warn!(error = %e, "rate-limit store failed; refusing (fail closed)");
+    // Per request, so debug: the store logs the failure itself (the Redis store once per pause).
+    tracing::debug!(error = %e, "rate-limit store failed; refusing (fail closed)");
     Verdict::Refuse(
         Problem::new(StatusCode::SERVICE_UNAVAILABLE)
             .detail("rate limiting is unavailable")

@@ -79,12 +79,18 @@ async fn pings(addr: SocketAddr) -> bool {
     )
 }
 
-async fn wait_until_up(port: u16) -> bool {
+/// Waits until our server answers on `port`; false if it exited (e.g. another process took the
+/// port first, so whatever answers there would not be ours) or never came up.
+async fn wait_until_up(port: u16, child: &mut Child) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Readiness polling (not a timing assumption): up to 10 s for the server to listen.
     for _ in 0..200 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
         if pings(addr).await {
-            return true;
+            // Still ours: it did not exit after losing the port.
+            return matches!(child.try_wait(), Ok(None));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -102,12 +108,13 @@ impl TestRedis {
         );
         for _ in 0..3 {
             let port = free_port().await;
-            let Ok(child) = spawn(port) else { break };
+            let Ok(mut child) = spawn(port) else { break };
+            let up = wait_until_up(port, &mut child).await;
             let mut private = Private {
                 port,
                 child: Some(child),
             };
-            if wait_until_up(port).await {
+            if up {
                 return Self {
                     url: format!("redis://127.0.0.1:{port}/"),
                     prefix,
@@ -161,12 +168,10 @@ impl TestRedis {
             .as_mut()
             .expect("restart needs a private redis-server");
         p.kill();
-        p.child = Some(spawn(p.port).expect("spawn redis-server"));
-        assert!(
-            wait_until_up(p.port).await,
-            "redis-server did not come back on port {}",
-            p.port
-        );
+        let mut child = spawn(p.port).expect("spawn redis-server");
+        let up = wait_until_up(p.port, &mut child).await;
+        p.child = Some(child);
+        assert!(up, "redis-server did not come back on port {}", p.port);
     }
 }
 

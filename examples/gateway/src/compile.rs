@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 /// What route `rate_limit` blocks compile against.
 struct RouteLimits<'a> {
+    config: &'a Config,
     tiers: &'a TierLimits,
     state: &'a LimitState,
 }
@@ -233,6 +234,7 @@ impl Compiled {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, spanned) in config.routes.iter().enumerate() {
             let limits = RouteLimits {
+                config,
                 tiers: &tiers,
                 state: &limit_state,
             };
@@ -439,7 +441,15 @@ fn compile_route(
         (None, false, _) => Rewrite::None,
     };
     let rate_limit = rc.rate_limit.as_ref().and_then(|rl| {
-        compile_route_limit(&field, &rc.name, rl, limits.tiers, limits.state, issues)
+        compile_route_limit(
+            &field,
+            &rc.name,
+            rl,
+            limits.config,
+            limits.tiers,
+            limits.state,
+            issues,
+        )
     });
     if issues.0.len() > before {
         return None;

@@ -62,8 +62,9 @@ pub struct Config {
     pub default_tier: Option<Spanned<String>>,
 }
 
-/// Where rate-limit state lives.
-#[derive(Debug, Default, Deserialize)]
+/// Where rate-limit state lives. Its `Debug` output never shows the Redis URL (it may carry a
+/// password).
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// `redis://[:password@]host:port/db`: share limits with every instance using this Redis.
@@ -87,9 +88,23 @@ pub struct StateConfig {
     #[serde(default)]
     pub lease: Option<HumanDuration>,
     /// The most keys held in memory (the in-process store, or the `local` fallback), default
-    /// 1000000 (about 32 MiB).
+    /// 1000000 (at most ≈35 MB).
     #[serde(default)]
     pub max_keys: Option<usize>,
+}
+
+impl fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("redis", &self.redis.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .field("mode", &self.mode)
+            .field("lease", &self.lease)
+            .field("max_keys", &self.max_keys)
+            .finish()
+    }
 }
 
 /// What the Redis store does when Redis fails.

@@ -160,57 +160,62 @@ impl Pipeline {
         req: Request<Incoming>,
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
-        match self.prepare(req, conn) {
-            Ok((route, req)) => {
-                let upstream = route.upstream;
-                // Rate limits and quotas, before any upstream resource is taken.
-                let admission = match &route.rate_limit {
-                    Some(limit) => match limit.admit(&req).await {
-                        Ok(admission) => Some(admission),
-                        Err(refusal) => return refusal,
-                    },
-                    None => None,
-                };
-                // The bulkhead comes first: shed requests never count against the breaker.
-                let _slot = match &self.compiled.upstreams[upstream].bulkhead {
-                    Some(bulkhead) => match bulkhead.try_admit() {
-                        Some(slot) => Some(slot),
-                        None => return BulkheadLayer::rejection(),
-                    },
-                    None => None,
-                };
-                // Clones are a few reference-count increments; breaker state and retry budget are
-                // shared by all of them.
-                let dispatch = async {
-                    match &self.dispatch[upstream] {
-                        Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
-                        Dispatch::Stacked(stack) => stack.clone().oneshot(req).await,
-                    }
-                };
-                let sent = match self.compiled.upstreams[upstream].deadline {
-                    None => dispatch.await,
-                    Some(deadline) => match tokio::time::timeout(deadline, dispatch).await {
-                        Ok(sent) => sent,
-                        Err(_) => {
-                            return reject(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                RejectReason::UpstreamTimeout,
-                                ResponseFlags::UPSTREAM_TIMEOUT,
-                                "the upstream did not answer within the request deadline",
-                            );
-                        }
-                    },
-                };
-                let mut res = match sent {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                };
-                if let Some(admission) = admission {
-                    admission.apply(&mut res);
-                }
-                res
+        let (route, req) = match self.prepare(req, conn) {
+            Ok(prepared) => prepared,
+            Err(res) => return res,
+        };
+        // Rate limits and quotas, before any upstream resource is taken.
+        let admission = match &route.rate_limit {
+            Some(limit) => match limit.admit(&req).await {
+                Ok(admission) => Some(admission),
+                Err(refusal) => return refusal,
+            },
+            None => None,
+        };
+        let mut res = self.forward(route.upstream, req).await;
+        // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
+        // charged, so it carries the rate-limit headers.
+        if let Some(admission) = admission {
+            admission.apply(&mut res);
+        }
+        res
+    }
+
+    /// Sends an admitted request through its upstream's bulkhead, resilience stack and client.
+    async fn forward(&self, upstream: usize, req: Request<ClientBody>) -> Response<ResponseBody> {
+        // The bulkhead comes first: shed requests never count against the breaker.
+        let _slot = match &self.compiled.upstreams[upstream].bulkhead {
+            Some(bulkhead) => match bulkhead.try_admit() {
+                Some(slot) => Some(slot),
+                None => return BulkheadLayer::rejection(),
+            },
+            None => None,
+        };
+        // Clones are a few reference-count increments; breaker state and retry budget are
+        // shared by all of them.
+        let dispatch = async {
+            match &self.dispatch[upstream] {
+                Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
+                Dispatch::Stacked(stack) => stack.clone().oneshot(req).await,
             }
-            Err(res) => res,
+        };
+        let sent = match self.compiled.upstreams[upstream].deadline {
+            None => dispatch.await,
+            Some(deadline) => match tokio::time::timeout(deadline, dispatch).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return reject(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        RejectReason::UpstreamTimeout,
+                        ResponseFlags::UPSTREAM_TIMEOUT,
+                        "the upstream did not answer within the request deadline",
+                    );
+                }
+            },
+        };
+        match sent {
+            Ok(res) => res,
+            Err(never) => match never {},
         }
     }
 

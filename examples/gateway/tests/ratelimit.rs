@@ -44,44 +44,82 @@ async fn a_route_limit_refuses_with_429_and_reports_headers() {
     );
 }
 
+/// Sends `GET path` with `X-Forwarded-For: client` (the gateways here trust 127.0.0.1) and returns
+/// the status code.
+async fn status_from(gw: SocketAddr, path: &str, client: &str) -> String {
+    let res = raw_exchange(
+        gw,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {client}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    res[9..12].to_owned()
+}
+
 #[tokio::test]
-async fn path_spellings_of_one_route_share_one_bucket() {
+async fn path_spellings_from_different_clients_share_one_route_bucket() {
     let up = TestUpstream::fixed("ok").await;
-    let yaml = "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{UPSTREAM}\"]\nroutes:\n  - name: orders\n    match: { path_prefix: /api/orders }\n    upstream: up\n    rate_limit: { by: route, rate: 3/min }\n";
-    let gw = start(yaml, up.addr());
-    let mut codes = Vec::new();
-    for path in [
+    let config = |by: &str| {
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\ntrusted_proxies: [127.0.0.1]\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: orders\n    match: {{ path_prefix: /api/orders }}\n    upstream: up\n    rate_limit: {{ by: {by}, rate: 3/min }}\n"
+        )
+    };
+    let spellings = [
         "/api/orders",
         "/api//orders/",
         "/api/./orders",
         "/%61pi/orders",
         "/api/x/../orders",
-    ] {
-        let res = raw_exchange(
-            addr(&gw),
-            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        codes.push(res[9..12].to_owned());
+    ];
+    let gw = start(&config("route"), up.addr());
+    let mut codes = Vec::new();
+    for (i, path) in spellings.iter().enumerate() {
+        codes.push(status_from(addr(&gw), path, &format!("203.0.113.{i}")).await);
     }
-    assert_eq!(codes, ["200", "200", "200", "429", "429"]);
+    assert_eq!(
+        codes,
+        ["200", "200", "200", "429", "429"],
+        "one bucket for the route"
+    );
+    // The contrast: counted per client, five clients pass.
+    let gw = start(&config("ip"), up.addr());
+    let mut codes = Vec::new();
+    for (i, path) in spellings.iter().enumerate() {
+        codes.push(status_from(addr(&gw), path, &format!("203.0.113.{i}")).await);
+    }
+    assert_eq!(codes, ["200"; 5]);
 }
 
 #[tokio::test]
-async fn consumer_limits_use_tiers_and_anonymous_callers_get_the_default_tier_per_ip() {
+async fn without_authentication_consumer_and_tier_limits_count_per_ip_under_the_default_tier() {
     let up = TestUpstream::fixed("ok").await;
+    for by in ["consumer", "tier"] {
+        let limit = if by == "consumer" {
+            String::from("{ by: consumer }")
+        } else {
+            String::from("{ by: tier, rate: 2/min }")
+        };
+        let yaml = format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\ntrusted_proxies: [127.0.0.1]\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: all\n    upstream: up\n    rate_limit: {limit}\ntiers:\n  gold: {{ rate: 100/s }}\n  free: {{ rate: 2/min, quota: 1000/day }}\ndefault_tier: free\n"
+        );
+        let gw = start(&yaml, up.addr());
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(status_from(addr(&gw), "/", "198.51.100.1").await);
+        }
+        assert_eq!(codes, ["200", "200", "429"], "by: {by}");
+        // Another client has its own bucket.
+        assert_eq!(
+            status_from(addr(&gw), "/", "198.51.100.2").await,
+            "200",
+            "by: {by}"
+        );
+    }
     let yaml = simple(
-        "    rate_limit: { by: consumer }\ntiers:\n  gold: { rate: 100/s }\n  free: { rate: 2/min, quota: 1000/day }\ndefault_tier: free\n",
+        "    rate_limit: { by: consumer }\ntiers:\n  free: { rate: 1/min }\ndefault_tier: free\n",
     );
     let gw = start(&yaml, up.addr());
-    let codes: Vec<u16> = {
-        let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(get(addr(&gw), "/").await.status.as_u16());
-        }
-        v
-    };
-    assert_eq!(codes, [200, 200, 429]);
+    get(addr(&gw), "/").await;
     let refused = get(addr(&gw), "/").await;
     let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
     assert_eq!(body["limit"], "tier-rate@default");
@@ -97,36 +135,198 @@ async fn invalid_rate_limit_config_names_file_line_and_field() {
             Err(e) => e.to_string(),
         }
     };
+    let expect = |extra: &str, field: &str, msg: &str| {
+        let e = bad(extra);
+        assert!(e.contains(field) && e.contains(msg), "{extra}\n=> {e}");
+    };
     let e = bad("    rate_limit: { rate: 100 per second }\n");
     assert!(
         e.contains("gw.yaml:14:25: routes[0].rate_limit.rate: invalid rate `100 per second`"),
         "{e}"
     );
-    let e = bad("    rate_limit: { by: consumer }\n");
-    assert!(
-        e.contains("routes[0].rate_limit") && e.contains("no `tiers` are configured"),
-        "{e}"
+    expect(
+        "    rate_limit: { by: consumer }\n",
+        "routes[0].rate_limit",
+        "no `tiers` are configured",
     );
-    let e = bad("    rate_limit: { rate: 10/s, burst: 2, cost: 3 }\n");
-    assert!(
-        e.contains("routes[0].rate_limit.burst") && e.contains("no request could pass"),
-        "{e}"
+    expect(
+        "    rate_limit: { rate: 10/s, burst: 2, cost: 3 }\n",
+        "routes[0].rate_limit.burst",
+        "no request could pass",
     );
-    let e = bad("    rate_limit: { by: cookie, rate: 10/s }\n");
-    assert!(
-        e.contains("routes[0].rate_limit.by") && e.contains("unknown key `cookie`"),
-        "{e}"
+    expect(
+        "    rate_limit: { quota: 2/day, cost: 3 }\n",
+        "routes[0].rate_limit.quota",
+        "no request could pass",
     );
-    let e = bad("    rate_limit: { rate: 10/s }\nstate: { mode: hybrid }\n");
-    assert!(
-        e.contains("state.mode") && e.contains("needs `state.redis`"),
-        "{e}"
+    expect(
+        "    rate_limit: { rate: 10/s, cost: 0 }\n",
+        "routes[0].rate_limit.cost",
+        "at least 1",
     );
-    let e = bad("tiers:\n  gold: { burst: 5 }\ndefault_tier: silver\n");
-    assert!(
-        e.contains("tiers.gold") && e.contains("unknown tier `silver`"),
-        "{e}"
+    expect(
+        "    rate_limit: { by: cookie, rate: 10/s }\n",
+        "routes[0].rate_limit.by",
+        "unknown key `cookie`",
     );
+    expect(
+        "    rate_limit: { by: \"header:x-gateway-user\", rate: 10/s }\n",
+        "routes[0].rate_limit.by",
+        "internal header",
+    );
+    expect(
+        "    rate_limit: { by: \"header:bad header\", rate: 10/s }\n",
+        "routes[0].rate_limit.by",
+        "not a header name",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s, ipv6_prefix: 129 }\n",
+        "routes[0].rate_limit.ipv6_prefix",
+        "0 to 128",
+    );
+    expect(
+        "    rate_limit: { by: route, rate: 10/s, ipv6_prefix: 48 }\n",
+        "routes[0].rate_limit.ipv6_prefix",
+        "only applies",
+    );
+    expect(
+        "    rate_limit: { quota: 10/day, burst: 5 }\n",
+        "routes[0].rate_limit.burst",
+        "needs a `rate`",
+    );
+    expect(
+        "    rate_limit: { rate: 2000000/s }\n",
+        "routes[0].rate_limit.rate",
+        "faster than one request per microsecond",
+    );
+    expect(
+        "    rate_limit: { rate: 1/day, burst: 100000 }\n",
+        "routes[0].rate_limit.rate",
+        "spans more than",
+    );
+    expect(
+        "    rate_limit: { quota: 10/day, throttle: 1s }\n",
+        "routes[0].rate_limit.throttle",
+        "only quotas",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s, throttle: 2m }\n",
+        "routes[0].rate_limit.throttle",
+        "at most 60s",
+    );
+    expect(
+        "    rate_limit: { by: ip, rate: 1/s, limits: [ { rate: 2/s } ] }\n",
+        "routes[0].rate_limit",
+        "not both",
+    );
+    expect(
+        "    rate_limit: { limits: [ { by: consumer }, { by: consumer } ] }\ntiers:\n  free: { rate: 1/s }\n",
+        "routes[0].rate_limit.limits[1].by",
+        "once per route",
+    );
+    expect(
+        "    rate_limit: { by: consumer, cost: 5 }\ntiers:\n  free: { rate: 2/min }\n",
+        "routes[0].rate_limit.cost",
+        "tier `free`",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s }\nstate: { mode: hybrid }\n",
+        "state.mode",
+        "needs `state.redis`",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s }\nstate: { on_failure: closed }\n",
+        "state.on_failure",
+        "needs `state.redis`",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s }\nstate: { redis: \"redis://127.0.0.1:6379\", lease: 10ms }\n",
+        "state.lease",
+        "only applies to `mode: hybrid`",
+    );
+    expect(
+        "    rate_limit: { rate: 10/s }\nstate: { max_keys: 0 }\n",
+        "state.max_keys",
+        "at least 1",
+    );
+    expect(
+        "tiers:\n  gold: { burst: 5 }\ndefault_tier: silver\n",
+        "tiers.gold",
+        "needs a `rate`",
+    );
+    expect(
+        "tiers:\n  gold: { burst: 5 }\ndefault_tier: silver\n",
+        "default_tier",
+        "unknown tier `silver`",
+    );
+    expect(
+        "tiers:\n  default: { rate: 1/s }\n",
+        "tiers.default",
+        "not `default`",
+    );
+    expect(
+        "default_tier: free\n",
+        "default_tier",
+        "no tiers are configured",
+    );
+    // A bad Redis URL is reported without echoing the URL (it may hold a password).
+    let e = bad("state: { redis: \"redis://:s3cret@/\" }\n");
+    assert!(e.contains("state.redis") && !e.contains("s3cret"), "{e}");
+}
+
+#[tokio::test]
+async fn the_admin_api_reports_the_store() {
+    let up = TestUpstream::fixed("ok").await;
+    let gw = start(&simple("    rate_limit: { rate: 1/min }\n"), up.addr());
+    get(addr(&gw), "/").await;
+    let admin = gw.admin_addr().unwrap();
+    let res = get(admin, "/ratelimit").await;
+    let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+    assert_eq!(v["store"], "memory");
+    assert_eq!(v["keys"], 1);
+    assert_eq!(v["evictions"], 0);
+}
+
+#[tokio::test]
+async fn a_failed_redis_with_on_failure_closed_answers_503_and_hybrid_mode_shares_limits() {
+    let up = TestUpstream::fixed("ok").await;
+    // Nothing listens on the port: every decision fails, and `closed` refuses.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = simple(&format!(
+        "    rate_limit: {{ rate: 10/s }}\nstate: {{ redis: \"redis://127.0.0.1:{port}/\", on_failure: closed }}\n"
+    ));
+    let gw = start(&yaml, up.addr());
+    let res = get(addr(&gw), "/").await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers["content-type"], "application/problem+json");
+    assert!(up.requests().is_empty());
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(gw.admin_addr().unwrap(), "/ratelimit").await.body).unwrap();
+    assert_eq!(v["store"], "redis");
+    assert_eq!(v["redis"]["failed_closed"], 1);
+    assert_eq!(v["redis"]["degraded"], true);
+
+    // Hybrid mode against a real Redis: the same limit, decided from leases.
+    let redis = TestRedis::start().await;
+    let yaml = simple(&format!(
+        "    rate_limit: {{ by: global, rate: 5/h }}\nstate: {{ redis: \"{}\", prefix: \"{}\", mode: hybrid, timeout: 2s }}\n",
+        redis.url(),
+        redis.prefix()
+    ));
+    let gw = start(&yaml, up.addr());
+    let mut ok = 0;
+    for _ in 0..10 {
+        ok += usize::from(get(addr(&gw), "/").await.status == StatusCode::OK);
+    }
+    assert_eq!(ok, 5);
+    let v: serde_json::Value =
+        serde_json::from_slice(&get(gw.admin_addr().unwrap(), "/ratelimit").await.body).unwrap();
+    assert_eq!(v["store"], "hybrid");
+    assert!(v["refills"].as_u64().unwrap() >= 1, "{v}");
 }
 
 /// A gateway process (the real binary), killed on drop.
@@ -162,8 +362,8 @@ async fn wait_ready(addr: SocketAddr) {
 async fn two_gateway_processes_share_one_global_limit_through_redis() {
     let redis = TestRedis::start().await;
     let up = TestUpstream::fixed("ok").await;
-    let dir = std::env::temp_dir().join(format!("gw-rl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(std::env::temp_dir().join(format!("gw-rl-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
     let mut gateways = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..2 {
@@ -174,7 +374,7 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
             redis.prefix(),
             up.addr()
         );
-        let file = dir.join(format!("gw{i}.yaml"));
+        let file = dir.0.join(format!("gw{i}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .arg("--config")
@@ -206,5 +406,13 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
     );
     assert_eq!(admitted, [5, 5], "both instances draw on it");
     assert_eq!(up.requests().len(), 10);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory removed when dropped, even if the test panics (the configs in it name Redis).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

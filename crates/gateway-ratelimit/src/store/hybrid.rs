@@ -392,6 +392,9 @@ impl HybridStore {
         hashes: Vec<u64>,
         mut first: Local,
     ) -> Result<Decision, super::StoreError> {
+        // Waiting on other requests' refills is bounded by one Redis timeout in all; past it the
+        // failure policy decides, as it would for a call of our own.
+        let deadline = tokio::time::Instant::now() + self.0.redis.timeout();
         for _ in 0..MAX_WAITS {
             match first {
                 Local::Admitted(outcomes) | Local::Refused(outcomes) => {
@@ -399,7 +402,12 @@ impl HybridStore {
                 }
                 Local::Wait(mut rx) => {
                     // Woken when the refill is recorded or abandoned.
-                    let _ = rx.changed().await;
+                    if tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .is_err()
+                    {
+                        return self.0.redis.fail(&checks, Duration::ZERO);
+                    }
                 }
                 Local::Refill {
                     lacking,

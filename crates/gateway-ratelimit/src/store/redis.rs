@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, OnceLock,
+        Arc, Weak,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -18,6 +18,19 @@ use super::{Check, Decided, Decision, MemoryStore, Store, StoreError};
 use crate::{Policy, algorithm::Outcome, clock::Clock};
 
 const SCRIPT: &str = include_str!("redis.lua");
+
+static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
+
+/// A store's connection on one thread.
+struct ThreadConnection {
+    id: u64,
+    store: Weak<Inner>,
+    conn: ConnectionManager,
+}
+
+thread_local! {
+    static CONNECTIONS: std::cell::RefCell<Vec<ThreadConnection>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// What a [`RedisStore`] does when Redis fails or answers too slowly.
 #[derive(Clone, Debug)]
@@ -83,6 +96,8 @@ pub struct RedisStoreBuilder {
 
 /// A Redis URL with any password replaced, for `Debug` output.
 fn redacted(url: &str) -> String {
+    // A query may carry credentials too (`?password=`): never shown.
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
@@ -142,7 +157,8 @@ impl RedisStoreBuilder {
     /// bad URL. The connection is driven by the tokio runtime of the first decision.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError(format!("invalid Redis URL ({:?})", e.kind())))?;
+            // redis-rs's URL errors are fixed texts: they never contain the URL or its password.
+            .map_err(|e| StoreError(format!("invalid Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -151,7 +167,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore(Arc::new(Inner {
             client,
             config,
-            conn: OnceLock::new(),
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             script: Script::new(SCRIPT),
             prefix: self.prefix,
             timeout: self.timeout,
@@ -186,8 +202,8 @@ pub struct RedisStore(Arc<Inner>);
 struct Inner {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// Made on first use, inside the runtime that will drive it.
-    conn: OnceLock<ConnectionManager>,
+    /// Identifies this store's connections in the per-thread cache.
+    id: u64,
     script: Script,
     prefix: String,
     timeout: Duration,
@@ -371,6 +387,10 @@ impl RedisStore {
             .is_ok()
     }
 
+    pub(super) fn timeout(&self) -> Duration {
+        self.0.timeout
+    }
+
     pub(super) fn prefix(&self) -> &str {
         &self.0.prefix
     }
@@ -393,16 +413,9 @@ impl RedisStore {
             return Ok(None);
         }
         inner.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let mut conn = match inner.conn.get() {
-            Some(c) => c.clone(),
-            None => {
-                let made = ConnectionManager::new_lazy_with_config(
-                    inner.client.clone(),
-                    inner.config.clone(),
-                )
-                .map_err(|e| StoreError(format!("redis: {e}")))?;
-                inner.conn.get_or_init(|| made).clone()
-            }
+        let mut conn = match self.connection() {
+            Ok(c) => c,
+            Err(e) => return Err(self.failed(e)),
         };
         let mut invocation = inner.script.prepare_invoke();
         for k in &call.keys {
@@ -430,11 +443,45 @@ impl RedisStore {
             Ok(Err(e)) => format!("redis: {e}"),
             Err(_) => format!("redis did not answer within {:?}", inner.timeout),
         };
+        Err(self.failed(error))
+    }
+
+    /// Counts a failure, starts the pause and logs (at most once per pause).
+    fn failed(&self, error: String) -> StoreError {
+        let inner = &self.0;
         inner.counters.errors.fetch_add(1, Ordering::Relaxed);
         let until = inner.local.now_micros().saturating_add(inner.pause);
         inner.down_until.store(until, Ordering::Relaxed);
         tracing::warn!(error = %error, "rate-limit store failed; applying the failure policy");
-        Err(StoreError(error))
+        StoreError(error)
+    }
+
+    /// This thread's connection to Redis, made on first use.
+    ///
+    /// One connection per thread: the reference gateway runs one single-threaded runtime per
+    /// core, and a connection is driven by the runtime that made it, so a shared connection
+    /// would tie every core's Redis latency to the one core driving it (and fail when that
+    /// core's runtime stops first).
+    fn connection(&self) -> Result<ConnectionManager, String> {
+        CONNECTIONS.with(|cell| {
+            let mut conns = cell.borrow_mut();
+            // Forget connections of stores that no longer exist.
+            conns.retain(|c| c.store.strong_count() > 0);
+            if let Some(c) = conns.iter().find(|c| c.id == self.0.id) {
+                return Ok(c.conn.clone());
+            }
+            let conn = ConnectionManager::new_lazy_with_config(
+                self.0.client.clone(),
+                self.0.config.clone(),
+            )
+            .map_err(|e| format!("redis: {e}"))?;
+            conns.push(ThreadConnection {
+                id: self.0.id,
+                store: Arc::downgrade(&self.0),
+                conn: conn.clone(),
+            });
+            Ok(conn)
+        })
     }
 
     /// Decides through the failure policy (Redis failed or is paused).
