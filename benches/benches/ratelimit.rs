@@ -39,7 +39,7 @@ fn check(key: &str) -> Check {
         name: "bench".into(),
         key: RateLimitKey::new(key),
         // Generous, so every decision admits and writes (the common, more expensive path).
-        policy: Policy::rate(Rate::per_second(1_000_000_000), 1_000_000),
+        policy: Policy::rate(Rate::per_second(1_000_000), u32::MAX),
         cost: 1,
     }
 }
@@ -112,7 +112,9 @@ fn bench_memory(c: &mut Criterion) {
     g.bench_function("baseline_service_call", |b| {
         b.iter(|| now(bare.call(black_box(request()))).unwrap());
     });
-    let mut limited = RateLimitLayer::per_second(1_000_000_000).layer(inner);
+    let mut limited = RateLimitLayer::per_second(1_000_000)
+        .burst(u32::MAX)
+        .layer(inner);
     g.bench_function("rate_limited_call", |b| {
         b.iter(|| now(limited.call(black_box(request()))).unwrap());
     });
@@ -151,7 +153,7 @@ fn bench_redis(c: &mut Criterion) {
     let one = [Check {
         name: "bench".into(),
         key: RateLimitKey::new("k"),
-        policy: Policy::rate(Rate::per_second(1_000_000_000), 1_000_000),
+        policy: Policy::rate(Rate::per_second(1_000_000), u32::MAX),
         cost: 1,
     }];
     g.bench_function("exact_decision", |b| {

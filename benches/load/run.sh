@@ -414,7 +414,7 @@ routes:
   - name: limited
     match: { path_prefix: / }
     upstream: bench
-    rate_limit: { by: ip, rate: 1000000000/s }
+    rate_limit: { by: ip, rate: 1000000/s, burst: 4000000000 }
 EOF
     RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" --config "$WORKDIR/gateway-rl.yaml" \
         >"$WORKDIR/gateway-rl.log" 2>&1 </dev/null &

@@ -28,9 +28,9 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// A GCRA policy; `burst` is clamped to at least 1. Panics if `burst × interval` exceeds
-    /// ≈ 35 years (such a limit is a configuration mistake); [`try_rate`](Self::try_rate) returns
-    /// an error instead.
+    /// A GCRA policy; `burst` is clamped to at least 1. Panics if the rate is faster than one
+    /// request per microsecond or `burst × interval` exceeds ≈ 35 years (configuration
+    /// mistakes); [`try_rate`](Self::try_rate) returns an error instead.
     pub fn rate(rate: Rate, burst: u32) -> Self {
         Self::try_rate(rate, burst.max(1)).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -348,6 +348,46 @@ async fn hybrid_leases_are_single_flight_and_never_overshoot_under_concurrency()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_waiters_never_fail_open_while_redis_is_healthy() {
+    let redis = TestRedis::start().await;
+    let clock = Clock::manual(SystemTime::now());
+    // Small leases (100/s × 50 ms = 5 tokens) and the default 50 ms timeout: 200 concurrent
+    // requests for one key wait through many refills; those that run out of patience must be
+    // decided exactly, never admitted by the (default, fail-open) failure policy.
+    let shared = RedisStore::builder(redis.url())
+        .prefix(redis.prefix())
+        .time(TimeSource::Local(clock.clone()))
+        .build()
+        .unwrap();
+    let store = Arc::new(HybridStore::with_clock(
+        shared,
+        Duration::from_millis(50),
+        clock.clone(),
+    ));
+    let policy = Policy::rate(Rate::per_second(100), 100);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                decide(&*store, &[check("api", "k", policy, 1)], Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .allowed()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    assert!(
+        admitted <= 100,
+        "admitted {admitted} against a bucket of 100"
+    );
+    assert_eq!(store.redis().stats().failed_open, 0);
+}
+
 #[tokio::test]
 async fn a_hanging_redis_is_cut_off_by_the_timeout() {
     let addr = silent_listener().await;

@@ -31,14 +31,16 @@ struct Lease {
     /// Local clock (µs) after which unused tokens are dropped. Never extended for tokens already
     /// held: a refill replaces them.
     expires: i64,
+    /// Bumped by every refill, so a refund never lands in a newer lease.
+    generation: u64,
     /// What Redis reported at the last refill, for headers.
     remaining: u64,
     reset_at: i64,
-    /// Local clock (µs) before which Redis has said no tokens (or no full lease) are free:
-    /// requests the lease cannot cover are refused locally until then.
+    /// Local clock (µs) before which Redis has said the shared bucket is empty (or a full lease
+    /// is not free yet): requests the lease cannot cover are refused locally until then.
     blocked_until: i64,
     /// Set while a refill for this key is in flight; others wait for it instead of sending their
-    /// own (single flight). A closed channel means the refill was abandoned.
+    /// own (single flight). A closed channel means the refill ended or was abandoned.
     refill: Option<watch::Receiver<()>>,
 }
 
@@ -47,6 +49,7 @@ impl Lease {
         Self {
             tokens: 0,
             expires: i64::MIN,
+            generation: 0,
             remaining: 0,
             reset_at: i64::MIN,
             blocked_until: i64::MIN,
@@ -68,6 +71,15 @@ impl Lease {
     /// Whether the entry still holds anything an absent entry would not.
     fn live(&self, now: i64) -> bool {
         self.expires > now || self.blocked_until > now || self.refill_in_flight().is_some()
+    }
+
+    /// When eviction may drop it: never while a refill is in flight.
+    fn evictable_after(&self) -> i64 {
+        if self.refill_in_flight().is_some() {
+            i64::MAX
+        } else {
+            self.expires.max(self.blocked_until)
+        }
     }
 }
 
@@ -144,13 +156,17 @@ enum Local {
     Refused(Vec<Outcome>),
     /// Another request's refill for one of these keys is in flight.
     Wait(watch::Receiver<()>),
-    /// Some leases must be refilled by this request (`lacking`); the others' tokens are
-    /// reserved (spent, refunded if the request is refused).
-    Refill {
-        lacking: Vec<usize>,
-        reserved: Vec<usize>,
-        done: watch::Sender<()>,
-    },
+    /// This request refills the leases of `lacking`; the tokens of the others are reserved
+    /// (spent, refunded to the same lease if the request is refused).
+    Refill(Refill),
+}
+
+struct Refill {
+    lacking: Vec<usize>,
+    /// Reserved checks, with the generation of the lease their tokens came from.
+    reserved: Vec<(usize, u64)>,
+    done: watch::Sender<()>,
+    marker: watch::Receiver<()>,
 }
 
 impl HybridStore {
@@ -226,16 +242,11 @@ impl HybridStore {
 
     fn try_local(&self, checks: &[Check], hashes: &[u64], now: i64) -> Local {
         let (mut guards, slot) = self.lock_all(hashes);
-        // What each distinct (limit, key) must cover (a request may name one twice).
-        let mut need: HashMap<u64, u64> = HashMap::with_capacity(checks.len());
-        for (c, &h) in checks.iter().zip(hashes) {
-            *need.entry(h).or_default() += u64::from(c.cost.max(1));
-        }
         let mut lacking = Vec::new();
         let mut blocked = Vec::new();
         for (i, &h) in hashes.iter().enumerate() {
             let lease = guards[slot[i]].get(&h);
-            if lease.map_or(0, |l| l.usable(now)) >= need[&h] {
+            if lease.map_or(0, |l| l.usable(now)) >= need_of(checks, hashes, h) {
                 continue;
             }
             if let Some(l) = lease {
@@ -268,8 +279,8 @@ impl HybridStore {
             }
             if let Some(l) = guards[slot[i]].get_mut(&h) {
                 l.tokens = l.tokens.saturating_sub(u64::from(c.cost.max(1)));
+                reserved.push((i, l.generation));
             }
-            reserved.push(i);
         }
         if lacking.is_empty() {
             let outcomes = checks
@@ -280,21 +291,19 @@ impl HybridStore {
                 .collect();
             return Local::Admitted(outcomes);
         }
-        let (done, rx) = watch::channel(());
+        let (done, marker) = watch::channel(());
         for &i in &lacking {
             let map = &mut guards[slot[i]];
             self.make_room(map, hashes[i], now);
             let lease = map.entry(hashes[i]).or_insert_with(Lease::empty);
-            // A remainder smaller than the request is dropped rather than carried into the new
-            // lease, so no token outlives the lease it came with.
-            lease.tokens = 0;
-            lease.refill = Some(rx.clone());
+            lease.refill = Some(marker.clone());
         }
-        Local::Refill {
+        Local::Refill(Refill {
             lacking,
             reserved,
             done,
-        }
+            marker,
+        })
     }
 
     /// Keeps a full shard within its bound: expired entries first, then those closest to expiry.
@@ -316,7 +325,8 @@ impl HybridStore {
         let mut evicted = 0;
         // Leases are only cached tokens: dropping them loses capacity, never safety.
         map.retain(|_, l| {
-            if evicted < excess && l.expires.max(l.blocked_until) <= cutoff {
+            if evicted < excess && l.evictable_after() <= cutoff && l.evictable_after() != i64::MAX
+            {
                 evicted += 1;
                 false
             } else {
@@ -325,26 +335,29 @@ impl HybridStore {
         });
     }
 
-    /// Gives reserved tokens back (the request was refused or failed).
-    fn refund(&self, checks: &[Check], hashes: &[u64], reserved: &[usize], now: i64) {
+    /// Gives reserved tokens back to the leases they came from (the request was refused or
+    /// failed); a lease refilled since then does not get them.
+    fn refund(&self, checks: &[Check], hashes: &[u64], reserved: &[(usize, u64)], now: i64) {
         let (mut guards, slot) = self.lock_all(hashes);
-        for &i in reserved {
+        for &(i, generation) in reserved {
             if let Some(l) = guards[slot[i]]
                 .get_mut(&hashes[i])
-                .filter(|l| l.expires > now)
+                .filter(|l| l.generation == generation && l.expires > now)
             {
                 l.tokens += u64::from(checks[i].cost.max(1));
             }
         }
     }
 
-    /// Records a refill's answer; returns the request's outcomes.
+    /// Records a refill's answer; returns the request's outcomes. `started` is when the script
+    /// was sent: leases expire `lease` after that, not after the reply.
     fn record(
         &self,
         checks: &[Check],
         hashes: &[u64],
-        lacking: &[usize],
+        refill: &Refill,
         rows: &[Row],
+        started: i64,
         now: i64,
     ) -> Vec<Outcome> {
         let charged = rows.iter().all(|r| r.outcome.allowed);
@@ -355,11 +368,17 @@ impl HybridStore {
             .enumerate()
             .map(|(i, (c, h))| local_outcome(c, guards[slot[i]].get(h), now))
             .collect();
-        for (&i, row) in lacking.iter().zip(rows) {
+        for (&i, row) in refill.lacking.iter().zip(rows) {
             let h = hashes[i];
             let need = need_of(checks, hashes, h);
             let lease = guards[slot[i]].entry(h).or_insert_with(Lease::empty);
-            lease.refill = None;
+            if lease
+                .refill
+                .as_ref()
+                .is_some_and(|m| m.same_channel(&refill.marker))
+            {
+                lease.refill = None;
+            }
             lease.remaining = row.outcome.remaining;
             lease.reset_at = now.saturating_add(as_micros(row.outcome.reset));
             if charged {
@@ -367,8 +386,11 @@ impl HybridStore {
                     Policy::Rate { .. } => self.0.lease,
                     Policy::Quota(_) => row.outcome.reset,
                 };
+                // The remainder the request could not use is dropped rather than carried into
+                // the new lease, so no token outlives the lease it came with.
                 lease.tokens = row.granted.saturating_sub(need);
-                lease.expires = now.saturating_add(as_micros(valid_for).max(1));
+                lease.expires = started.saturating_add(as_micros(valid_for).max(1));
+                lease.generation += 1;
                 lease.blocked_until = row
                     .full_lease_in
                     .map_or(i64::MIN, |d| now.saturating_add(as_micros(d)));
@@ -376,9 +398,18 @@ impl HybridStore {
                 o.remaining = o.remaining.saturating_add(lease.tokens).min(o.limit);
                 outcomes[i] = o;
             } else {
-                if !row.outcome.allowed {
-                    let wait = row.outcome.retry_after.unwrap_or(self.0.lease);
-                    lease.blocked_until = now.saturating_add(as_micros(wait).max(1));
+                // Block the key locally only when the shared bucket is empty, and only until a
+                // single token is free: a large request refused must not hold back small ones.
+                if row.outcome.remaining == 0
+                    && let Some(wait) = row.outcome.retry_after
+                {
+                    let one = match checks[i].policy {
+                        Policy::Rate { rate, .. } => {
+                            Duration::from_micros(rate.emission_interval_micros())
+                        }
+                        Policy::Quota(_) => wait,
+                    };
+                    lease.blocked_until = now.saturating_add(as_micros(wait.min(one)).max(1));
                 }
                 outcomes[i] = row.outcome;
             }
@@ -386,90 +417,112 @@ impl HybridStore {
         outcomes
     }
 
+    fn record_abandoned(&self, hashes: &[u64], refill: &Refill) {
+        let (mut guards, slot) = self.lock_all(hashes);
+        for &i in &refill.lacking {
+            if let Some(l) = guards[slot[i]].get_mut(&hashes[i])
+                && l.refill
+                    .as_ref()
+                    .is_some_and(|m| m.same_channel(&refill.marker))
+            {
+                l.refill = None;
+            }
+        }
+    }
+
+    /// Sends a refill and records its answer. Runs as its own task, so a request that goes away
+    /// mid-refill (a client disconnecting) never loses the tokens Redis granted.
+    async fn refill(
+        self,
+        checks: Vec<Check>,
+        hashes: Vec<u64>,
+        refill: Refill,
+    ) -> Result<Decision, super::StoreError> {
+        // The script's `need` is everything this request asks of the key; `want` is a lease's
+        // worth, at least that.
+        let mut sent: Vec<Check> = Vec::with_capacity(refill.lacking.len());
+        let mut want: Vec<u64> = Vec::with_capacity(refill.lacking.len());
+        for &i in &refill.lacking {
+            let need = need_of(&checks, &hashes, hashes[i]);
+            let mut c = checks[i].clone();
+            c.cost = u32::try_from(need).unwrap_or(u32::MAX);
+            want.push(self.lease_size(&c.policy).max(u64::from(c.cost)));
+            sent.push(c);
+        }
+        let call = ScriptCall::new(
+            self.0.redis.prefix(),
+            &sent,
+            Duration::ZERO,
+            self.0.redis.now_arg(),
+            Some(&want),
+        );
+        let started = self.0.clock.now_micros();
+        let answer = self.0.redis.run(call).await;
+        let now = self.0.clock.now_micros();
+        let result = match answer {
+            Ok(Some((_, rows))) => {
+                self.0.refills.fetch_add(1, Ordering::Relaxed);
+                let decision = Decision {
+                    outcomes: self.record(&checks, &hashes, &refill, &rows, started, now),
+                };
+                if !decision.allowed() {
+                    self.refund(&checks, &hashes, &refill.reserved, now);
+                }
+                Ok(decision)
+            }
+            Ok(None) | Err(_) => {
+                self.record_abandoned(&hashes, &refill);
+                self.refund(&checks, &hashes, &refill.reserved, now);
+                self.0.redis.fail(&checks, Duration::ZERO)
+            }
+        };
+        // Wakes the requests that waited on this refill.
+        drop(refill.done);
+        result
+    }
+
     async fn decide_async(
         self,
         checks: Vec<Check>,
         hashes: Vec<u64>,
-        mut first: Local,
+        mut local: Local,
     ) -> Result<Decision, super::StoreError> {
-        // Waiting on other requests' refills is bounded by one Redis timeout in all; past it the
-        // failure policy decides, as it would for a call of our own.
+        // Waiting on other requests' refills is bounded: after `MAX_WAITS` rounds or one Redis
+        // timeout, this request is decided exactly (one script call of its own).
         let deadline = tokio::time::Instant::now() + self.0.redis.timeout();
-        for _ in 0..MAX_WAITS {
-            match first {
+        let mut waits = 0;
+        loop {
+            match local {
                 Local::Admitted(outcomes) | Local::Refused(outcomes) => {
                     return Ok(Decision { outcomes });
                 }
-                Local::Wait(mut rx) => {
-                    // Woken when the refill is recorded or abandoned.
-                    if tokio::time::timeout_at(deadline, rx.changed())
-                        .await
-                        .is_err()
-                    {
-                        return self.0.redis.fail(&checks, Duration::ZERO);
-                    }
-                }
-                Local::Refill {
-                    lacking,
-                    reserved,
-                    done,
-                } => {
-                    // The script's `need` is everything this request asks of the key; `want`
-                    // is a lease's worth, at least that.
-                    let mut refill: Vec<Check> = Vec::with_capacity(lacking.len());
-                    let mut want: Vec<u64> = Vec::with_capacity(lacking.len());
-                    for &i in &lacking {
-                        let need = need_of(&checks, &hashes, hashes[i]);
-                        let mut c = checks[i].clone();
-                        c.cost = u32::try_from(need).unwrap_or(u32::MAX);
-                        want.push(self.lease_size(&c.policy).max(need));
-                        refill.push(c);
-                    }
-                    let call = ScriptCall::new(
-                        self.0.redis.prefix(),
-                        &refill,
-                        Duration::ZERO,
-                        self.0.redis.now_arg(),
-                        Some(&want),
-                    );
-                    self.0.refills.fetch_add(1, Ordering::Relaxed);
-                    let answer = self.0.redis.run(call).await;
-                    let now = self.0.clock.now_micros();
-                    let result = match answer {
-                        Ok(Some((_, rows))) => {
-                            let outcomes = self.record(&checks, &hashes, &lacking, &rows, now);
-                            let decision = Decision { outcomes };
-                            if !decision.allowed() {
-                                self.refund(&checks, &hashes, &reserved, now);
-                            }
-                            Ok(decision)
-                        }
-                        Ok(None) | Err(_) => {
-                            self.record_abandoned(&hashes, &lacking);
-                            self.refund(&checks, &hashes, &reserved, now);
-                            self.0.redis.fail(&checks, Duration::ZERO)
-                        }
+                Local::Refill(refill) => {
+                    let task =
+                        tokio::spawn(self.clone().refill(checks.clone(), hashes.clone(), refill));
+                    return match task.await {
+                        Ok(result) => result,
+                        Err(e) => Err(super::StoreError::new(format!(
+                            "hybrid refill task failed: {e}"
+                        ))),
                     };
-                    // Wakes the requests that waited on this refill.
-                    drop(done);
-                    return result;
+                }
+                Local::Wait(mut rx) => {
+                    waits += 1;
+                    // Woken when the refill is recorded or abandoned.
+                    let woke = waits <= MAX_WAITS
+                        && tokio::time::timeout_at(deadline, rx.changed())
+                            .await
+                            .is_ok();
+                    if !woke || self.0.redis.is_degraded() {
+                        break;
+                    }
                 }
             }
-            first = self.try_local(&checks, &hashes, self.0.clock.now_micros());
+            local = self.try_local(&checks, &hashes, self.0.clock.now_micros());
         }
-        // Still contended after several refills: decide this one exactly.
         match self.0.redis.decide(&checks, Duration::ZERO) {
             Decided::Ready(r) => r,
             Decided::Pending(f) => f.await,
-        }
-    }
-
-    fn record_abandoned(&self, hashes: &[u64], lacking: &[usize]) {
-        let (mut guards, slot) = self.lock_all(hashes);
-        for &i in lacking {
-            if let Some(l) = guards[slot[i]].get_mut(&hashes[i]) {
-                l.refill = None;
-            }
         }
     }
 }
