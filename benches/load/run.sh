@@ -364,6 +364,29 @@ start_nginx proxy "$WORKDIR/nginx" "$NGINX_PORT"
 NGINX_PID=$LAST_PID
 echo "==> upstream nginx pid $UPSTREAM_PID on $HOST:$UPSTREAM_PORT; proxy nginx pid $NGINX_PID on $HOST:$NGINX_PORT"
 
+start_gateway() { # name port admin-port extra-route-lines; sets LAST_PID
+    local name=$1 port=$2 admin=$3 extra=$4
+    cat >"$WORKDIR/$name.yaml" <<EOF
+listeners:
+  - bind: $HOST:$port
+admin: { bind: $HOST:$admin }
+upstreams:
+  bench:
+    endpoints: [ "$HOST:$UPSTREAM_PORT" ]
+routes:
+  - name: bench
+    match: { path_prefix: / }
+    upstream: bench
+EOF
+    if [[ -n $extra ]]; then echo "$extra" >>"$WORKDIR/$name.yaml"; fi
+    RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" --config "$WORKDIR/$name.yaml" \
+        >"$WORKDIR/$name.log" 2>&1 </dev/null &
+    LAST_PID=$!
+    STARTED+=("$LAST_PID")
+    wait_url "$name" "$LAST_PID" "http://$HOST:$admin/readyz" "$READY_TIMEOUT" "$WORKDIR/$name.log"
+    echo "==> $name pid $LAST_PID on $HOST:$port (admin $HOST:$admin), binary $GATEWAY_BIN"
+}
+
 GATEWAY_PID=""
 if ((!SKIP_GATEWAY)); then
     if [[ -n ${GATEWAY_BIN:-} ]]; then
@@ -379,49 +402,17 @@ if ((!SKIP_GATEWAY)); then
             [[ -x $GATEWAY_BIN ]] || die "cargo build did not produce $GATEWAY_BIN"
         fi
     fi
-    cat >"$WORKDIR/gateway.yaml" <<EOF
-listeners:
-  - bind: $HOST:$GATEWAY_PORT
-admin: { bind: $HOST:$ADMIN_PORT }
-upstreams:
-  bench:
-    endpoints: [ "$HOST:$UPSTREAM_PORT" ]
-routes:
-  - name: bare
-    match: { path_prefix: / }
-    upstream: bench
-EOF
-    RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" --config "$WORKDIR/gateway.yaml" \
-        >"$WORKDIR/gateway.log" 2>&1 </dev/null &
-    GATEWAY_PID=$!
-    STARTED+=("$GATEWAY_PID")
-    wait_url gateway "$GATEWAY_PID" "http://$HOST:$ADMIN_PORT/readyz" "$READY_TIMEOUT" "$WORKDIR/gateway.log"
-    echo "==> gateway pid $GATEWAY_PID on $HOST:$GATEWAY_PORT (admin $HOST:$ADMIN_PORT), binary $GATEWAY_BIN"
+    start_gateway gateway "$GATEWAY_PORT" "$ADMIN_PORT" ""
+    GATEWAY_PID=$LAST_PID
     echo "- gateway: $GATEWAY_BIN ($(date -u -r "$GATEWAY_BIN" '+built %Y-%m-%d %H:%M UTC'))" >>"$WORKDIR/header.md"
 fi
 GATEWAY_RL_PID=""
 if ((RATELIMIT)); then
     # The same route with a per-IP rate limit that always admits: every request pays for the
     # key, the in-memory decision and the RateLimit / RateLimit-Policy headers.
-    cat >"$WORKDIR/gateway-rl.yaml" <<EOF
-listeners:
-  - bind: $HOST:$GATEWAY_RL_PORT
-admin: { bind: $HOST:$ADMIN_RL_PORT }
-upstreams:
-  bench:
-    endpoints: [ "$HOST:$UPSTREAM_PORT" ]
-routes:
-  - name: limited
-    match: { path_prefix: / }
-    upstream: bench
-    rate_limit: { by: ip, rate: 1000000/s, burst: 4000000000 }
-EOF
-    RUST_LOG=${RUST_LOG:-warn} "$GATEWAY_BIN" --config "$WORKDIR/gateway-rl.yaml" \
-        >"$WORKDIR/gateway-rl.log" 2>&1 </dev/null &
-    GATEWAY_RL_PID=$!
-    STARTED+=("$GATEWAY_RL_PID")
-    wait_url gateway-rl "$GATEWAY_RL_PID" "http://$HOST:$ADMIN_RL_PORT/readyz" "$READY_TIMEOUT" "$WORKDIR/gateway-rl.log"
-    echo "==> gateway-rl pid $GATEWAY_RL_PID on $HOST:$GATEWAY_RL_PORT (admin $HOST:$ADMIN_RL_PORT)"
+    start_gateway gateway-rl "$GATEWAY_RL_PORT" "$ADMIN_RL_PORT" \
+        "    rate_limit: { by: ip, rate: 1000000/s, burst: 4000000000 }"
+    GATEWAY_RL_PID=$LAST_PID
 fi
 if ((SKIP_GATEWAY)); then
     echo "- gateway: skipped" >>"$WORKDIR/header.md"

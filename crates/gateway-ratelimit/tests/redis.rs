@@ -32,6 +32,17 @@ fn check(name: &str, key: &str, policy: Policy, cost: u32) -> Check {
     }
 }
 
+/// One gateway instance's hybrid store (50 ms leases) on the test's Redis and manual clock.
+fn hybrid(redis: &TestRedis, clock: &Clock, timeout: Duration) -> HybridStore {
+    let shared = RedisStore::builder(redis.url())
+        .prefix(redis.prefix())
+        .time(TimeSource::Local(clock.clone()))
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    HybridStore::with_clock(shared, Duration::from_millis(50), clock.clone())
+}
+
 /// A small deterministic generator (xorshift), so a failing sequence can be replayed.
 struct Rng(u64);
 impl Rng {
@@ -303,19 +314,7 @@ async fn hybrid_leases_are_single_flight_and_never_overshoot_under_concurrency()
     // there is.
     let clock = Clock::manual(SystemTime::now());
     let instances: Vec<Arc<HybridStore>> = (0..3)
-        .map(|_| {
-            let shared = RedisStore::builder(redis.url())
-                .prefix(redis.prefix())
-                .time(TimeSource::Local(clock.clone()))
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap();
-            Arc::new(HybridStore::with_clock(
-                shared,
-                Duration::from_millis(50),
-                clock.clone(),
-            ))
-        })
+        .map(|_| Arc::new(hybrid(&redis, &clock, Duration::from_secs(10))))
         .collect();
     let policy = Policy::rate(Rate::per_second(1000), 1000);
     let tasks: Vec<_> = (0..3000)
@@ -355,16 +354,7 @@ async fn hybrid_waiters_never_fail_open_while_redis_is_healthy() {
     // Small leases (100/s × 50 ms = 5 tokens) and the default 50 ms timeout: 200 concurrent
     // requests for one key wait through many refills; those that run out of patience must be
     // decided exactly, never admitted by the (default, fail-open) failure policy.
-    let shared = RedisStore::builder(redis.url())
-        .prefix(redis.prefix())
-        .time(TimeSource::Local(clock.clone()))
-        .build()
-        .unwrap();
-    let store = Arc::new(HybridStore::with_clock(
-        shared,
-        Duration::from_millis(50),
-        clock.clone(),
-    ));
+    let store = Arc::new(hybrid(&redis, &clock, Duration::from_millis(50)));
     let policy = Policy::rate(Rate::per_second(100), 100);
     let tasks: Vec<_> = (0..200)
         .map(|_| {
@@ -441,15 +431,7 @@ async fn hybrid_leasing_overshoots_under_one_percent_with_few_redis_calls() {
     let rate = Rate::per_second(1000);
     let policy = Policy::rate(rate, 100);
     let instances: Vec<HybridStore> = (0..3)
-        .map(|_| {
-            let shared = RedisStore::builder(redis.url())
-                .prefix(redis.prefix())
-                .time(TimeSource::Local(clock.clone()))
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            HybridStore::with_clock(shared, Duration::from_millis(50), clock.clone())
-        })
+        .map(|_| hybrid(&redis, &clock, Duration::from_secs(5)))
         .collect();
     // Three instances each offered 1500 requests/s (4.5x the limit) for 20 simulated seconds.
     let seconds = 20;

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    hash::{BuildHasher, Hasher, RandomState},
+    hash::RandomState,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -218,14 +218,7 @@ impl HybridStore {
     }
 
     fn hash(&self, check: &Check) -> u64 {
-        let mut h = self.0.seed.build_hasher();
-        h.write(check.name.as_bytes());
-        h.write_u8(match check.policy {
-            Policy::Rate { .. } => 0xfe,
-            Policy::Quota(_) => 0xff,
-        });
-        h.write(check.key.as_str().as_bytes());
-        h.finish()
+        check.hash_with(&self.0.seed)
     }
 
     /// Locks the shards of `hashes` in index order; returns the guards and, per hash, its guard.

@@ -1,6 +1,6 @@
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
+    hash::{BuildHasherDefault, Hasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -148,15 +148,7 @@ impl MemoryStore {
     }
 
     fn hash(&self, check: &Check) -> u64 {
-        let mut h = self.0.seed.build_hasher();
-        h.write(check.name.as_bytes());
-        // The kind, so a rate and a quota under one name keep separate cells.
-        h.write_u8(match check.policy {
-            Policy::Rate { .. } => 0xfe,
-            Policy::Quota(_) => 0xff,
-        });
-        h.write(check.key.as_str().as_bytes());
-        h.finish()
+        check.hash_with(&self.0.seed)
     }
 
     fn shard_of(&self, hash: u64) -> usize {

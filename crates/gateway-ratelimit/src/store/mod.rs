@@ -30,6 +30,22 @@ pub struct Check {
     pub cost: u32,
 }
 
+impl Check {
+    /// The identity of this check's state: a seeded 64-bit hash of the limit's name, its kind
+    /// (a rate and a quota under one name keep separate state) and the key.
+    pub(crate) fn hash_with(&self, seed: &std::hash::RandomState) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = seed.build_hasher();
+        h.write(self.name.as_bytes());
+        h.write_u8(match self.policy {
+            Policy::Rate { .. } => 0xfe,
+            Policy::Quota(_) => 0xff,
+        });
+        h.write(self.key.as_str().as_bytes());
+        h.finish()
+    }
+}
+
 /// The outcome of all of a request's limits.
 ///
 /// A request is admitted only when every limit admits it, and then every limit is charged; a
