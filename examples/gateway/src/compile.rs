@@ -13,12 +13,14 @@ use tokio::sync::Semaphore;
 
 /// What route `rate_limit` blocks compile against.
 struct RouteLimits<'a> {
+    providers: &'a Providers,
     config: &'a Config,
     tiers: &'a TierLimits,
     state: &'a LimitState,
 }
 
 use crate::{
+    auth::{Providers, compile_ip_filter, compile_providers, compile_route_auth},
     config::{
         Config, ConfigError, ForwardedHeaderConfig, HostConfig, Issues, Limits, ProtocolConfig,
         WindowConfig, check_unique_names,
@@ -229,11 +231,13 @@ impl Compiled {
         }
 
         let limit_state = compile_state(config, &mut issues);
+        let providers = compile_providers(config, &mut issues);
         let tiers = compile_tiers(config, &mut issues);
         check_unique_names(&config.routes, &mut issues);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, spanned) in config.routes.iter().enumerate() {
             let limits = RouteLimits {
+                providers: &providers,
                 config,
                 tiers: &tiers,
                 state: &limit_state,
@@ -451,6 +455,14 @@ fn compile_route(
             issues,
         )
     });
+    let auth = rc
+        .auth
+        .as_ref()
+        .and_then(|a| compile_route_auth(&field, a, limits.providers, issues));
+    let ip_filter = rc
+        .ip_filter
+        .as_ref()
+        .map(|f| compile_ip_filter(&field, f, issues));
     if issues.0.len() > before {
         return None;
     }
@@ -465,6 +477,8 @@ fn compile_route(
         upstream_name: rc.upstream.value.clone(),
         rewrite,
         rate_limit,
+        auth,
+        ip_filter,
         order: i,
     })
 }

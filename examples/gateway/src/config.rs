@@ -60,6 +60,104 @@ pub struct Config {
     /// such callers are not limited by tier limits (route limits still apply).
     #[serde(default)]
     pub default_tier: Option<Spanned<String>>,
+    /// Consumers: who may call, with their API keys (as digests), tier and roles.
+    #[serde(default)]
+    pub consumers: Vec<Spanned<ConsumerConfig>>,
+    /// Named authentication providers for routes' `auth.any_of`. `api_key` (the `x-api-key`
+    /// header) exists without being declared.
+    #[serde(default)]
+    pub auth_providers: BTreeMap<String, Spanned<AuthProviderConfig>>,
+}
+
+/// A consumer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The consumer id (in logs, rate-limit keys, `Principal::consumer`).
+    pub id: String,
+    /// The tier (see `tiers`).
+    #[serde(default)]
+    pub tier: Option<Spanned<String>>,
+    /// Roles (for routes' `auth.roles`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// API keys, as `sha256:` digests (several allow rotation).
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<ApiKeyConfig>>,
+}
+
+/// An API key: a digest, or a digest with an expiry and a revocation flag.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ApiKeyConfig {
+    /// `"sha256:…"`.
+    Digest(String),
+    /// `{ digest: "sha256:…", expires: 2027-01-01, revoked: false }`.
+    Entry(ApiKeyEntry),
+}
+
+/// An API key with its lifecycle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    /// `sha256:` and 64 hex digits.
+    pub digest: String,
+    /// Not accepted from this UTC date (`2027-01-01`) or time (`2027-01-01T12:00:00Z`) on.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Refused.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// An authentication provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum AuthProviderConfig {
+    /// API keys of the `consumers`, read from one place.
+    ApiKey(ApiKeySourceConfig),
+}
+
+/// Where an API key provider reads keys: exactly one of `header`, `query`, `cookie`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySourceConfig {
+    /// A header name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A query parameter name.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A cookie name.
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// A route's authentication and authorization.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Providers, any of which may authenticate the caller (default `[api_key]`).
+    #[serde(default)]
+    pub any_of: Vec<Spanned<String>>,
+    /// The caller needs at least one of these roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Let requests without any credential through anonymously (an invalid one is still `401`).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// A route's client IP allow and deny lists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterConfig {
+    /// Only these networks (when set).
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// Never these networks (deny wins).
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 /// Where rate-limit state lives. Its `Debug` output never shows the Redis URL (it may carry a
@@ -608,6 +706,12 @@ pub struct RouteConfig {
     /// Rate limits and quotas for this route.
     #[serde(default)]
     pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// Authentication and roles for this route.
+    #[serde(default)]
+    pub auth: Option<Spanned<AuthConfig>>,
+    /// Client IP allow/deny lists for this route.
+    #[serde(default)]
+    pub ip_filter: Option<Spanned<IpFilterConfig>>,
 }
 
 /// What a route matches. Every condition given must hold.

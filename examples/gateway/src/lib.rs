@@ -22,6 +22,7 @@
 //! ```
 
 mod admin;
+mod auth;
 mod compile;
 pub mod config;
 mod demo;

@@ -160,10 +160,23 @@ impl Pipeline {
         req: Request<Incoming>,
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
-        let (route, req) = match self.prepare(req, conn) {
+        let (route, mut req) = match self.prepare(req, conn) {
             Ok(prepared) => prepared,
             Err(res) => return res,
         };
+        // Client IP lists, then authentication (credentials stripped, `Principal` inserted), then
+        // the limits that may key on the principal.
+        if let Some(filter) = &route.ip_filter
+            && let Some(refusal) = filter.refusal(&req)
+        {
+            return refusal;
+        }
+        if let Some(auth) = &route.auth {
+            req = match auth.check(req) {
+                Ok(req) => req,
+                Err(refusal) => return refusal,
+            };
+        }
         // Rate limits and quotas, before any upstream resource is taken.
         let admission = match &route.rate_limit {
             Some(limit) => match limit.admit(&req).await {

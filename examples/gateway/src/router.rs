@@ -102,6 +102,10 @@ pub struct Route {
     pub rewrite: Rewrite,
     /// Rate limits and quotas.
     pub rate_limit: Option<gateway_ratelimit::RateLimitLayer>,
+    /// Authentication and roles.
+    pub auth: Option<gateway_auth::RequireAuthLayer>,
+    /// Client IP allow/deny lists.
+    pub ip_filter: Option<gateway_auth::IpFilterLayer>,
     /// Position in the configuration file.
     pub order: usize,
 }
@@ -573,6 +577,8 @@ mod tests {
             upstream_name: "u".into(),
             rewrite: Rewrite::None,
             rate_limit: None,
+            auth: None,
+            ip_filter: None,
             order,
         }
     }

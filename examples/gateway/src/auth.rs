@@ -1,0 +1,284 @@
+//! Compiling `consumers`, `auth_providers` and route `auth` / `ip_filter` blocks into
+//! `gateway-auth` layers.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use gateway_auth::{
+    ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Consumer, IpFilterLayer, RequireAuthLayer,
+    StaticApiKeys,
+};
+use gateway_core::TrustedProxies;
+use http::HeaderName;
+use serde_saphyr::Spanned;
+
+use crate::config::{ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, IpFilterConfig, Issues};
+
+/// The providers routes can name, built once and shared by every route.
+#[derive(Debug, Default)]
+pub(crate) struct Providers {
+    by_name: BTreeMap<String, ApiKeyAuth>,
+}
+
+/// Parses `2027-01-01` or `2027-01-01T12:30:00Z` (UTC).
+fn parse_utc(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (s, None),
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day): (i64, u32, u32) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    let secs_of_day = match time {
+        None => 0,
+        Some(t) => {
+            let mut p = t.splitn(3, ':');
+            let (h, mi, se): (u64, u64, u64) = (
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+            );
+            if h > 23 || mi > 59 || se > 59 {
+                return None;
+            }
+            h * 3600 + mi * 60 + se
+        }
+    };
+    // Days from the civil date (proleptic Gregorian).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days).ok()? * 86_400 + secs_of_day;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Builds the key store from `consumers` and the providers from `auth_providers`.
+pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Providers {
+    let mut keys = StaticApiKeys::new();
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut seen_keys = std::collections::HashMap::new();
+    for (i, spanned) in config.consumers.iter().enumerate() {
+        let c = &spanned.value;
+        let field = format!("consumers[{i}]");
+        if c.id.is_empty() || c.id.len() > 128 || !c.id.bytes().all(|b| b.is_ascii_graphic()) {
+            issues.at(
+                spanned,
+                format!("{field}.id"),
+                "consumer ids are 1 to 128 visible ASCII characters",
+            );
+        }
+        if !seen_ids.insert(c.id.as_str()) {
+            issues.at(
+                spanned,
+                format!("{field}.id"),
+                format!("duplicate consumer `{}`", c.id),
+            );
+        }
+        if let Some(t) = &c.tier
+            && !config.tiers.contains_key(&t.value)
+        {
+            issues.at(
+                t,
+                format!("{field}.tier"),
+                format!("unknown tier `{}`", t.value),
+            );
+        }
+        let mut consumer = Consumer::new(c.id.as_str()).roles(c.roles.iter().map(String::as_str));
+        if let Some(t) = &c.tier {
+            consumer = consumer.tier(t.value.as_str());
+        }
+        let consumer = Arc::new(consumer);
+        for (j, k) in c.api_keys.iter().enumerate() {
+            let kf = format!("{field}.api_keys[{j}]");
+            let (digest, expires, revoked) = match &k.value {
+                ApiKeyConfig::Digest(d) => (d.as_str(), None, false),
+                ApiKeyConfig::Entry(e) => (e.digest.as_str(), e.expires.as_deref(), e.revoked),
+            };
+            let digest = match digest.parse::<ApiKeyHash>() {
+                Ok(d) => d,
+                Err(e) => {
+                    issues.at(k, &kf, e.to_string());
+                    continue;
+                }
+            };
+            let not_after = match expires.map(|e| (e, parse_utc(e))) {
+                None => None,
+                Some((_, Some(t))) => Some(t),
+                Some((raw, None)) => {
+                    issues.at(
+                        k,
+                        format!("{kf}.expires"),
+                        format!(
+                            "`{raw}` is not a UTC date (2027-01-01) or time (2027-01-01T12:00:00Z)"
+                        ),
+                    );
+                    None
+                }
+            };
+            if let Some(other) = seen_keys.insert(digest, c.id.clone()) {
+                issues.at(k, &kf, format!("this key is already a key of `{other}`"));
+            }
+            keys.insert(
+                digest,
+                ApiKeyRecord {
+                    consumer: consumer.clone(),
+                    not_after,
+                    revoked,
+                },
+            );
+        }
+    }
+    let store = Arc::new(keys);
+    let mut providers = Providers::default();
+    providers
+        .by_name
+        .insert(String::from("api_key"), ApiKeyAuth::new(store.clone()));
+    for (name, spanned) in &config.auth_providers {
+        let field = format!("auth_providers.{name}");
+        match &spanned.value {
+            AuthProviderConfig::ApiKey(src) => {
+                let set = [
+                    src.header.is_some(),
+                    src.query.is_some(),
+                    src.cookie.is_some(),
+                ];
+                if set.iter().filter(|s| **s).count() != 1 {
+                    issues.at(
+                        spanned,
+                        format!("{field}.api_key"),
+                        "set exactly one of `header`, `query`, `cookie`",
+                    );
+                    continue;
+                }
+                let source = if let Some(h) = &src.header {
+                    match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                        Ok(h) => ApiKeySource::Header(h),
+                        Err(_) => {
+                            issues.at(
+                                spanned,
+                                format!("{field}.api_key.header"),
+                                format!("`{h}` is not a header name"),
+                            );
+                            continue;
+                        }
+                    }
+                } else if let Some(q) = &src.query {
+                    ApiKeySource::Query(q.clone())
+                } else {
+                    ApiKeySource::Cookie(src.cookie.clone().unwrap_or_default())
+                };
+                providers.by_name.insert(
+                    name.clone(),
+                    ApiKeyAuth::new(store.clone()).sources([source]),
+                );
+            }
+        }
+    }
+    providers
+}
+
+/// Compiles a route's `auth` block.
+pub(crate) fn compile_route_auth(
+    field: &str,
+    spanned: &Spanned<AuthConfig>,
+    providers: &Providers,
+    issues: &mut Issues,
+) -> Option<RequireAuthLayer> {
+    let a = &spanned.value;
+    let field = format!("{field}.auth");
+    let names: Vec<(&str, Option<&Spanned<String>>)> = if a.any_of.is_empty() {
+        vec![("api_key", None)]
+    } else {
+        a.any_of
+            .iter()
+            .map(|n| (n.value.as_str(), Some(n)))
+            .collect()
+    };
+    let mut layer: Option<RequireAuthLayer> = None;
+    for (j, (name, at)) in names.into_iter().enumerate() {
+        let Some(p) = providers.by_name.get(name) else {
+            let known: Vec<&str> = providers.by_name.keys().map(String::as_str).collect();
+            let msg = format!(
+                "unknown auth provider `{name}` (defined: {})",
+                known.join(", ")
+            );
+            match at {
+                Some(s) => issues.at(s, format!("{field}.any_of[{j}]"), msg),
+                None => issues.at(spanned, format!("{field}.any_of"), msg),
+            }
+            continue;
+        };
+        layer = Some(match layer {
+            None => RequireAuthLayer::new(p.clone()),
+            Some(l) => l.or(p.clone()),
+        });
+    }
+    Some(
+        layer?
+            .optional(a.optional)
+            .roles(a.roles.iter().map(String::as_str)),
+    )
+}
+
+/// Compiles a route's `ip_filter` block.
+pub(crate) fn compile_ip_filter(
+    field: &str,
+    spanned: &Spanned<IpFilterConfig>,
+    issues: &mut Issues,
+) -> IpFilterLayer {
+    let f = &spanned.value;
+    let mut parse = |list: &[Spanned<String>], key: &str| {
+        let mut nets = Vec::new();
+        for (j, e) in list.iter().enumerate() {
+            match TrustedProxies::parse_entry(&e.value) {
+                Ok(n) => nets.push(n),
+                Err(err) => issues.at(e, format!("{field}.ip_filter.{key}[{j}]"), err.to_string()),
+            }
+        }
+        nets
+    };
+    let allow = parse(&f.allow, "allow");
+    let deny = parse(&f.deny, "deny");
+    IpFilterLayer::new().allow(allow).deny(deny)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_and_times() {
+        let secs = |s: &str| {
+            parse_utc(s)
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(secs("1970-01-01"), 0);
+        assert_eq!(secs("2026-11-26T15:30:00Z"), 1_795_707_000);
+        assert_eq!(secs("2026-12-01"), 1_796_083_200);
+        for bad in [
+            "2026-13-01",
+            "2026-11-26T15:30:00",
+            "26-11-2026",
+            "2026-11-26T25:00:00Z",
+            "tomorrow",
+        ] {
+            assert!(parse_utc(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! API keys, roles and IP lists through the real gateway, and tiers made real by consumers.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use gateway_auth::ApiKeyHash;
+use gateway_test::{TestUpstream, raw_exchange};
+use support::{addr, start};
+
+/// `GET path` with extra header lines; returns (status, the whole response).
+async fn get_with(gw: SocketAddr, path: &str, headers: &str) -> (String, String) {
+    let res = raw_exchange(
+        gw,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    (res[9..12].to_owned(), res)
+}
+
+fn config(route_extra: &str, top_extra: &str) -> String {
+    format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\ntrusted_proxies: [127.0.0.1]\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: api\n    upstream: up\n{route_extra}tiers:\n  gold: {{ rate: 5/min }}\n  free: {{ rate: 2/min }}\ndefault_tier: free\nconsumers:\n  - id: acme\n    tier: gold\n    roles: [orders.read]\n    api_keys:\n      - \"{acme}\"\n      - {{ digest: \"{old}\", expires: 2020-01-01 }}\n      - {{ digest: \"{revoked}\", revoked: true }}\n  - id: bob\n    api_keys: [\"{bob}\"]\n{top_extra}",
+        acme = ApiKeyHash::of("acme-key"),
+        old = ApiKeyHash::of("acme-old"),
+        revoked = ApiKeyHash::of("acme-revoked"),
+        bob = ApiKeyHash::of("bob-key"),
+    )
+}
+
+#[tokio::test]
+async fn api_keys_authenticate_consumers_and_never_reach_the_upstream() {
+    let up = TestUpstream::echo().await;
+    let gw = start(&config("    auth: { any_of: [api_key] }\n", ""), up.addr());
+    let (status, _) = get_with(addr(&gw), "/", "x-api-key: acme-key\r\n").await;
+    assert_eq!(status, "200");
+    let seen = up.last_request();
+    assert!(
+        seen.headers.get("x-api-key").is_none(),
+        "the key is stripped"
+    );
+
+    let (status, missing) = get_with(addr(&gw), "/", "").await;
+    assert_eq!(status, "401");
+    assert!(
+        missing
+            .to_ascii_lowercase()
+            .contains("www-authenticate: apikey realm=\"gateway\""),
+        "{missing}"
+    );
+    // Unknown, expired and revoked keys look the same from outside.
+    let mut bodies = Vec::new();
+    for key in ["guess", "acme-old", "acme-revoked"] {
+        let (status, res) = get_with(addr(&gw), "/", &format!("x-api-key: {key}\r\n")).await;
+        assert_eq!(status, "401", "{key}");
+        assert!(!res.contains(key), "the key is never echoed");
+        bodies.push(res.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn consumers_get_their_tiers_limits() {
+    let up = TestUpstream::fixed("ok").await;
+    let gw = start(
+        &config(
+            "    auth: { optional: true }\n    rate_limit: { by: consumer }\n",
+            "",
+        ),
+        up.addr(),
+    );
+    let admitted = |key: &'static str| {
+        let gw = addr(&gw);
+        async move {
+            let mut n = 0;
+            for _ in 0..8 {
+                let header = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("x-api-key: {key}\r\n")
+                };
+                n += usize::from(get_with(gw, "/", &header).await.0 == "200");
+            }
+            n
+        }
+    };
+    assert_eq!(admitted("acme-key").await, 5, "gold: 5/min");
+    assert_eq!(
+        admitted("bob-key").await,
+        2,
+        "no tier: the default tier, free"
+    );
+    assert_eq!(admitted("").await, 2, "anonymous: free, per IP");
+}
+
+#[tokio::test]
+async fn keys_from_the_query_are_removed_and_roles_are_enforced() {
+    let up = TestUpstream::echo().await;
+    let gw = start(
+        &config(
+            "    auth: { any_of: [by_query], roles: [orders.read] }\n",
+            "auth_providers:\n  by_query: { api_key: { query: api_key } }\n",
+        ),
+        up.addr(),
+    );
+    let (status, _) = get_with(addr(&gw), "/orders?x=1&api_key=acme-key", "").await;
+    assert_eq!(status, "200");
+    assert_eq!(up.last_request().uri, "/orders?x=1");
+    // bob has no role.
+    let (status, res) = get_with(addr(&gw), "/orders?api_key=bob-key", "").await;
+    assert_eq!(status, "403", "{res}");
+    // A key in the header is not this route's provider: absent, so 401.
+    let (status, _) = get_with(addr(&gw), "/orders", "x-api-key: acme-key\r\n").await;
+    assert_eq!(status, "401");
+}
+
+#[tokio::test]
+async fn ip_lists_apply_to_the_resolved_client() {
+    let up = TestUpstream::fixed("ok").await;
+    let gw = start(
+        &config(
+            "    ip_filter: { allow: [198.51.100.0/24], deny: [198.51.100.66] }\n",
+            "",
+        ),
+        up.addr(),
+    );
+    let from = |ip: &'static str| {
+        get_with(
+            addr(&gw),
+            "/",
+            Box::leak(format!("x-forwarded-for: {ip}\r\n").into_boxed_str()),
+        )
+    };
+    assert_eq!(from("198.51.100.7").await.0, "200");
+    assert_eq!(from("198.51.100.66").await.0, "403");
+    assert_eq!(from("203.0.113.1").await.0, "403");
+}
+
+#[tokio::test]
+async fn invalid_auth_config_names_file_line_and_field() {
+    let bad = |route: &str, top: &str| {
+        let yaml = config(route, top).replace("{UPSTREAM}", "127.0.0.1:1");
+        match gateway::Config::parse(&yaml, "gw.yaml")
+            .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+        {
+            Ok(_) => panic!("accepted: {route} {top}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let expect = |route: &str, top: &str, field: &str, msg: &str| {
+        let e = bad(route, top);
+        assert!(e.contains(field) && e.contains(msg), "{route}{top}=> {e}");
+    };
+    expect(
+        "    auth: { any_of: [jwt] }\n",
+        "",
+        "routes[0].auth.any_of[0]",
+        "unknown auth provider `jwt`",
+    );
+    expect(
+        "",
+        "  - id: eve\n    api_keys: [\"plaintext-key\"]\n",
+        "consumers[2].api_keys[0]",
+        "never the key itself",
+    );
+    expect(
+        "",
+        "  - id: eve\n    tier: platinum\n",
+        "consumers[2].tier",
+        "unknown tier `platinum`",
+    );
+    expect(
+        "",
+        "  - id: acme\n",
+        "consumers[2].id",
+        "duplicate consumer `acme`",
+    );
+    expect(
+        "",
+        &format!(
+            "  - id: eve\n    api_keys: [\"{}\"]\n",
+            ApiKeyHash::of("bob-key")
+        ),
+        "consumers[2].api_keys[0]",
+        "already a key of `bob`",
+    );
+    expect(
+        "",
+        &format!(
+            "  - id: eve\n    api_keys: [ {{ digest: \"{}\", expires: soon }} ]\n",
+            ApiKeyHash::of("eve")
+        ),
+        "consumers[2].api_keys[0].expires",
+        "not a UTC date",
+    );
+    expect(
+        "    ip_filter: { deny: [not-an-ip] }\n",
+        "",
+        "routes[0].ip_filter.deny[0]",
+        "not-an-ip",
+    );
+    expect(
+        "",
+        "auth_providers:\n  two: { api_key: { header: a, query: b } }\n",
+        "auth_providers.two.api_key",
+        "exactly one",
+    );
+}
