@@ -317,7 +317,7 @@ fn take_query(parts: &mut Parts, param: &str, found: &mut Vec<String>) {
     }
 }
 
-fn take_cookie(parts: &mut Parts, name: &str, found: &mut Vec<String>) {
+pub(crate) fn take_cookie(parts: &mut Parts, name: &str, found: &mut Vec<String>) {
     let mut rewritten = Vec::new();
     let mut touched = false;
     for v in parts.headers.get_all(COOKIE) {
@@ -377,7 +377,7 @@ impl Authenticate for ApiKeyAuth {
         Credential::Valid(record.consumer.principal())
     }
 
-    fn challenge(&self) -> &'static str {
+    fn challenge(&self, _invalid: bool) -> &'static str {
         "ApiKey realm=\"gateway\""
     }
 }

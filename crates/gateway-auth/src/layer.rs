@@ -133,7 +133,7 @@ fn decide<ResBody: From<String>>(
     };
     if let Some(f) = failure {
         audit(f.reason(), f.provider());
-        return Err(unauthorized(cfg, "the credential is not valid"));
+        return Err(unauthorized(cfg, "the credential is not valid", true));
     }
     match valid {
         Some(principal) => {
@@ -150,19 +150,25 @@ fn decide<ResBody: From<String>>(
         None if cfg.optional && cfg.roles.is_empty() => Ok(()),
         None => {
             audit("no credential", "any");
-            Err(unauthorized(cfg, "authentication is required"))
+            Err(unauthorized(cfg, "authentication is required", false))
         }
     }
 }
 
-fn unauthorized<ResBody: From<String>>(cfg: &Config, detail: &str) -> Response<ResBody> {
+fn unauthorized<ResBody: From<String>>(
+    cfg: &Config,
+    detail: &str,
+    invalid: bool,
+) -> Response<ResBody> {
     let mut res: Response<ResBody> = Problem::new(StatusCode::UNAUTHORIZED)
         .detail(detail)
         .reason(RejectReason::Unauthenticated, ResponseFlags::empty())
         .into_response();
     for p in &cfg.providers {
-        res.headers_mut()
-            .append(WWW_AUTHENTICATE, HeaderValue::from_static(p.challenge()));
+        res.headers_mut().append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(p.challenge(invalid)),
+        );
     }
     res
 }

@@ -13,8 +13,11 @@
 //!   for other key stores.
 //! - [`IpFilterLayer`]: allow and deny lists of networks over the resolved client IP.
 //!
-//! JWT/JWKS/OIDC, mTLS identities, attribute rules and external authorization are planned
-//! providers of the same [`Authenticate`] trait.
+//! - With the `jwt` feature, `JwtAuth`: bearer JWTs verified against an inline JWK set or an
+//!   HMAC secret, with an algorithm allowlist and the checks of RFC 8725.
+//!
+//! Fetching JWK sets (JWKS/OIDC discovery), mTLS identities, attribute rules and external
+//! authorization are planned providers of the same [`Authenticate`] trait.
 //!
 //! # Example
 //!
@@ -59,6 +62,8 @@
 
 mod apikey;
 pub mod ip;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 mod layer;
 
 pub use apikey::{
@@ -66,10 +71,22 @@ pub use apikey::{
     ParseApiKeyHashError, StaticApiKeys,
 };
 pub use ip::{IpFilter, IpFilterLayer};
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtAuth, JwtAuthBuilder, JwtConfigError};
 pub use layer::{RequireAuth, RequireAuthLayer, ResponseFuture};
 
 use gateway_core::Principal;
 use http::request::Parts;
+
+impl<A: Authenticate + ?Sized> Authenticate for std::sync::Arc<A> {
+    fn authenticate(&self, parts: &mut Parts) -> Credential {
+        (**self).authenticate(parts)
+    }
+
+    fn challenge(&self, invalid: bool) -> &'static str {
+        (**self).challenge(invalid)
+    }
+}
 
 /// What a provider found in a request.
 #[derive(Debug)]
@@ -113,6 +130,7 @@ pub trait Authenticate: Send + Sync + 'static {
     /// Examines (and strips) this provider's credential.
     fn authenticate(&self, parts: &mut Parts) -> Credential;
 
-    /// The `WWW-Authenticate` challenge for a `401` (e.g. `Bearer realm="api"`).
-    fn challenge(&self) -> &'static str;
+    /// The `WWW-Authenticate` challenge for a `401` (e.g. `Bearer realm="api"`); `invalid` when
+    /// a credential was presented and refused (RFC 6750 then adds `error="invalid_token"`).
+    fn challenge(&self, invalid: bool) -> &'static str;
 }

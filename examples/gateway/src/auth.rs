@@ -8,8 +8,8 @@ use std::{
 };
 
 use gateway_auth::{
-    ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Consumer, IpFilterLayer, RequireAuthLayer,
-    StaticApiKeys,
+    ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Authenticate, Consumer, IpFilterLayer,
+    JwtAuth, RequireAuthLayer, StaticApiKeys,
 };
 use gateway_core::TrustedProxies;
 use http::HeaderName;
@@ -18,9 +18,15 @@ use serde_saphyr::Spanned;
 use crate::config::{ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, IpFilterConfig, Issues};
 
 /// The providers routes can name, built once and shared by every route.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Providers {
-    by_name: BTreeMap<String, ApiKeyAuth>,
+    by_name: BTreeMap<String, Arc<dyn Authenticate>>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_name.keys()).finish()
+    }
 }
 
 /// Parses `2027-01-01` or `2027-01-01T12:30:00Z` (UTC).
@@ -143,9 +149,10 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
     }
     let store = Arc::new(keys);
     let mut providers = Providers::default();
-    providers
-        .by_name
-        .insert(String::from("api_key"), ApiKeyAuth::new(store.clone()));
+    providers.by_name.insert(
+        String::from("api_key"),
+        Arc::new(ApiKeyAuth::new(store.clone())),
+    );
     for (name, spanned) in &config.auth_providers {
         let field = format!("auth_providers.{name}");
         match &spanned.value {
@@ -182,12 +189,86 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
                 };
                 providers.by_name.insert(
                     name.clone(),
-                    ApiKeyAuth::new(store.clone()).sources([source]),
+                    Arc::new(ApiKeyAuth::new(store.clone()).sources([source])),
                 );
+            }
+            AuthProviderConfig::Jwt(j) => {
+                if let Some(jwt) = compile_jwt(&field, spanned, j, issues) {
+                    providers.by_name.insert(name.clone(), Arc::new(jwt));
+                }
             }
         }
     }
     providers
+}
+
+fn compile_jwt(
+    field: &str,
+    spanned: &Spanned<AuthProviderConfig>,
+    j: &crate::config::JwtConfig,
+    issues: &mut Issues,
+) -> Option<JwtAuth> {
+    let field = format!("{field}.jwt");
+    // Production tokens are checked for who issued them and for whom: both are required here.
+    if j.issuers.is_empty() {
+        issues.at(
+            spanned,
+            format!("{field}.issuers"),
+            "at least one issuer is required",
+        );
+    }
+    if j.audiences.is_empty() {
+        issues.at(
+            spanned,
+            format!("{field}.audiences"),
+            "at least one audience is required",
+        );
+    }
+    let mut b = JwtAuth::builder().algorithms(j.algorithms.iter().map(String::as_str));
+    if let Some(jwks) = &j.jwks {
+        b = b.jwks_json(&jwks.to_string());
+    }
+    if let Some(var) = &j.secret_env {
+        match std::env::var(var) {
+            Ok(secret) => b = b.hmac_secret(None, secret.as_bytes()),
+            Err(_) => {
+                issues.at(
+                    spanned,
+                    format!("{field}.secret_env"),
+                    format!("the environment variable `{var}` is not set"),
+                );
+                return None;
+            }
+        }
+    }
+    for i in &j.issuers {
+        b = b.issuer(i.as_str());
+    }
+    for a in &j.audiences {
+        b = b.audience(a.as_str());
+    }
+    if let Some(l) = j.leeway {
+        b = b.leeway(l.0);
+    }
+    if let Some(r) = &j.roles_claim {
+        b = b.roles_claim(r);
+    }
+    if let Some(t) = &j.tier_claim {
+        b = b.tier_claim(t.as_str());
+    }
+    if let Some(c) = &j.consumer_claim {
+        b = b.consumer_claim(c.as_str());
+    }
+    if let Some(c) = &j.cookie {
+        b = b.cookie(c.as_str());
+    }
+    match b.build() {
+        Ok(jwt) => Some(jwt),
+        Err(e) => {
+            issues.at(spanned, &field, e.to_string());
+            None
+        }
+    }
 }
 
 /// Compiles a route's `auth` block.

@@ -116,6 +116,43 @@ pub struct ApiKeyEntry {
 pub enum AuthProviderConfig {
     /// API keys of the `consumers`, read from one place.
     ApiKey(ApiKeySourceConfig),
+    /// JSON Web Tokens in `Authorization: Bearer` (or a cookie).
+    Jwt(JwtConfig),
+}
+
+/// A JWT provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The accepted issuers (`iss`); at least one.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// The accepted audiences (`aud`); at least one.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The allowed algorithms (`RS256`, `ES256`, `EdDSA`, `HS256`, ...).
+    pub algorithms: Vec<String>,
+    /// Public keys as an inline JWK set (`{ keys: [ { kty, kid, ... } ] }`).
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// The environment variable holding an HMAC secret (never the secret itself in the file).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf` (default 60s).
+    #[serde(default)]
+    pub leeway: Option<HumanDuration>,
+    /// Dot path of the roles claim (`roles`, `realm_access.roles`).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Claim holding the caller's tier.
+    #[serde(default)]
+    pub tier_claim: Option<String>,
+    /// Claim naming the consumer (`client_id`, `azp`).
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+    /// Also read the token from this cookie.
+    #[serde(default)]
+    pub cookie: Option<String>,
 }
 
 /// Where an API key provider reads keys: exactly one of `header`, `query`, `cookie`.

@@ -207,3 +207,116 @@ async fn invalid_auth_config_names_file_line_and_field() {
         "exactly one",
     );
 }
+
+/// An ES256 key pair: the signing key and the public JWK (kid `k1`).
+fn es256() -> (jsonwebtoken::EncodingKey, String) {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair},
+    };
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let p = pair.public_key().as_ref();
+    let jwk = format!(
+        "{{ kty: EC, crv: P-256, kid: k1, x: \"{}\", y: \"{}\" }}",
+        B64.encode(&p[1..33]),
+        B64.encode(&p[33..65])
+    );
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+fn jwt(key: &jsonwebtoken::EncodingKey, claims: &serde_json::Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some("k1".into());
+    jsonwebtoken::encode(&h, claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_bearer_tokens_authenticate_and_are_not_forwarded() {
+    let up = TestUpstream::echo().await;
+    let (key, jwk) = es256();
+    let providers = format!(
+        "auth_providers:\n  corp_jwt:\n    jwt:\n      issuers: [https://idp.example]\n      audiences: [api]\n      algorithms: [ES256]\n      roles_claim: roles\n      jwks: {{ keys: [ {jwk} ] }}\n"
+    );
+    let gw = start(
+        &config(
+            "    auth: { any_of: [corp_jwt, api_key], roles: [orders.read] }\n",
+            &providers,
+        ),
+        up.addr(),
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let good = jwt(
+        &key,
+        &serde_json::json!({ "sub": "u1", "iss": "https://idp.example", "aud": "api", "exp": exp, "roles": ["orders.read"] }),
+    );
+    let (status, _) = get_with(addr(&gw), "/", &format!("authorization: Bearer {good}\r\n")).await;
+    assert_eq!(status, "200");
+    assert!(
+        up.last_request().headers.get("authorization").is_none(),
+        "the token is stripped"
+    );
+
+    let wrong_aud = jwt(
+        &key,
+        &serde_json::json!({ "sub": "u1", "iss": "https://idp.example", "aud": "other", "exp": exp, "roles": ["orders.read"] }),
+    );
+    let (status, res) = get_with(
+        addr(&gw),
+        "/",
+        &format!("authorization: Bearer {wrong_aud}\r\n"),
+    )
+    .await;
+    assert_eq!(status, "401");
+    assert!(
+        res.contains("Bearer realm=\"gateway\", error=\"invalid_token\""),
+        "{res}"
+    );
+    // A valid API key does not rescue an invalid token sent beside it.
+    let (status, _) = get_with(
+        addr(&gw),
+        "/",
+        &format!("authorization: Bearer {wrong_aud}\r\nx-api-key: acme-key\r\n"),
+    )
+    .await;
+    assert_eq!(status, "401");
+    // Roles come from the token: without `orders.read`, 403.
+    let no_role = jwt(
+        &key,
+        &serde_json::json!({ "sub": "u2", "iss": "https://idp.example", "aud": "api", "exp": exp, "roles": "orders.read" }),
+    );
+    let (status, _) = get_with(
+        addr(&gw),
+        "/",
+        &format!("authorization: Bearer {no_role}\r\n"),
+    )
+    .await;
+    assert_eq!(status, "403", "a string is not a list of roles");
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_jwt_config_is_refused() {
+    let yaml = config(
+        "    auth: { any_of: [corp_jwt] }\n",
+        "auth_providers:\n  corp_jwt:\n    jwt: { algorithms: [HS256], secret_env: GATEWAY_TEST_UNSET_SECRET }\n",
+    )
+    .replace("{UPSTREAM}", "127.0.0.1:1");
+    let e = gateway::Config::parse(&yaml, "gw.yaml")
+        .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("auth_providers.corp_jwt.jwt.issuers") && e.contains("at least one issuer"),
+        "{e}"
+    );
+    assert!(e.contains("auth_providers.corp_jwt.jwt.audiences"), "{e}");
+    assert!(e.contains("`GATEWAY_TEST_UNSET_SECRET` is not set"), "{e}");
+}

@@ -1,0 +1,459 @@
+//! JSON Web Tokens (RFC 7519) as bearer credentials, with the checks of RFC 8725.
+//!
+//! - Algorithms come from a per-provider allowlist; a token's `alg` must be on it *and* match the
+//!   family of the key that verifies it (an HMAC token is never checked against a public key, so
+//!   key confusion is impossible); `none` does not exist here.
+//! - `exp` is required, `nbf` checked, `iss` and `aud` (string or array) checked when configured,
+//!   with a leeway; `sub` is required (it becomes the principal's subject).
+//! - A token with a `crit` header is refused (no extension is understood); `jku`, `x5u`, `jwk`
+//!   and `x5c` headers are ignored: keys come only from the provider's configuration, chosen by
+//!   `kid`.
+//! - Tokens longer than `max_token_bytes` (8 KiB) are refused before parsing. Two
+//!   `Authorization` headers are refused.
+//! - Scopes come from `scope` (space-separated string) or `scp` (array of strings); roles from a
+//!   configured claim path (array of strings). Wrong types are not coerced: a malformed `scope`
+//!   refuses the token, a roles claim that is not an array of strings grants no role.
+
+use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+
+use gateway_core::{AuthMethod, Principal};
+use http::{HeaderValue, header::AUTHORIZATION, request::Parts};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{Jwk, JwkSet},
+};
+use serde_json::Value;
+
+use crate::{AuthFailure, Authenticate, Credential};
+
+struct Key {
+    kid: Option<String>,
+    /// The JWK's own `alg`, when it names one.
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Why a JWT provider could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfigError(String);
+
+impl fmt::Display for JwtConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JwtConfigError {}
+
+/// Builder of a [`JwtAuth`].
+#[derive(Default)]
+pub struct JwtAuthBuilder {
+    keys: Vec<Key>,
+    algorithms: Vec<Algorithm>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    max_token_bytes: usize,
+    roles_claim: Option<Vec<String>>,
+    tier_claim: Option<String>,
+    consumer_claim: Option<String>,
+    cookie: Option<String>,
+    errors: Vec<String>,
+}
+
+impl fmt::Debug for JwtAuthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthBuilder")
+            .field("keys", &self.keys.len())
+            .field("algorithms", &self.algorithms)
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtAuthBuilder {
+    /// Accepts tokens signed with these algorithms (`RS256`, `ES256`, `EdDSA`, `HS256`, ...).
+    pub fn algorithms<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
+        for n in names {
+            match Algorithm::from_str(n.as_ref()) {
+                Ok(a) => self.algorithms.push(a),
+                Err(_) => self
+                    .errors
+                    .push(format!("unknown algorithm `{}`", n.as_ref())),
+            }
+        }
+        self
+    }
+
+    /// Adds the public keys of a JWK set (the JSON of a `jwks_uri` document).
+    pub fn jwks_json(mut self, json: &str) -> Self {
+        match serde_json::from_str::<JwkSet>(json) {
+            Ok(set) => {
+                for jwk in &set.keys {
+                    self.add_jwk(jwk);
+                }
+            }
+            Err(e) => self.errors.push(format!("invalid JWK set: {e}")),
+        }
+        self
+    }
+
+    fn add_jwk(&mut self, jwk: &Jwk) {
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                let alg = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| Algorithm::from_str(&a.to_string()).ok());
+                self.keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                });
+            }
+            Err(e) => self.errors.push(format!(
+                "unusable JWK{}: {e}",
+                jwk.common
+                    .key_id
+                    .as_deref()
+                    .map(|k| format!(" `{k}`"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    /// Adds a shared HMAC secret (at least 32 bytes), optionally under a `kid`.
+    pub fn hmac_secret(mut self, kid: Option<&str>, secret: &[u8]) -> Self {
+        if secret.len() < 32 {
+            self.errors
+                .push(String::from("an HMAC secret needs at least 32 bytes"));
+        }
+        self.keys.push(Key {
+            kid: kid.map(str::to_owned),
+            alg: None,
+            key: DecodingKey::from_secret(secret),
+        });
+        self
+    }
+
+    /// Accepts tokens from this issuer (`iss`), in addition to any already added. With none,
+    /// `iss` is not checked.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.push(issuer.into());
+        self
+    }
+
+    /// Accepts tokens for this audience (`aud`). With none, `aud` is not checked.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
+    /// Clock skew allowed on `exp` and `nbf` (default 60 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Longest token accepted (default 8 KiB).
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+
+    /// The claim holding roles, as a dot path (`roles`, `realm_access.roles`).
+    pub fn roles_claim(mut self, path: &str) -> Self {
+        self.roles_claim = Some(path.split('.').map(str::to_owned).collect());
+        self
+    }
+
+    /// The claim holding the caller's tier (a string).
+    pub fn tier_claim(mut self, claim: impl Into<String>) -> Self {
+        self.tier_claim = Some(claim.into());
+        self
+    }
+
+    /// The claim naming the consumer (a string; e.g. `client_id` or `azp`).
+    pub fn consumer_claim(mut self, claim: impl Into<String>) -> Self {
+        self.consumer_claim = Some(claim.into());
+        self
+    }
+
+    /// Also reads the token from this cookie (the `Authorization: Bearer` header always works).
+    pub fn cookie(mut self, name: impl Into<String>) -> Self {
+        self.cookie = Some(name.into());
+        self
+    }
+
+    /// Builds the provider, or says what is wrong: unknown algorithms, unusable keys, no key, no
+    /// algorithm, or an algorithm no configured key can verify.
+    pub fn build(self) -> Result<JwtAuth, JwtConfigError> {
+        let mut errors = self.errors;
+        if self.keys.is_empty() {
+            errors.push(String::from("no verification key"));
+        }
+        if self.algorithms.is_empty() {
+            errors.push(String::from("no algorithm allowed"));
+        }
+        for a in &self.algorithms {
+            if !self.keys.iter().any(|k| k.key.family() == a.family()) {
+                errors.push(format!("no configured key can verify `{a:?}`"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(JwtConfigError(errors.join("; ")));
+        }
+        Ok(JwtAuth(Arc::new(Inner {
+            keys: self.keys,
+            algorithms: self.algorithms,
+            issuers: self.issuers,
+            audiences: self.audiences,
+            leeway: self.leeway,
+            max_token_bytes: self.max_token_bytes,
+            roles_claim: self.roles_claim,
+            tier_claim: self.tier_claim,
+            consumer_claim: self.consumer_claim,
+            cookie: self.cookie,
+        })))
+    }
+}
+
+struct Inner {
+    keys: Vec<Key>,
+    algorithms: Vec<Algorithm>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    max_token_bytes: usize,
+    roles_claim: Option<Vec<String>>,
+    tier_claim: Option<String>,
+    consumer_claim: Option<String>,
+    cookie: Option<String>,
+}
+
+/// Authenticates requests by JWT bearer token; see the [module docs](self).
+///
+/// ```
+/// use gateway_auth::{Authenticate, Credential, JwtAuth};
+///
+/// let auth = JwtAuth::builder()
+///     .algorithms(["HS256"])
+///     .hmac_secret(None, b"an example secret of at least 32 bytes")
+///     .issuer("https://idp.example")
+///     .audience("api")
+///     .build()
+///     .unwrap();
+/// let (mut parts, ()) = http::Request::builder()
+///     .header("authorization", "Bearer not-a-token")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert!(matches!(auth.authenticate(&mut parts), Credential::Invalid(_)));
+/// assert!(parts.headers.get("authorization").is_none(), "the token is never forwarded");
+/// ```
+#[derive(Clone)]
+pub struct JwtAuth(Arc<Inner>);
+
+impl fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("keys", &self.0.keys.len())
+            .field("algorithms", &self.0.algorithms)
+            .field("issuers", &self.0.issuers)
+            .field("audiences", &self.0.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(reason: &'static str) -> Credential {
+    Credential::Invalid(AuthFailure::new("jwt", reason))
+}
+
+impl JwtAuth {
+    /// A builder (60 s leeway, 8 KiB tokens).
+    pub fn builder() -> JwtAuthBuilder {
+        JwtAuthBuilder {
+            leeway: Duration::from_secs(60),
+            max_token_bytes: 8 * 1024,
+            ..JwtAuthBuilder::default()
+        }
+    }
+
+    /// Takes the bearer tokens out of the request: `Authorization: Bearer` headers and the
+    /// configured cookie. Other `Authorization` schemes are left alone.
+    fn take_tokens(&self, parts: &mut Parts) -> Vec<String> {
+        let mut found = Vec::new();
+        let bearer = |v: &HeaderValue| {
+            let s = v.to_str().ok()?;
+            let (scheme, token) = s.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        };
+        let all: Vec<HeaderValue> = parts
+            .headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .cloned()
+            .collect();
+        if all.iter().any(|v| bearer(v).is_some()) {
+            if all.len() > 1 {
+                // Two Authorization headers: ambiguous, whatever they say.
+                found.push(String::new());
+                found.push(String::new());
+            } else if let Some(t) = bearer(&all[0]) {
+                found.push(t);
+            }
+            parts.headers.remove(AUTHORIZATION);
+        }
+        if let Some(name) = &self.0.cookie {
+            crate::apikey::take_cookie(parts, name, &mut found);
+        }
+        found
+    }
+
+    fn verify(&self, token: &str) -> Credential {
+        let inner = &*self.0;
+        if token.is_empty() || token.len() > inner.max_token_bytes {
+            return invalid("malformed or oversized token");
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return invalid("malformed token header");
+        };
+        if header.crit.is_some() {
+            return invalid("token has a crit header");
+        }
+        if !inner.algorithms.contains(&header.alg) {
+            return invalid("algorithm not allowed");
+        }
+        let candidates: Vec<&Key> = inner
+            .keys
+            .iter()
+            .filter(|k| k.key.family() == header.alg.family())
+            .filter(|k| k.alg.is_none_or(|a| a == header.alg))
+            .filter(|k| match &header.kid {
+                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
+                None => true,
+            })
+            .take(8)
+            .collect();
+        if candidates.is_empty() {
+            return invalid("no key for this token");
+        }
+        let mut v = Validation::new(header.alg);
+        v.leeway = inner.leeway.as_secs();
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if !inner.issuers.is_empty() {
+            v.set_issuer(&inner.issuers);
+            required.push("iss");
+        }
+        if inner.audiences.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&inner.audiences);
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
+        let mut last = "bad signature";
+        for k in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &v) {
+                Ok(data) => return self.principal(&data.claims),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    last = match e.kind() {
+                        K::InvalidSignature => "bad signature",
+                        K::ExpiredSignature => "expired token",
+                        K::ImmatureSignature => "token not yet valid",
+                        K::InvalidIssuer => "wrong issuer",
+                        K::InvalidAudience => "wrong audience",
+                        K::MissingRequiredClaim(_) => "missing required claim",
+                        K::InvalidClaimFormat(_) => "malformed claim",
+                        K::InvalidAlgorithm => "algorithm not allowed",
+                        _ => "invalid token",
+                    };
+                    if last != "bad signature" {
+                        // The signature verified; the claims are what is wrong.
+                        break;
+                    }
+                }
+            }
+        }
+        invalid(last)
+    }
+
+    fn principal(&self, claims: &serde_json::Map<String, Value>) -> Credential {
+        let inner = &*self.0;
+        let Some(sub) = claims.get("sub").and_then(Value::as_str) else {
+            return invalid("malformed claim");
+        };
+        let mut scopes: Vec<&str> = Vec::new();
+        match claims.get("scope") {
+            None => {}
+            Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
+            Some(_) => return invalid("malformed claim"),
+        }
+        match claims.get("scp") {
+            None => {}
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                scopes.extend(a.iter().filter_map(Value::as_str));
+            }
+            Some(_) => return invalid("malformed claim"),
+        }
+        let roles: Vec<&str> = inner
+            .roles_claim
+            .as_ref()
+            .and_then(|path| {
+                let mut v = claims.get(path.first()?)?;
+                for seg in &path[1..] {
+                    v = v.get(seg)?;
+                }
+                // Exactly an array of strings; anything else grants no role.
+                let a = v.as_array()?;
+                a.iter().map(Value::as_str).collect::<Option<Vec<&str>>>()
+            })
+            .unwrap_or_default();
+        let mut p = Principal::new(sub, AuthMethod::Jwt)
+            .with_scopes(scopes)
+            .with_roles(roles);
+        if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
+            p = p.with_attribute("iss", iss);
+        }
+        if let Some(t) = inner
+            .tier_claim
+            .as_ref()
+            .and_then(|c| claims.get(c)?.as_str())
+        {
+            p = p.with_tier(t);
+        }
+        if let Some(c) = inner
+            .consumer_claim
+            .as_ref()
+            .and_then(|c| claims.get(c)?.as_str())
+        {
+            p = p.with_consumer(c);
+        }
+        Credential::Valid(p)
+    }
+}
+
+impl Authenticate for JwtAuth {
+    fn authenticate(&self, parts: &mut Parts) -> Credential {
+        let mut tokens = self.take_tokens(parts);
+        match tokens.len() {
+            0 => Credential::Absent,
+            1 => self.verify(&tokens.pop().unwrap_or_default()),
+            _ => invalid("several tokens in one request"),
+        }
+    }
+
+    fn challenge(&self, invalid: bool) -> &'static str {
+        // RFC 6750 §3.1: no error code when no token was sent.
+        if invalid {
+            "Bearer realm=\"gateway\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"gateway\""
+        }
+    }
+}
