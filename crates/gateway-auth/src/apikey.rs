@@ -82,7 +82,7 @@ impl std::str::FromStr for ApiKeyHash {
             .trim()
             .strip_prefix("sha256:")
             .ok_or(ParseApiKeyHashError)?;
-        if hex.len() != 64 || !hex.is_ascii() {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ParseApiKeyHashError);
         }
         let mut out = [0u8; 32];
@@ -267,7 +267,8 @@ impl ApiKeyAuth {
             match source {
                 ApiKeySource::Header(name) => {
                     for v in parts.headers.get_all(name) {
-                        found.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                        // Not UTF-8: an empty (malformed) credential, never a lossy lookalike.
+                        found.push(v.to_str().map(str::to_owned).unwrap_or_default());
                     }
                     parts.headers.remove(name);
                 }
@@ -287,11 +288,9 @@ fn take_query(parts: &mut Parts, param: &str, found: &mut Vec<String>) {
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if percent_encoding::percent_decode_str(name).decode_utf8_lossy() == param {
-            found.push(
-                percent_encoding::percent_decode_str(value)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            );
+            // `+` is not decoded (keys are not form data); not UTF-8: malformed.
+            let value = percent_encoding::percent_decode_str(value).decode_utf8();
+            found.push(value.map(|v| v.into_owned()).unwrap_or_default());
         } else {
             kept.push(pair);
         }
@@ -312,31 +311,44 @@ fn take_query(parts: &mut Parts, param: &str, found: &mut Vec<String>) {
     if let Some(a) = parts.uri.authority() {
         uri = uri.authority(a.clone());
     }
-    if let Ok(new) = uri.path_and_query(pq).build() {
-        parts.uri = new;
+    match uri.path_and_query(pq).build() {
+        Ok(new) => parts.uri = new,
+        // The key could not be removed from the target: refuse rather than forward it.
+        Err(_) => found.push(String::new()),
     }
 }
 
+/// Takes every cookie called `name` out of the `Cookie` headers (several headers, any bytes).
+/// Names and values are trimmed and one pair of surrounding quotes is removed; a value that is not
+/// UTF-8 is taken as an empty (malformed) credential, so it refuses rather than passes.
 pub(crate) fn take_cookie(parts: &mut Parts, name: &str, found: &mut Vec<String>) {
     let mut rewritten = Vec::new();
     let mut touched = false;
     for v in parts.headers.get_all(COOKIE) {
-        let Ok(s) = v.to_str() else {
-            rewritten.push(v.clone());
-            continue;
-        };
-        let mut kept: Vec<&str> = Vec::new();
-        for c in s.split(';') {
-            match c.trim().split_once('=') {
-                Some((n, value)) if n == name => {
-                    found.push(value.trim_matches('"').to_owned());
-                    touched = true;
-                }
-                _ => kept.push(c.trim()),
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for c in v.as_bytes().split(|&b| b == b';') {
+            let c = c.trim_ascii();
+            let (n, value) = match c.iter().position(|&b| b == b'=') {
+                Some(i) => (c[..i].trim_ascii(), c[i + 1..].trim_ascii()),
+                None => (c, &[][..]),
+            };
+            if n == name.as_bytes() {
+                let value = match value {
+                    [b'"', inner @ .., b'"'] => inner,
+                    other => other,
+                };
+                found.push(
+                    std::str::from_utf8(value)
+                        .map(str::to_owned)
+                        .unwrap_or_default(),
+                );
+                touched = true;
+            } else if !c.is_empty() {
+                kept.push(c);
             }
         }
         if !kept.is_empty()
-            && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+            && let Ok(v) = http::HeaderValue::from_bytes(&kept.join(&b"; "[..]))
         {
             rewritten.push(v);
         }
@@ -430,6 +442,7 @@ mod tests {
         for bad in [
             "sha256:",
             "sha256:zz",
+            "sha256:+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f+f",
             "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",
             "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25",
         ] {
@@ -459,6 +472,26 @@ mod tests {
         let mut p = parts("/x", &[("cookie", "a=1; key=k-new; b=2")]);
         assert!(matches!(auth().authenticate(&mut p), Credential::Valid(_)));
         assert_eq!(p.headers["cookie"], "a=1; b=2");
+        // Spaces around the name, quotes, other Cookie headers with non-ASCII bytes.
+        let mut b = http::Request::builder().uri("/x");
+        b = b.header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"n=Jos\xc3\xa9").unwrap(),
+        );
+        b = b.header("cookie", "key = \"k-new\" ; c=3");
+        let mut p = b.body(()).unwrap().into_parts().0;
+        assert!(matches!(auth().authenticate(&mut p), Credential::Valid(_)));
+        let rest: Vec<&[u8]> = p
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(rest, [&b"n=Jos\xc3\xa9"[..], &b"c=3"[..]]);
+        // A cookie header holding only the key disappears.
+        let mut p = parts("/x", &[("cookie", "key=k-new")]);
+        assert!(matches!(auth().authenticate(&mut p), Credential::Valid(_)));
+        assert!(p.headers.get("cookie").is_none());
     }
 
     #[test]
@@ -486,6 +519,10 @@ mod tests {
             }
             assert!(
                 p.headers.get("x-api-key").is_none(),
+                "stripped even when invalid"
+            );
+            assert!(
+                !p.uri.to_string().contains("api_key"),
                 "stripped even when invalid"
             );
         }

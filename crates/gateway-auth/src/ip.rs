@@ -30,6 +30,9 @@
 //! assert_eq!(svc.ready().await.unwrap().call(from("10.66.0.1")).await.unwrap().status(), 403);
 //! assert_eq!(svc.ready().await.unwrap().call(from("192.0.2.1")).await.unwrap().status(), 403);
 //! assert_eq!(svc.ready().await.unwrap().call(from("::ffff:10.1.2.3")).await.unwrap().status(), 200);
+//! // Lists written in IPv4-mapped form mean the same IPv4 networks.
+//! let mapped = IpFilterLayer::new().deny(["::ffff:192.0.2.0/120".parse().unwrap()]);
+//! assert!(!mapped.permits("192.0.2.9".parse().unwrap()));
 //! # }
 //! ```
 
@@ -68,13 +71,17 @@ impl IpFilterLayer {
 
     /// Only addresses in these networks are allowed (added to any already allowed).
     pub fn allow(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        Arc::make_mut(&mut self.lists).allow.extend(nets);
+        Arc::make_mut(&mut self.lists)
+            .allow
+            .extend(nets.into_iter().map(canonical));
         self
     }
 
     /// Addresses in these networks are refused, even when also allowed.
     pub fn deny(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        Arc::make_mut(&mut self.lists).deny.extend(nets);
+        Arc::make_mut(&mut self.lists)
+            .deny
+            .extend(nets.into_iter().map(canonical));
         self
     }
 
@@ -108,6 +115,18 @@ impl IpFilterLayer {
         let l = &self.lists;
         !l.deny.iter().any(|n| n.contains(&ip))
             && (l.allow.is_empty() || l.allow.iter().any(|n| n.contains(&ip)))
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:198.51.100.0/120`) as the IPv4 network it is, since
+/// client addresses are compared in their IPv4 form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
     }
 }
 

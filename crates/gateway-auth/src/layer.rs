@@ -111,11 +111,13 @@ fn decide<ResBody: From<String>>(
 ) -> Result<(), Response<ResBody>> {
     let mut valid: Option<Principal> = None;
     let mut failure: Option<AuthFailure> = None;
+    let mut valid_count = 0;
     // Every provider runs, so every credential is stripped and none is ignored.
     for p in &cfg.providers {
         match p.authenticate(parts) {
             Credential::Absent => {}
             Credential::Valid(principal) => {
+                valid_count += 1;
                 valid.get_or_insert(principal);
             }
             Credential::Invalid(f) => {
@@ -131,6 +133,14 @@ fn decide<ResBody: From<String>>(
             .map(|r| r.as_str().to_owned());
         tracing::info!(target: "gateway_auth::audit", reason, provider, client_ip = ?ip, route = ?route, "authentication failed");
     };
+    if valid_count > 1 && failure.is_none() {
+        // Two credentials (say a key in a link's query and another in the browser's cookie):
+        // never pick one by order.
+        failure = Some(AuthFailure::new(
+            "any",
+            "several credentials in one request",
+        ));
+    }
     if let Some(f) = failure {
         audit(f.reason(), f.provider());
         return Err(unauthorized(cfg, "the credential is not valid", true));

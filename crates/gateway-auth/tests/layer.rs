@@ -98,6 +98,23 @@ async fn any_valid_provider_authenticates_but_an_invalid_credential_always_refus
     .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(res.headers().get_all("www-authenticate").iter().count(), 2);
+    let res = call(
+        &mut svc,
+        &[("x-other-key", "nope"), ("x-api-key", "acme-key")],
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "the other order too"
+    );
+    // Two valid credentials (a key in a link, another in the browser): refused, not picked.
+    let res = call(
+        &mut svc,
+        &[("x-api-key", "acme-key"), ("x-other-key", "bob-key")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

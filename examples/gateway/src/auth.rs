@@ -29,46 +29,96 @@ impl std::fmt::Debug for Providers {
     }
 }
 
-/// Parses `2027-01-01` or `2027-01-01T12:30:00Z` (UTC).
+/// Parses `2027-01-01` or `2027-01-01T12:30:00Z` (UTC), strictly: four-two-two digit fields,
+/// a real day of that month.
 fn parse_utc(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     let (date, time) = match s.split_once('T') {
         Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
         None => (s, None),
     };
-    let mut d = date.splitn(3, '-');
-    let (y, m, day): (i64, u32, u32) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
+    let digits = |f: &str, n: usize| {
+        (f.len() == n && f.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| f.parse::<u64>().ok())
+            .flatten()
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (
+        digits(d.next()?, 4)?,
+        digits(d.next()?, 2)?,
+        digits(d.next()?, 2)?,
     );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || !(1970..=9999).contains(&y) {
+    if d.next().is_some() || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if day == 0 || day > month_days[usize::try_from(m - 1).ok()?] {
         return None;
     }
     let secs_of_day = match time {
         None => 0,
         Some(t) => {
-            let mut p = t.splitn(3, ':');
-            let (h, mi, se): (u64, u64, u64) = (
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
+            let mut p = t.split(':');
+            let (h, mi, se) = (
+                digits(p.next()?, 2)?,
+                digits(p.next()?, 2)?,
+                digits(p.next()?, 2)?,
             );
-            if h > 23 || mi > 59 || se > 59 {
+            if p.next().is_some() || h > 23 || mi > 59 || se > 59 {
                 return None;
             }
             h * 3600 + mi * 60 + se
         }
     };
     // Days from the civil date (proleptic Gregorian).
+    let (y, m, day) = (
+        i64::try_from(y).ok()?,
+        i64::try_from(m).ok()?,
+        i64::try_from(day).ok()?,
+    );
     let yy = if m <= 2 { y - 1 } else { y };
     let era = yy.div_euclid(400);
     let yoe = yy.rem_euclid(400);
-    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     let secs = u64::try_from(days).ok()? * 86_400 + secs_of_day;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Header names an API key provider could never see (removed at ingress, hop-by-hop) or must not
+/// take (framing, routing and other providers' fields).
+fn unusable_key_header(name: &str, internal: &[String]) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "cookie",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "authorization",
+    ];
+    RESERVED.contains(&name) || internal.iter().any(|p| name.starts_with(p.as_str()))
 }
 
 /// Builds the key store from `consumers` and the providers from `auth_providers`.
@@ -153,8 +203,21 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
         String::from("api_key"),
         Arc::new(ApiKeyAuth::new(store.clone())),
     );
+    let internal: Vec<String> = config
+        .internal_header_prefixes
+        .iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
     for (name, spanned) in &config.auth_providers {
         let field = format!("auth_providers.{name}");
+        if name == "api_key" {
+            issues.at(
+                spanned,
+                &field,
+                "`api_key` is the built-in provider (header `x-api-key`); name yours differently",
+            );
+            continue;
+        }
         match &spanned.value {
             AuthProviderConfig::ApiKey(src) => {
                 let set = [
@@ -170,8 +233,31 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
                     );
                     continue;
                 }
+                let empty = [&src.header, &src.query, &src.cookie]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n.trim().is_empty());
+                if empty {
+                    issues.at(
+                        spanned,
+                        format!("{field}.api_key"),
+                        "the name must not be empty",
+                    );
+                    continue;
+                }
                 let source = if let Some(h) = &src.header {
-                    match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                    let lower = h.to_ascii_lowercase();
+                    if unusable_key_header(&lower, &internal) {
+                        issues.at(
+                            spanned,
+                            format!("{field}.api_key.header"),
+                            format!(
+                                "`{lower}` cannot carry API keys (internal, hop-by-hop or reserved)"
+                            ),
+                        );
+                        continue;
+                    }
+                    match HeaderName::from_bytes(lower.as_bytes()) {
                         Ok(h) => ApiKeySource::Header(h),
                         Err(_) => {
                             issues.at(
@@ -333,6 +419,13 @@ pub(crate) fn compile_ip_filter(
     };
     let allow = parse(&f.allow, "allow");
     let deny = parse(&f.deny, "deny");
+    if f.allow.is_empty() && f.deny.is_empty() {
+        issues.at(
+            spanned,
+            format!("{field}.ip_filter"),
+            "set `allow`, `deny` or both",
+        );
+    }
     IpFilterLayer::new().allow(allow).deny(deny)
 }
 
@@ -352,12 +445,20 @@ mod tests {
         assert_eq!(secs("1970-01-01"), 0);
         assert_eq!(secs("2026-11-26T15:30:00Z"), 1_795_707_000);
         assert_eq!(secs("2026-12-01"), 1_796_083_200);
+        assert_eq!(secs("2028-02-29"), 1_835_395_200);
         for bad in [
             "2026-13-01",
             "2026-11-26T15:30:00",
             "26-11-2026",
             "2026-11-26T25:00:00Z",
             "tomorrow",
+            "2026-02-29",
+            "2026-04-31",
+            "2026-02-30",
+            "+2027-+1-+1",
+            "2027-1-1",
+            "02027-01-01",
+            "2026-11-26T1:00:00Z",
         ] {
             assert!(parse_utc(bad).is_none(), "{bad}");
         }

@@ -206,6 +206,41 @@ async fn invalid_auth_config_names_file_line_and_field() {
         "auth_providers.two.api_key",
         "exactly one",
     );
+    expect(
+        "",
+        "auth_providers:\n  api_key: { api_key: { header: x-key } }\n",
+        "auth_providers.api_key",
+        "built-in provider",
+    );
+    expect(
+        "",
+        "auth_providers:\n  k: { api_key: { header: x-gateway-key } }\n",
+        "auth_providers.k.api_key.header",
+        "cannot carry API keys",
+    );
+    expect(
+        "",
+        "auth_providers:\n  k: { api_key: { header: Proxy-Authorization } }\n",
+        "auth_providers.k.api_key.header",
+        "cannot carry API keys",
+    );
+    expect(
+        "",
+        "auth_providers:\n  k: { api_key: { query: \"\" } }\n",
+        "auth_providers.k.api_key",
+        "must not be empty",
+    );
+    expect(
+        "    ip_filter: {}\n",
+        "",
+        "routes[0].ip_filter",
+        "set `allow`, `deny` or both",
+    );
+    let e = bad("", "  - id: eve\n    api_keys: [\"plaintext-key\"]\n");
+    assert!(
+        !e.contains("plaintext-key"),
+        "a key pasted in clear is not echoed: {e}"
+    );
 }
 
 /// An ES256 key pair: the signing key and the public JWK (kid `k1`).
