@@ -13,8 +13,16 @@
 //! - Scopes come from `scope` (space-separated string) or `scp` (array of strings); roles from a
 //!   configured claim path (array of strings). Wrong types are not coerced: a malformed `scope`
 //!   refuses the token, a roles claim that is not an array of strings grants no role.
+//! - Verified tokens are cached (by SHA-256, up to 10,000, each until its `exp`), so a client
+//!   repeating its token costs a hash and a lookup instead of a signature check.
 
-use std::{fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use gateway_core::{AuthMethod, Principal};
 use http::{HeaderValue, header::AUTHORIZATION, request::Parts};
@@ -23,6 +31,7 @@ use jsonwebtoken::{
     jwk::{Jwk, JwkSet},
 };
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::{AuthFailure, Authenticate, Credential};
 
@@ -58,6 +67,7 @@ pub struct JwtAuthBuilder {
     tier_claim: Option<String>,
     consumer_claim: Option<String>,
     cookie: Option<String>,
+    cache_capacity: usize,
     errors: Vec<String>,
 }
 
@@ -180,6 +190,13 @@ impl JwtAuthBuilder {
         self
     }
 
+    /// Keeps up to `tokens` verified tokens (by SHA-256), so a repeated token is not verified
+    /// again; an entry never outlives the token's `exp`. Default 10,000; 0 turns it off.
+    pub fn cache(mut self, tokens: usize) -> Self {
+        self.cache_capacity = tokens;
+        self
+    }
+
     /// Also reads the token from this cookie (the `Authorization: Bearer` header always works).
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
         self.cookie = Some(name.into());
@@ -205,6 +222,7 @@ impl JwtAuthBuilder {
             return Err(JwtConfigError(errors.join("; ")));
         }
         Ok(JwtAuth(Arc::new(Inner {
+            cache: Cache::new(self.cache_capacity),
             keys: self.keys,
             algorithms: self.algorithms,
             issuers: self.issuers,
@@ -219,7 +237,72 @@ impl JwtAuthBuilder {
     }
 }
 
+/// One shard of the cache: token digest → (principal, `exp`).
+type CacheShard = HashMap<[u8; 32], (Principal, u64)>;
+
+/// Verified tokens, by SHA-256 of the token, each kept until its `exp` at the latest.
+struct Cache {
+    shards: Vec<Mutex<CacheShard>>,
+    per_shard: usize,
+}
+
+const CACHE_SHARDS: usize = 16;
+
+impl Cache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: capacity.div_ceil(CACHE_SHARDS),
+        }
+    }
+
+    fn shard(
+        &self,
+        key: &[u8; 32],
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, u64)>> {
+        self.shards[usize::from(key[0]) % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Principal> {
+        let mut shard = self.shard(key);
+        match shard.get(key) {
+            Some((p, exp)) if *exp > now => Some(p.clone()),
+            Some(_) => {
+                shard.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: [u8; 32], principal: Principal, exp: u64, now: u64) {
+        if self.per_shard == 0 || exp <= now {
+            return;
+        }
+        let mut shard = self.shard(&key);
+        if shard.len() >= self.per_shard {
+            shard.retain(|_, (_, e)| *e > now);
+            if shard.len() >= self.per_shard {
+                // Full of live tokens: start the shard over (the cache is only a shortcut).
+                shard.clear();
+            }
+        }
+        shard.insert(key, (principal, exp));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 struct Inner {
+    cache: Cache,
     keys: Vec<Key>,
     algorithms: Vec<Algorithm>,
     issuers: Vec<String>,
@@ -276,6 +359,7 @@ impl JwtAuth {
         JwtAuthBuilder {
             leeway: Duration::from_secs(60),
             max_token_bytes: 8 * 1024,
+            cache_capacity: 10_000,
             ..JwtAuthBuilder::default()
         }
     }
@@ -318,6 +402,11 @@ impl JwtAuth {
         if token.is_empty() || token.len() > inner.max_token_bytes {
             return invalid("malformed or oversized token");
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(p) = inner.cache.get(&digest, now) {
+            return Credential::Valid(p);
+        }
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return invalid("malformed token header");
         };
@@ -359,7 +448,16 @@ impl JwtAuth {
         let mut last = "bad signature";
         for k in candidates {
             match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &v) {
-                Ok(data) => return self.principal(&data.claims),
+                Ok(data) => {
+                    let verified = self.principal(&data.claims);
+                    if let (Credential::Valid(p), Some(exp)) =
+                        (&verified, data.claims.get("exp").and_then(Value::as_u64))
+                    {
+                        // Kept until `exp` (without the leeway): never longer than the token.
+                        inner.cache.put(digest, p.clone(), exp, now);
+                    }
+                    return verified;
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
@@ -455,5 +553,32 @@ impl Authenticate for JwtAuth {
         } else {
             "Bearer realm=\"gateway\""
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_entries_end_at_exp_and_memory_stays_bounded() {
+        let cache = Cache::new(32);
+        let p = Principal::new("u", AuthMethod::Jwt);
+        cache.put([1; 32], p.clone(), 100, 50);
+        assert!(cache.get(&[1; 32], 99).is_some());
+        assert!(cache.get(&[1; 32], 100).is_none(), "not at exp");
+        assert!(cache.get(&[1; 32], 99).is_none(), "and removed");
+        cache.put([2; 32], p.clone(), 40, 50);
+        assert!(
+            cache.get(&[2; 32], 10).is_none(),
+            "an expired token is never stored"
+        );
+        for i in 0..10_000u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            cache.put(k, p.clone(), 1_000, 50);
+        }
+        let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= 32, "{held}");
     }
 }

@@ -370,3 +370,30 @@ fn misconfiguration_is_refused_at_build_time() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid JWK set"), "{err}");
 }
+
+#[test]
+fn repeated_tokens_are_served_from_the_cache_and_expired_ones_never_are() {
+    let k = keys();
+    let a = auth(&k);
+    let mut c = claims();
+    c["exp"] = json!(now() + 2);
+    let t = token(Algorithm::ES256, "ec-1", &k.ec, &c);
+    assert!(matches!(check(&a, &bearer(&t)), Credential::Valid(_)));
+    assert!(
+        matches!(check(&a, &bearer(&t)), Credential::Valid(_)),
+        "served from the cache"
+    );
+    // An expired token is never cached: with the leeway it verifies, but the cache keeps it only
+    // until `exp`, so a token past `exp` + leeway is refused even after it was seen.
+    let strict = JwtAuth::builder()
+        .algorithms(["ES256"])
+        .jwks_json(&k.jwks)
+        .leeway(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut old = claims();
+    old["exp"] = json!(now() - 1);
+    let t = token(Algorithm::ES256, "ec-1", &k.ec, &old);
+    assert_eq!(reason(check(&strict, &bearer(&t))), "expired token");
+    assert_eq!(reason(check(&strict, &bearer(&t))), "expired token");
+}
