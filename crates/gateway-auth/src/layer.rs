@@ -20,6 +20,8 @@ struct Config {
     providers: Vec<Arc<dyn Authenticate>>,
     optional: bool,
     roles: Vec<String>,
+    scopes: Vec<String>,
+    cors_preflight: bool,
 }
 
 /// Layer requiring an authenticated caller; see the [crate docs](crate).
@@ -53,6 +55,8 @@ impl RequireAuthLayer {
                 providers: vec![Arc::new(provider)],
                 optional: false,
                 roles: Vec::new(),
+                scopes: Vec::new(),
+                cors_preflight: false,
             }),
         }
     }
@@ -65,6 +69,8 @@ impl RequireAuthLayer {
                     providers: self.cfg.providers.clone(),
                     optional: self.cfg.optional,
                     roles: self.cfg.roles.clone(),
+                    scopes: self.cfg.scopes.clone(),
+                    cors_preflight: self.cfg.cors_preflight,
                 };
                 f(&mut cfg);
                 self.cfg = Arc::new(cfg);
@@ -91,6 +97,19 @@ impl RequireAuthLayer {
         self.edit(|c| c.roles = roles)
     }
 
+    /// Requires every one of these scopes (`403` otherwise; `401` for anonymous callers).
+    pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(self, scopes: I) -> Self {
+        let scopes: Vec<String> = scopes.into_iter().map(Into::into).collect();
+        self.edit(|c| c.scopes = scopes)
+    }
+
+    /// Lets CORS preflight requests (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) through without credentials: browsers never send
+    /// credentials on a preflight. Off by default.
+    pub fn cors_preflight(self, pass: bool) -> Self {
+        self.edit(|c| c.cors_preflight = pass)
+    }
+
     /// Authenticates `req` outside tower: the request with its credentials stripped and its
     /// `Principal` inserted, or the refusal to send instead.
     #[allow(clippy::result_large_err)]
@@ -109,6 +128,15 @@ fn decide<ResBody: From<String>>(
     cfg: &Config,
     parts: &mut http::request::Parts,
 ) -> Result<(), Response<ResBody>> {
+    if cfg.cors_preflight
+        && parts.method == http::Method::OPTIONS
+        && parts.headers.contains_key(http::header::ORIGIN)
+        && parts
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return Ok(());
+    }
     let mut valid: Option<Principal> = None;
     let mut failure: Option<AuthFailure> = None;
     let mut valid_count = 0;
@@ -154,10 +182,17 @@ fn decide<ResBody: From<String>>(
                     .reason(RejectReason::Forbidden, ResponseFlags::empty())
                     .into_response());
             }
+            if !cfg.scopes.iter().all(|s| principal.has_scope(s)) {
+                audit("missing scope", "scopes");
+                return Err(Problem::new(StatusCode::FORBIDDEN)
+                    .detail("the credential lacks a scope this route requires")
+                    .reason(RejectReason::Forbidden, ResponseFlags::empty())
+                    .into_response());
+            }
             parts.extensions.insert(principal);
             Ok(())
         }
-        None if cfg.optional && cfg.roles.is_empty() => Ok(()),
+        None if cfg.optional && cfg.roles.is_empty() && cfg.scopes.is_empty() => Ok(()),
         None => {
             audit("no credential", "any");
             Err(unauthorized(cfg, "authentication is required", false))

@@ -155,3 +155,75 @@ async fn roles_are_required_when_configured() {
     );
     assert_eq!(call(&mut svc, &[]).await.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn scopes_are_all_required_and_cors_preflights_can_pass() {
+    use gateway_auth::{Authenticate, Credential};
+    /// A provider that authenticates everyone with fixed scopes.
+    struct Scoped(&'static [&'static str]);
+    impl Authenticate for Scoped {
+        fn authenticate(&self, parts: &mut http::request::Parts) -> Credential {
+            if parts.headers.contains_key("x-token") {
+                Credential::Valid(
+                    Principal::new("u", gateway_core::AuthMethod::Jwt)
+                        .with_scopes(self.0.iter().copied()),
+                )
+            } else {
+                Credential::Absent
+            }
+        }
+        fn challenge(&self, _invalid: bool) -> &'static str {
+            "Bearer realm=\"test\""
+        }
+    }
+    let layer = |scopes: &'static [&'static str]| {
+        service(
+            RequireAuthLayer::new(Scoped(scopes))
+                .scopes(["orders.read", "orders.write"])
+                .cors_preflight(true),
+        )
+    };
+    let mut both = layer(&["orders.read", "orders.write", "x"]);
+    assert_eq!(
+        call(&mut both, &[("x-token", "1")]).await.status(),
+        StatusCode::OK
+    );
+    let mut one = layer(&["orders.read"]);
+    assert_eq!(
+        call(&mut one, &[("x-token", "1")]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // A preflight passes without credentials; a plain OPTIONS does not.
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/orders")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        one.ready()
+            .await
+            .unwrap()
+            .call(preflight)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let plain = Request::builder()
+        .method("OPTIONS")
+        .uri("/orders")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        one.ready()
+            .await
+            .unwrap()
+            .call(plain)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

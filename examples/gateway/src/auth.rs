@@ -396,6 +396,8 @@ pub(crate) fn compile_route_auth(
     Some(
         layer?
             .optional(a.optional)
+            .scopes(a.scopes.iter().map(String::as_str))
+            .cors_preflight(a.cors_preflight)
             .roles(a.roles.iter().map(String::as_str)),
     )
 }

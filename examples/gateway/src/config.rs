@@ -180,6 +180,13 @@ pub struct AuthConfig {
     /// The caller needs at least one of these roles.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The credential needs every one of these scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Let CORS preflights (`OPTIONS` + `Origin` + `Access-Control-Request-Method`) through
+    /// without credentials.
+    #[serde(default)]
+    pub cors_preflight: bool,
     /// Let requests without any credential through anonymously (an invalid one is still `401`).
     #[serde(default)]
     pub optional: bool,
