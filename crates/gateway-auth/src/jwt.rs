@@ -515,8 +515,17 @@ impl JwtAuth {
         let mut p = Principal::new(sub, AuthMethod::Jwt)
             .with_scopes(scopes)
             .with_roles(roles);
-        if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
-            p = p.with_attribute("iss", iss);
+        // Top-level string claims become attributes (for attribute rules), bounded in number and
+        // size; `sub` and `scope` already have their own fields.
+        for (k, v) in claims.iter().take(64) {
+            if let Value::String(v) = v
+                && k != "sub"
+                && k != "scope"
+                && k.len() <= 64
+                && v.len() <= 256
+            {
+                p = p.with_attribute(k.as_str(), v.as_str());
+            }
         }
         if let Some(t) = inner
             .tier_claim

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{AuthFailure, Authenticate, Credential};
+use crate::{AuthFailure, Authenticate, Credential, Rules};
 
 struct Config {
     providers: Vec<Arc<dyn Authenticate>>,
@@ -22,6 +22,7 @@ struct Config {
     roles: Vec<String>,
     scopes: Vec<String>,
     cors_preflight: bool,
+    rules: Option<Rules>,
 }
 
 /// Layer requiring an authenticated caller; see the [crate docs](crate).
@@ -57,6 +58,7 @@ impl RequireAuthLayer {
                 roles: Vec::new(),
                 scopes: Vec::new(),
                 cors_preflight: false,
+                rules: None,
             }),
         }
     }
@@ -71,6 +73,7 @@ impl RequireAuthLayer {
                     roles: self.cfg.roles.clone(),
                     scopes: self.cfg.scopes.clone(),
                     cors_preflight: self.cfg.cors_preflight,
+                    rules: self.cfg.rules.clone(),
                 };
                 f(&mut cfg);
                 self.cfg = Arc::new(cfg);
@@ -101,6 +104,12 @@ impl RequireAuthLayer {
     pub fn scopes<I: IntoIterator<Item = S>, S: Into<String>>(self, scopes: I) -> Self {
         let scopes: Vec<String> = scopes.into_iter().map(Into::into).collect();
         self.edit(|c| c.scopes = scopes)
+    }
+
+    /// Applies attribute rules after authentication (`403` when they refuse; logged only in
+    /// their shadow mode). Anonymous callers of an optional route are evaluated too.
+    pub fn rules(self, rules: Rules) -> Self {
+        self.edit(|c| c.rules = Some(rules))
     }
 
     /// Lets CORS preflight requests (`OPTIONS` with `Origin` and
@@ -189,15 +198,41 @@ fn decide<ResBody: From<String>>(
                     .reason(RejectReason::Forbidden, ResponseFlags::empty())
                     .into_response());
             }
+            check_rules(cfg, parts, Some(&principal), &audit)?;
             parts.extensions.insert(principal);
             Ok(())
         }
-        None if cfg.optional && cfg.roles.is_empty() && cfg.scopes.is_empty() => Ok(()),
+        None if cfg.optional && cfg.roles.is_empty() && cfg.scopes.is_empty() => {
+            check_rules(cfg, parts, None, &audit)
+        }
         None => {
             audit("no credential", "any");
             Err(unauthorized(cfg, "authentication is required", false))
         }
     }
+}
+
+fn check_rules<ResBody: From<String>>(
+    cfg: &Config,
+    parts: &http::request::Parts,
+    principal: Option<&Principal>,
+    audit: &dyn Fn(&str, &str),
+) -> Result<(), Response<ResBody>> {
+    let Some(rules) = &cfg.rules else {
+        return Ok(());
+    };
+    if rules.permits(parts, principal, crate::rules::second_of_day_now()) {
+        return Ok(());
+    }
+    if rules.is_shadow() {
+        audit("refused by the rules (shadow mode: allowed)", "rules");
+        return Ok(());
+    }
+    audit("refused by the rules", "rules");
+    Err(Problem::new(StatusCode::FORBIDDEN)
+        .detail("the request is not allowed by the route's rules")
+        .reason(RejectReason::Forbidden, ResponseFlags::empty())
+        .into_response())
 }
 
 fn unauthorized<ResBody: From<String>>(

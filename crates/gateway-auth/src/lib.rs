@@ -12,6 +12,8 @@
 //!   parameter or a cookie and removed before the request goes on; [`ApiKeyStore`] is the trait
 //!   for other key stores.
 //! - [`IpFilterLayer`]: allow and deny lists of networks over the resolved client IP.
+//! - [`Rules`]: attribute rules (allow/deny over the principal, the request and the time of day,
+//!   deny wins, a shadow mode), applied by [`RequireAuthLayer::rules`].
 //!
 //! - With the `jwt` feature, `JwtAuth`: bearer JWTs verified against an inline JWK set or an
 //!   HMAC secret, with an algorithm allowlist and the checks of RFC 8725.
@@ -65,6 +67,7 @@ pub mod ip;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+pub mod rules;
 
 pub use apikey::{
     ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, ApiKeyStore, Consumer,
@@ -74,6 +77,7 @@ pub use ip::{IpFilter, IpFilterLayer};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthBuilder, JwtConfigError};
 pub use layer::{RequireAuth, RequireAuthLayer, ResponseFuture};
+pub use rules::{Condition, Effect, Rule, Rules};
 
 use gateway_core::Principal;
 use http::request::Parts;

@@ -8,14 +8,16 @@ use std::{
 };
 
 use gateway_auth::{
-    ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Authenticate, Consumer, IpFilterLayer,
-    JwtAuth, RequireAuthLayer, StaticApiKeys,
+    ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Authenticate, Condition, Consumer, Effect,
+    IpFilterLayer, JwtAuth, RequireAuthLayer, Rule, Rules, StaticApiKeys,
 };
 use gateway_core::TrustedProxies;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
-use crate::config::{ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, IpFilterConfig, Issues};
+use crate::config::{
+    ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, IpFilterConfig, Issues, RuleEffect,
+};
 
 /// The providers routes can name, built once and shared by every route.
 #[derive(Default)]
@@ -398,8 +400,115 @@ pub(crate) fn compile_route_auth(
             .optional(a.optional)
             .scopes(a.scopes.iter().map(String::as_str))
             .cors_preflight(a.cors_preflight)
+            .rules(compile_rules(&field, a, issues).shadow(a.rules_shadow))
             .roles(a.roles.iter().map(String::as_str)),
     )
+}
+
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.trim().split_once(':')?;
+    let ok = |f: &str| f.len() == 2 && f.bytes().all(|b| b.is_ascii_digit());
+    if !ok(h) || !ok(m) {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 24 && m <= 59 && (h < 24 || m == 0)).then_some(h * 3600 + m * 60)
+}
+
+fn compile_rules(field: &str, a: &AuthConfig, issues: &mut Issues) -> Rules {
+    let mut rules = Vec::new();
+    for (i, spanned) in a.rules.iter().enumerate() {
+        let r = &spanned.value;
+        let f = format!("{field}.rules[{i}]");
+        let mut conds = Vec::new();
+        if !r.methods.is_empty() {
+            for m in &r.methods {
+                if http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
+                    issues.at(
+                        spanned,
+                        format!("{f}.methods"),
+                        format!("`{m}` is not an HTTP method"),
+                    );
+                }
+            }
+            conds.push(Condition::method(r.methods.iter().map(String::as_str)));
+        }
+        if let Some(p) = &r.path_prefix {
+            if !p.starts_with('/') {
+                issues.at(spanned, format!("{f}.path_prefix"), "must start with `/`");
+            }
+            conds.push(Condition::PathPrefix(p.clone()));
+        }
+        if let Some(h) = &r.header {
+            match (
+                HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()),
+                &h.value,
+            ) {
+                (Ok(name), Some(v)) => conds.push(Condition::Header(name, v.clone())),
+                (Err(_), _) => issues.at(
+                    spanned,
+                    format!("{f}.header.name"),
+                    format!("`{}` is not a header name", h.name),
+                ),
+                (_, None) => issues.at(
+                    spanned,
+                    format!("{f}.header.value"),
+                    "a rule compares exact values: set `value`",
+                ),
+            }
+        }
+        if !r.client_ip.is_empty() {
+            let mut nets = Vec::new();
+            for (j, e) in r.client_ip.iter().enumerate() {
+                match TrustedProxies::parse_entry(e) {
+                    Ok(n) => nets.push(n),
+                    Err(err) => issues.at(spanned, format!("{f}.client_ip[{j}]"), err.to_string()),
+                }
+            }
+            conds.push(Condition::client_ip(nets));
+        }
+        if let Some(v) = &r.role {
+            conds.push(Condition::Role(v.clone()));
+        }
+        if let Some(v) = &r.scope {
+            conds.push(Condition::Scope(v.clone()));
+        }
+        if let Some(v) = &r.consumer {
+            conds.push(Condition::Consumer(v.clone()));
+        }
+        if let Some(v) = &r.tier {
+            conds.push(Condition::Tier(v.clone()));
+        }
+        for (k, v) in &r.claims {
+            conds.push(Condition::Attribute(k.clone(), v.clone()));
+        }
+        if let Some(t) = &r.time_of_day {
+            match t
+                .split_once('-')
+                .and_then(|(a, b)| Some((parse_hhmm(a)?, parse_hhmm(b)?)))
+            {
+                Some((from, to)) if from != to => conds.push(Condition::TimeOfDay(from, to)),
+                _ => issues.at(
+                    spanned,
+                    format!("{f}.time_of_day"),
+                    format!("`{t}` is not a UTC window like `09:00-17:30`"),
+                ),
+            }
+        }
+        if conds.is_empty() {
+            issues.at(
+                spanned,
+                &f,
+                "a rule needs at least one condition (a rule matching everything is a mistake)",
+            );
+        }
+        let effect = match r.effect {
+            RuleEffect::Allow => Effect::Allow,
+            RuleEffect::Deny => Effect::Deny,
+        };
+        rules.push(Rule::new(effect, conds));
+    }
+    Rules::new(rules)
 }
 
 /// Compiles a route's `ip_filter` block.

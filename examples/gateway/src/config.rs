@@ -187,9 +187,63 @@ pub struct AuthConfig {
     /// without credentials.
     #[serde(default)]
     pub cors_preflight: bool,
+    /// Attribute rules, evaluated in order after authentication (deny wins).
+    #[serde(default)]
+    pub rules: Vec<Spanned<RuleConfig>>,
+    /// Log what the rules would refuse, refuse nothing.
+    #[serde(default)]
+    pub rules_shadow: bool,
     /// Let requests without any credential through anonymously (an invalid one is still `401`).
     #[serde(default)]
     pub optional: bool,
+}
+
+/// One attribute rule: an effect and conditions, all of which must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `allow` or `deny`.
+    pub effect: RuleEffect,
+    /// The method is one of these.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The path starts with this prefix (segment boundary).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// A header with exactly this value.
+    #[serde(default)]
+    pub header: Option<NameValueMatch>,
+    /// The client IP is in one of these networks.
+    #[serde(default)]
+    pub client_ip: Vec<String>,
+    /// The caller has this role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The credential has this scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The caller is this consumer.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// The caller has this tier.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Principal attributes (JWT claims) with exactly these values.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// UTC time window `HH:MM-HH:MM` (wraps past midnight when the end is earlier).
+    #[serde(default)]
+    pub time_of_day: Option<String>,
+}
+
+/// What a matching rule does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleEffect {
+    /// Permit.
+    Allow,
+    /// Refuse (wins over every allow).
+    Deny,
 }
 
 /// A route's client IP allow and deny lists.

@@ -355,3 +355,81 @@ async fn invalid_jwt_config_is_refused() {
     assert!(e.contains("auth_providers.corp_jwt.jwt.audiences"), "{e}");
     assert!(e.contains("`GATEWAY_TEST_UNSET_SECRET` is not set"), "{e}");
 }
+
+#[tokio::test]
+async fn attribute_rules_allow_deny_and_shadow() {
+    let up = TestUpstream::fixed("ok").await;
+    let rules = "    auth:\n      rules:\n        - { effect: deny, client_ip: [198.51.100.66] }\n        - { effect: allow, role: orders.read }\n        - { effect: allow, methods: [GET], path_prefix: /public }\n";
+    let gw = start(&config(rules, ""), up.addr());
+    let post = |path: &'static str, key: &'static str, ip: &'static str| {
+        let gw = addr(&gw);
+        async move {
+            raw_exchange(
+                gw,
+                format!("POST {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\nx-forwarded-for: {ip}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await[9..12]
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        post("/x", "acme-key", "198.51.100.7").await,
+        "200",
+        "role orders.read"
+    );
+    assert_eq!(
+        post("/x", "bob-key", "198.51.100.7").await,
+        "403",
+        "no rule allows bob's POST"
+    );
+    assert_eq!(
+        get_with(
+            addr(&gw),
+            "/public/a",
+            "x-api-key: bob-key\r\nx-forwarded-for: 198.51.100.7\r\n"
+        )
+        .await
+        .0,
+        "200"
+    );
+    assert_eq!(
+        post("/x", "acme-key", "198.51.100.66").await,
+        "403",
+        "deny wins"
+    );
+    // Shadow mode: the same rules only log.
+    let gw = start(
+        &config(&format!("{rules}      rules_shadow: true\n"), ""),
+        up.addr(),
+    );
+    let (status, _) = get_with(
+        addr(&gw),
+        "/x",
+        "x-api-key: bob-key\r\nx-forwarded-for: 198.51.100.66\r\n",
+    )
+    .await;
+    assert_eq!(status, "200");
+}
+
+#[tokio::test]
+async fn invalid_rules_are_refused() {
+    let bad = |rules: &str| {
+        let yaml = config(&format!("    auth:\n      rules:\n{rules}"), "")
+            .replace("{UPSTREAM}", "127.0.0.1:1");
+        gateway::Config::parse(&yaml, "gw.yaml")
+            .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad("        - { effect: allow }\n");
+    assert!(
+        e.contains("routes[0].auth.rules[0]") && e.contains("at least one condition"),
+        "{e}"
+    );
+    let e = bad("        - { effect: deny, time_of_day: \"9-17\" }\n");
+    assert!(e.contains("routes[0].auth.rules[0].time_of_day"), "{e}");
+    let e = bad("        - { effect: deny, header: { name: x-debug } }\n");
+    assert!(e.contains("routes[0].auth.rules[0].header.value"), "{e}");
+    let e = bad("        - { effect: maybe, role: x }\n");
+    assert!(e.contains("gw.yaml:") && e.contains("maybe"), "{e}");
+}
