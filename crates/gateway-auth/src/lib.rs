@@ -63,6 +63,8 @@
 #![deny(missing_docs)]
 
 mod apikey;
+#[cfg(feature = "ext-authz")]
+pub mod extauthz;
 pub mod ip;
 #[cfg(feature = "jwt")]
 pub mod jwt;
@@ -73,6 +75,8 @@ pub use apikey::{
     ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, ApiKeyStore, Consumer,
     ParseApiKeyHashError, StaticApiKeys,
 };
+#[cfg(feature = "ext-authz")]
+pub use extauthz::{ExtAuthz, PolicyClient, PolicyFuture};
 pub use ip::{IpFilter, IpFilterLayer};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthBuilder, JwtConfigError};

@@ -7,16 +7,21 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use gateway_auth::{
     ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Authenticate, Condition, Consumer, Effect,
-    IpFilterLayer, JwtAuth, RequireAuthLayer, Rule, Rules, StaticApiKeys,
+    ExtAuthz, IpFilterLayer, JwtAuth, PolicyClient, PolicyFuture, RequireAuthLayer, Rule, Rules,
+    StaticApiKeys,
 };
 use gateway_core::TrustedProxies;
+use gateway_lb::{Endpoint, HostHeader, Upstream};
 use http::HeaderName;
+use http_body_util::{BodyExt, Full};
 use serde_saphyr::Spanned;
 
 use crate::config::{
-    ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, IpFilterConfig, Issues, RuleEffect,
+    ApiKeyConfig, AuthConfig, AuthProviderConfig, Config, ExtAuthzConfig, FailureConfig,
+    IpFilterConfig, Issues, RuleEffect,
 };
 
 /// The providers routes can name, built once and shared by every route.
@@ -509,6 +514,124 @@ fn compile_rules(field: &str, a: &AuthConfig, issues: &mut Issues) -> Rules {
         rules.push(Rule::new(effect, conds));
     }
     Rules::new(rules)
+}
+
+/// A policy decision point reached through a `gateway-lb` upstream: one pool per worker thread
+/// (each worker is its own runtime, and a connection is driven by the runtime that made it).
+struct UpstreamPolicy {
+    id: u64,
+    endpoint: Endpoint,
+    path: http::uri::PathAndQuery,
+    timeout: Duration,
+}
+
+static NEXT_POLICY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static POLICY_CLIENTS: std::cell::RefCell<Vec<(u64, Upstream<Full<Bytes>>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl PolicyClient for UpstreamPolicy {
+    fn query(&self, body: String) -> PolicyFuture {
+        let client = POLICY_CLIENTS.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some((_, up)) = c.iter().find(|(id, _)| *id == self.id) {
+                return up.clone();
+            }
+            let up = Upstream::builder([self.endpoint.clone()])
+                .host(HostHeader::Endpoint)
+                .request_timeout(Some(self.timeout))
+                .x_forwarded(false)
+                .forwarded(false)
+                .via(None)
+                .build::<Full<Bytes>>();
+            c.push((self.id, up.clone()));
+            up
+        });
+        let req = http::Request::post(http::Uri::from(self.path.clone()))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        Box::pin(async move {
+            let req = req.map_err(|e| e.to_string())?;
+            let Ok(res) = client.send(req).await;
+            let status = res.status().as_u16();
+            // A decision is small: read at most 64 KiB of it.
+            let body = http_body_util::Limited::new(res.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body.to_vec()))
+        })
+    }
+}
+
+/// Compiles a route's `auth.ext_authz` block.
+pub(crate) fn compile_ext_authz(
+    field: &str,
+    spanned: &Spanned<ExtAuthzConfig>,
+    issues: &mut Issues,
+) -> Option<ExtAuthz> {
+    let x = &spanned.value;
+    let field = format!("{field}.auth.ext_authz");
+    let (base, path) = match x
+        .url
+        .strip_prefix("http://")
+        .map(|rest| rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p)))
+    {
+        Some((authority, path)) => (format!("http://{authority}"), format!("/{path}")),
+        None => {
+            issues.at(
+                spanned,
+                format!("{field}.url"),
+                "expected http://host:port/path",
+            );
+            return None;
+        }
+    };
+    let endpoint = match base.parse::<Endpoint>() {
+        Ok(e) => e,
+        Err(e) => {
+            issues.at(spanned, format!("{field}.url"), e.to_string());
+            return None;
+        }
+    };
+    let Ok(path) = path.parse::<http::uri::PathAndQuery>() else {
+        issues.at(spanned, format!("{field}.url"), "not a valid path");
+        return None;
+    };
+    let fail_open = match x.on_failure {
+        None | Some(FailureConfig::Closed) => false,
+        Some(FailureConfig::Open) => true,
+        Some(FailureConfig::Local) => {
+            issues.at(
+                spanned,
+                format!("{field}.on_failure"),
+                "use `open` or `closed`",
+            );
+            false
+        }
+    };
+    let timeout = x.timeout.map_or(Duration::from_millis(200), |d| d.0);
+    if timeout.is_zero() {
+        issues.at(
+            spanned,
+            format!("{field}.timeout"),
+            "must be greater than zero",
+        );
+    }
+    let client = UpstreamPolicy {
+        id: NEXT_POLICY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        endpoint,
+        path,
+        timeout,
+    };
+    Some(
+        ExtAuthz::new(client)
+            .timeout(timeout)
+            .fail_open(fail_open)
+            .cache(x.cache_ttl.map_or(Duration::ZERO, |d| d.0), 10_000),
+    )
 }
 
 /// Compiles a route's `ip_filter` block.

@@ -20,7 +20,9 @@ struct RouteLimits<'a> {
 }
 
 use crate::{
-    auth::{Providers, compile_ip_filter, compile_providers, compile_route_auth},
+    auth::{
+        Providers, compile_ext_authz, compile_ip_filter, compile_providers, compile_route_auth,
+    },
     config::{
         Config, ConfigError, ForwardedHeaderConfig, HostConfig, Issues, Limits, ProtocolConfig,
         WindowConfig, check_unique_names,
@@ -459,6 +461,11 @@ fn compile_route(
         .auth
         .as_ref()
         .and_then(|a| compile_route_auth(&field, a, limits.providers, issues));
+    let ext_authz = rc
+        .auth
+        .as_ref()
+        .and_then(|a| a.value.ext_authz.as_ref())
+        .and_then(|x| compile_ext_authz(&field, x, issues));
     let ip_filter = rc
         .ip_filter
         .as_ref()
@@ -478,6 +485,7 @@ fn compile_route(
         rewrite,
         rate_limit,
         auth,
+        ext_authz,
         ip_filter,
         order: i,
     })

@@ -196,6 +196,26 @@ pub struct AuthConfig {
     /// Let requests without any credential through anonymously (an invalid one is still `401`).
     #[serde(default)]
     pub optional: bool,
+    /// Ask a policy decision point after authentication.
+    #[serde(default)]
+    pub ext_authz: Option<Spanned<ExtAuthzConfig>>,
+}
+
+/// External authorization.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// `http://host:port/path` of the decision point (OPA: `.../v1/data/<package>/allow`).
+    pub url: String,
+    /// How long to wait for a decision (default 200ms).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// `closed` (503, the default) or `open` (allow) when the decision point fails.
+    #[serde(default)]
+    pub on_failure: Option<FailureConfig>,
+    /// Keep decisions this long (default: not cached).
+    #[serde(default)]
+    pub cache_ttl: Option<HumanDuration>,
 }
 
 /// One attribute rule: an effect and conditions, all of which must hold.

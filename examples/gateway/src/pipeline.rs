@@ -177,6 +177,11 @@ impl Pipeline {
                 Err(refusal) => return refusal,
             };
         }
+        if let Some(pdp) = &route.ext_authz
+            && let Err(refusal) = pdp.authorize(&req).await
+        {
+            return refusal;
+        }
         // Rate limits and quotas, before any upstream resource is taken.
         let admission = match &route.rate_limit {
             Some(limit) => match limit.admit(&req).await {

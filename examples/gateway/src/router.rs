@@ -104,6 +104,8 @@ pub struct Route {
     pub rate_limit: Option<gateway_ratelimit::RateLimitLayer>,
     /// Authentication and roles.
     pub auth: Option<gateway_auth::RequireAuthLayer>,
+    /// External authorization, after authentication.
+    pub ext_authz: Option<gateway_auth::ExtAuthz>,
     /// Client IP allow/deny lists.
     pub ip_filter: Option<gateway_auth::IpFilterLayer>,
     /// Position in the configuration file.
@@ -578,6 +580,7 @@ mod tests {
             rewrite: Rewrite::None,
             rate_limit: None,
             auth: None,
+            ext_authz: None,
             ip_filter: None,
             order,
         }

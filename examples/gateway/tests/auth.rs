@@ -433,3 +433,72 @@ async fn invalid_rules_are_refused() {
     let e = bad("        - { effect: maybe, role: x }\n");
     assert!(e.contains("gw.yaml:") && e.contains("maybe"), "{e}");
 }
+
+/// An OPA-style decision point: allows consumer `acme`, and records nothing else.
+async fn decision_point() -> TestUpstream {
+    TestUpstream::start(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let allow = input["input"]["principal"]["consumer"] == "acme"
+            && input["input"]["headers"].get("x-api-key").is_none();
+        http::Response::new(gateway_test::full(format!("{{\"result\": {allow}}}")))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_external_decision_point_authorizes_after_authentication() {
+    let up = TestUpstream::fixed("ok").await;
+    let pdp = decision_point().await;
+    let gw = start(
+        &config(
+            &format!(
+                "    auth:\n      ext_authz: {{ url: \"http://{}/v1/data/gateway/allow\", cache_ttl: 1m }}\n",
+                pdp.addr()
+            ),
+            "",
+        ),
+        up.addr(),
+    );
+    assert_eq!(
+        get_with(addr(&gw), "/x", "x-api-key: acme-key\r\n").await.0,
+        "200"
+    );
+    assert_eq!(
+        get_with(addr(&gw), "/x", "x-api-key: bob-key\r\n").await.0,
+        "403"
+    );
+    assert_eq!(pdp.requests().len(), 2);
+    assert_eq!(pdp.last_request().uri, "/v1/data/gateway/allow");
+    // The same request again: decided from the cache.
+    assert_eq!(
+        get_with(addr(&gw), "/x", "x-api-key: acme-key\r\n").await.0,
+        "200"
+    );
+    assert_eq!(pdp.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failing_decision_point_applies_the_failure_policy() {
+    let up = TestUpstream::fixed("ok").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let route = |policy: &str| {
+        format!(
+            "    auth:\n      ext_authz: {{ url: \"http://{dead}/allow\", timeout: 1s{policy} }}\n"
+        )
+    };
+    let closed = start(&config(&route(""), ""), up.addr());
+    let (status, res) = get_with(addr(&closed), "/x", "x-api-key: acme-key\r\n").await;
+    assert_eq!(status, "503", "fails closed by default: {res}");
+    let open = start(&config(&route(", on_failure: open"), ""), up.addr());
+    assert_eq!(
+        get_with(addr(&open), "/x", "x-api-key: acme-key\r\n")
+            .await
+            .0,
+        "200"
+    );
+}

@@ -1,0 +1,292 @@
+//! External authorization: ask a policy decision point (OPA-style JSON, or ext_authz-style
+//! status codes) whether a request may go on.
+//!
+//! The request is described as JSON — `{"input": {"method", "path", "query", "headers",
+//! "client_ip", "principal": {"subject", "consumer", "tier", "roles", "scopes", "method"}}}` —
+//! with credentials (`authorization`, `cookie`, `x-api-key`, `proxy-authorization`) never
+//! included, and POSTed through a [`PolicyClient`]. The answer allows the request when it is a
+//! `2xx` whose JSON body is `{"result": true}`, `{"result": {"allow": true}}` or `{"allow": true}`;
+//! a `403`, or any other `2xx` body, refuses it (`403`). Anything else (another status, a timeout,
+//! a transport error) is a failure, decided by the failure policy: closed (`503`, the default) or
+//! open (allowed), both logged to the audit target. Decisions can be cached for a short time
+//! (keyed by the SHA-256 of the input, bounded).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use gateway_core::{ClientIp, ConnectionInfo, Principal, Problem, RejectReason, ResponseFlags};
+use http::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The future a [`PolicyClient`] returns: the status and body of the decision point's answer.
+pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<(u16, Vec<u8>), String>> + Send>>;
+
+/// Sends a JSON body to the policy decision point.
+pub trait PolicyClient: Send + Sync + 'static {
+    /// POSTs `body` and returns the answer's status and body.
+    fn query(&self, body: String) -> PolicyFuture;
+}
+
+impl<F> PolicyClient for F
+where
+    F: Fn(String) -> PolicyFuture + Send + Sync + 'static,
+{
+    fn query(&self, body: String) -> PolicyFuture {
+        self(body)
+    }
+}
+
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+struct Cache {
+    ttl: Duration,
+    max: usize,
+    entries: Mutex<HashMap<[u8; 32], (bool, tokio::time::Instant)>>,
+}
+
+/// External authorization; see the [module docs](self). Clones share the client and the cache.
+#[derive(Clone)]
+pub struct ExtAuthz {
+    client: Arc<dyn PolicyClient>,
+    timeout: Duration,
+    fail_open: bool,
+    cache: Arc<Cache>,
+}
+
+impl fmt::Debug for ExtAuthz {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtAuthz")
+            .field("timeout", &self.timeout)
+            .field("fail_open", &self.fail_open)
+            .field("cache_ttl", &self.cache.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExtAuthz {
+    /// Decisions from `client`, within 200 ms, failing closed, not cached.
+    pub fn new(client: impl PolicyClient) -> Self {
+        Self {
+            client: Arc::new(client),
+            timeout: Duration::from_millis(200),
+            fail_open: false,
+            cache: Arc::new(Cache {
+                ttl: Duration::ZERO,
+                max: 10_000,
+                entries: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// How long to wait for a decision.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Allow requests when the decision point fails (default: refuse with `503`).
+    pub fn fail_open(mut self, open: bool) -> Self {
+        self.fail_open = open;
+        self
+    }
+
+    /// Keeps decisions for `ttl` (at most `max` of them; 0 turns the cache off).
+    pub fn cache(mut self, ttl: Duration, max: usize) -> Self {
+        self.cache = Arc::new(Cache {
+            ttl,
+            max,
+            entries: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// Decides `req` (call after authentication, so the principal is in its extensions): `Ok`
+    /// to go on, or the refusal to send.
+    pub fn authorize<B, ResBody>(
+        &self,
+        req: &Request<B>,
+    ) -> impl Future<Output = Result<(), Response<ResBody>>> + Send + 'static + use<B, ResBody>
+    where
+        ResBody: From<String>,
+    {
+        let input = describe(req).to_string();
+        let key: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+        let this = self.clone();
+        async move {
+            let now = tokio::time::Instant::now();
+            let cached = if this.cache.ttl.is_zero() {
+                None
+            } else {
+                this.cache
+                    .entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .filter(|(_, until)| *until > now)
+                    .map(|(allowed, _)| *allowed)
+            };
+            let allowed = match cached {
+                Some(allowed) => allowed,
+                None => match tokio::time::timeout(this.timeout, this.client.query(input)).await {
+                    Ok(Ok((status, body))) => match verdict(status, &body) {
+                        Some(allowed) => {
+                            this.remember(key, allowed, now);
+                            allowed
+                        }
+                        None => {
+                            return this.failed(&format!("unexpected answer (status {status})"));
+                        }
+                    },
+                    Ok(Err(e)) => return this.failed(&e),
+                    Err(_) => return this.failed("no decision within the timeout"),
+                },
+            };
+            if allowed {
+                Ok(())
+            } else {
+                tracing::info!(target: "gateway_auth::audit", reason = "refused by the policy decision point", "authorization failed");
+                Err(Problem::new(StatusCode::FORBIDDEN)
+                    .detail("the request is not allowed by the authorization policy")
+                    .reason(RejectReason::Forbidden, ResponseFlags::UNAUTHORIZED)
+                    .into_response())
+            }
+        }
+    }
+
+    fn remember(&self, key: [u8; 32], allowed: bool, now: tokio::time::Instant) {
+        if self.cache.ttl.is_zero() || self.cache.max == 0 {
+            return;
+        }
+        let mut entries = self.cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.cache.max {
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= self.cache.max {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (allowed, now + self.cache.ttl));
+    }
+
+    fn failed<ResBody: From<String>>(&self, why: &str) -> Result<(), Response<ResBody>> {
+        if self.fail_open {
+            tracing::warn!(target: "gateway_auth::audit", error = why, "policy decision point failed; allowing (fail open)");
+            return Ok(());
+        }
+        tracing::warn!(target: "gateway_auth::audit", error = why, "policy decision point failed; refusing (fail closed)");
+        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail("authorization is unavailable")
+            .reason(RejectReason::DependencyFailed, ResponseFlags::UNAUTHORIZED)
+            .into_response())
+    }
+}
+
+/// `Some(allowed)` from a decision point's answer, `None` when it is not an answer.
+fn verdict(status: u16, body: &[u8]) -> Option<bool> {
+    match status {
+        403 => Some(false),
+        200..=299 => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let allow = match &v {
+                Value::Object(o) => match o.get("result") {
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(Value::Object(r)) => r.get("allow").and_then(Value::as_bool),
+                    _ => o.get("allow").and_then(Value::as_bool),
+                },
+                _ => None,
+            };
+            // Only an explicit `true` allows.
+            Some(allow == Some(true))
+        }
+        _ => None,
+    }
+}
+
+fn describe<B>(req: &Request<B>) -> Value {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| !SECRET_HEADERS.contains(&n.as_str()))
+        .filter_map(|(n, v)| {
+            Some((
+                n.as_str().to_owned(),
+                Value::String(v.to_str().ok()?.to_owned()),
+            ))
+        })
+        .collect();
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .map(ClientIp::ip)
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectionInfo>()
+                .map(|c| c.peer.ip())
+        })
+        .map(|ip| ip.to_canonical().to_string());
+    let principal = req.extensions().get::<Principal>().map(|p| {
+        json!({
+            "subject": p.subject(),
+            "consumer": p.consumer(),
+            "tier": p.tier(),
+            "roles": p.roles(),
+            "scopes": p.scopes(),
+            "method": format!("{:?}", p.method()).to_ascii_lowercase(),
+        })
+    });
+    json!({ "input": {
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": headers,
+        "client_ip": ip,
+        "principal": principal,
+    }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_explicit_true_allows() {
+        assert_eq!(verdict(200, br#"{"result": true}"#), Some(true));
+        assert_eq!(verdict(200, br#"{"result": {"allow": true}}"#), Some(true));
+        assert_eq!(verdict(200, br#"{"allow": true}"#), Some(true));
+        assert_eq!(
+            verdict(200, br#"{"result": "true"}"#),
+            Some(false),
+            "no coercion"
+        );
+        assert_eq!(verdict(200, br#"{}"#), Some(false));
+        assert_eq!(verdict(200, b"not json"), Some(false));
+        assert_eq!(verdict(403, b""), Some(false));
+        assert_eq!(verdict(500, br#"{"result": true}"#), None);
+        assert_eq!(verdict(401, b""), None);
+    }
+
+    #[test]
+    fn credentials_never_reach_the_decision_point() {
+        let req = Request::get("/orders?x=1")
+            .header("authorization", "Bearer secret")
+            .header("cookie", "s=secret")
+            .header("x-api-key", "secret")
+            .header("x-tenant", "acme")
+            .body(())
+            .unwrap();
+        let input = describe(&req).to_string();
+        assert!(!input.contains("secret"), "{input}");
+        assert!(input.contains("\"x-tenant\":\"acme\""), "{input}");
+    }
+}
