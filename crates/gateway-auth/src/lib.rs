@@ -18,8 +18,13 @@
 //! - With the `jwt` feature, `JwtAuth`: bearer JWTs verified against an inline JWK set or an
 //!   HMAC secret, with an algorithm allowlist and the checks of RFC 8725.
 //!
-//! Fetching JWK sets (JWKS/OIDC discovery), mTLS identities, attribute rules and external
-//! authorization are planned providers of the same [`Authenticate`] trait.
+//! - With the `mtls` feature, `MtlsAuth`: the verified client certificate (a
+//!   [`gateway_core::ClientCertificate`] put in the extensions by the TLS layer) becomes the
+//!   principal (SPIFFE URI, DNS name, e-mail or common name), optionally mapped to a consumer.
+//! - With the `ext-authz` feature, `ExtAuthz`: a policy decision point asked after
+//!   authentication.
+//!
+//! Fetching JWK sets (JWKS refresh, OIDC discovery) is planned.
 //!
 //! # Example
 //!
@@ -69,6 +74,8 @@ pub mod ip;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 pub mod rules;
 
 pub use apikey::{
@@ -81,6 +88,8 @@ pub use ip::{IpFilter, IpFilterLayer};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthBuilder, JwtConfigError};
 pub use layer::{RequireAuth, RequireAuthLayer, ResponseFuture};
+#[cfg(feature = "mtls")]
+pub use mtls::MtlsAuth;
 pub use rules::{Condition, Effect, Rule, Rules};
 
 use gateway_core::Principal;

@@ -50,6 +50,7 @@ mod path;
 mod principal;
 mod problem;
 mod route;
+mod tls;
 
 pub use classify::{ClassifyFailure, DefaultClassifier, FailureKind};
 pub use client_ip::{
@@ -60,6 +61,7 @@ pub use path::{PathError, normalize_path};
 pub use principal::{AuthMethod, Principal};
 pub use problem::{PROBLEM_JSON, Problem, ProblemValue, RejectReason, Rejection, ResponseFlags};
 pub use route::RouteId;
+pub use tls::ClientCertificate;
 
 /// The boxed error type used where errors from several sources meet.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
