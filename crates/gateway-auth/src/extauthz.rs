@@ -5,11 +5,15 @@
 //! "client_ip", "principal": {"subject", "consumer", "tier", "roles", "scopes", "method"}}}` —
 //! with credentials (`authorization`, `cookie`, `x-api-key`, `proxy-authorization`) never
 //! included, and POSTed through a [`PolicyClient`]. The answer allows the request when it is a
-//! `2xx` whose JSON body is `{"result": true}`, `{"result": {"allow": true}}` or `{"allow": true}`;
-//! a `403`, or any other `2xx` body, refuses it (`403`). Anything else (another status, a timeout,
-//! a transport error) is a failure, decided by the failure policy: closed (`503`, the default) or
-//! open (allowed), both logged to the audit target. Decisions can be cached for a short time
-//! (keyed by the SHA-256 of the input, bounded).
+//! `2xx` with an empty body (ext_authz style) or a JSON body `{"result": true}`,
+//! `{"result": {"allow": true}}` or `{"allow": true}` (OPA style); any `4xx`, or any other `2xx`
+//! body, refuses it (`403`). Anything else (a `5xx`, a redirect, a timeout, a transport error) is
+//! a failure, decided by the failure policy: closed (`503`, the default) or open (allowed), both
+//! logged to the audit target. Header values are sent in full (every field, comma-joined, bytes
+//! that are not printable ASCII as `\xNN`); forwarding headers are left out (`client_ip` is the
+//! resolved address) and so are the credentials of other providers named with
+//! [`ExtAuthz::withhold`]. The path is the one the route matched ([`NormalizedPath`]), before any
+//! rewrite. Decisions can be cached for a short time (keyed by the SHA-256 of the input, bounded).
 
 use std::{
     collections::HashMap,
@@ -20,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use gateway_core::{ClientIp, ConnectionInfo, Principal, Problem, RejectReason, ResponseFlags};
+use gateway_core::{
+    ClientIp, ConnectionInfo, NormalizedPath, Principal, Problem, RejectReason, ResponseFlags,
+};
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -43,11 +49,18 @@ where
     }
 }
 
-const SECRET_HEADERS: &[&str] = &[
+/// Never in the input: credentials, and forwarding headers a client may have forged
+/// (`client_ip` is the resolved address).
+const WITHHELD_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
     "x-api-key",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "via",
 ];
 
 struct Cache {
@@ -63,6 +76,8 @@ pub struct ExtAuthz {
     timeout: Duration,
     fail_open: bool,
     cache: Arc<Cache>,
+    withheld_headers: Arc<[String]>,
+    withheld_params: Arc<[String]>,
 }
 
 impl fmt::Debug for ExtAuthz {
@@ -87,7 +102,25 @@ impl ExtAuthz {
                 max: 10_000,
                 entries: Mutex::new(HashMap::new()),
             }),
+            withheld_headers: Arc::from([]),
+            withheld_params: Arc::from([]),
         }
+    }
+
+    /// Also leaves these headers and query parameters out of the input (the credentials of
+    /// every other authentication provider in use, so none reaches the decision point or its
+    /// logs).
+    pub fn withhold<H, P>(mut self, headers: H, query_params: P) -> Self
+    where
+        H: IntoIterator<Item = String>,
+        P: IntoIterator<Item = String>,
+    {
+        self.withheld_headers = headers
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        self.withheld_params = query_params.into_iter().collect();
+        self
     }
 
     /// How long to wait for a decision.
@@ -121,7 +154,7 @@ impl ExtAuthz {
     where
         ResBody: From<String>,
     {
-        let input = describe(req).to_string();
+        let input = describe(req, &self.withheld_headers, &self.withheld_params).to_string();
         let key: [u8; 32] = Sha256::digest(input.as_bytes()).into();
         let this = self.clone();
         async move {
@@ -192,10 +225,13 @@ impl ExtAuthz {
     }
 }
 
-/// `Some(allowed)` from a decision point's answer, `None` when it is not an answer.
+/// `Some(allowed)` from a decision point's answer, `None` when it is not an answer (a failure).
 fn verdict(status: u16, body: &[u8]) -> Option<bool> {
     match status {
-        403 => Some(false),
+        // ext_authz style: any 4xx is a denial, never a failure (so never failed open).
+        400..=499 => Some(false),
+        // ext_authz style: 200 with no body allows.
+        200..=299 if body.iter().all(u8::is_ascii_whitespace) => Some(true),
         200..=299 => {
             let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
             let allow = match &v {
@@ -213,18 +249,48 @@ fn verdict(status: u16, body: &[u8]) -> Option<bool> {
     }
 }
 
-fn describe<B>(req: &Request<B>) -> Value {
-    let headers: serde_json::Map<String, Value> = req
-        .headers()
-        .iter()
-        .filter(|(n, _)| !SECRET_HEADERS.contains(&n.as_str()))
-        .filter_map(|(n, v)| {
-            Some((
-                n.as_str().to_owned(),
-                Value::String(v.to_str().ok()?.to_owned()),
-            ))
-        })
-        .collect();
+/// A header value as text without losing bytes: bytes that are not printable ASCII (and `\`)
+/// are written `\xNN`.
+fn header_text(v: &http::HeaderValue) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(v.len());
+    for &b in v.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+fn describe<B>(req: &Request<B>, withheld_headers: &[String], withheld_params: &[String]) -> Value {
+    // Every value of every header (comma-joined in order), so the decision point sees what the
+    // upstream will see, duplicates included.
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let n = name.as_str();
+        if WITHHELD_HEADERS.contains(&n) || withheld_headers.iter().any(|w| w == n) {
+            continue;
+        }
+        let values: Vec<String> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(header_text)
+            .collect();
+        headers.insert(n.to_owned(), Value::String(values.join(", ")));
+    }
+    let query = req.uri().query().map(|q| {
+        q.split('&')
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+                !withheld_params.iter().any(|w| *w == name)
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
     let ip = req
         .extensions()
         .get::<ClientIp>()
@@ -243,12 +309,18 @@ fn describe<B>(req: &Request<B>) -> Value {
             "roles": p.roles(),
             "scopes": p.scopes(),
             "method": format!("{:?}", p.method()).to_ascii_lowercase(),
+            "attributes": p.attributes(),
         })
     });
+    // The path the route matched (before any rewrite), as every policy sees it.
+    let path = req
+        .extensions()
+        .get::<NormalizedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     json!({ "input": {
         "method": req.method().as_str(),
-        "path": req.uri().path(),
-        "query": req.uri().query(),
+        "path": path,
+        "query": query,
         "headers": headers,
         "client_ip": ip,
         "principal": principal,
@@ -272,8 +344,11 @@ mod tests {
         assert_eq!(verdict(200, br#"{}"#), Some(false));
         assert_eq!(verdict(200, b"not json"), Some(false));
         assert_eq!(verdict(403, b""), Some(false));
+        assert_eq!(verdict(401, b""), Some(false), "any 4xx denies");
+        assert_eq!(verdict(404, br#"{"result": true}"#), Some(false));
+        assert_eq!(verdict(200, b""), Some(true), "ext_authz style");
         assert_eq!(verdict(500, br#"{"result": true}"#), None);
-        assert_eq!(verdict(401, b""), None);
+        assert_eq!(verdict(302, b""), None);
     }
 
     #[test]
@@ -285,8 +360,40 @@ mod tests {
             .header("x-tenant", "acme")
             .body(())
             .unwrap();
-        let input = describe(&req).to_string();
+        let input = describe(
+            &req,
+            &[String::from("x-partner-key")],
+            &[String::from("api_key")],
+        )
+        .to_string();
         assert!(!input.contains("secret"), "{input}");
         assert!(input.contains("\"x-tenant\":\"acme\""), "{input}");
+        let req = Request::get("/orders?api_key=secret&x=1")
+            .header("x-partner-key", "secret")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-tenant", "victim")
+            .header("x-tenant", "mine")
+            .header("x-odd", http::HeaderValue::from_bytes(b"a\xff").unwrap())
+            .body(())
+            .unwrap();
+        let input = describe(
+            &req,
+            &[String::from("x-partner-key")],
+            &[String::from("api_key")],
+        );
+        let text = input.to_string();
+        assert!(
+            !text.contains("secret") && !text.contains("1.2.3.4"),
+            "{text}"
+        );
+        assert_eq!(input["input"]["query"], "x=1");
+        assert_eq!(
+            input["input"]["headers"]["x-tenant"], "victim, mine",
+            "every value"
+        );
+        assert_eq!(
+            input["input"]["headers"]["x-odd"], "a\\xff",
+            "nothing dropped"
+        );
     }
 }

@@ -12,7 +12,10 @@
 //!   `Authorization` headers are refused.
 //! - Scopes come from `scope` (space-separated string) or `scp` (array of strings); roles from a
 //!   configured claim path (array of strings). Wrong types are not coerced: a malformed `scope`
-//!   refuses the token, a roles claim that is not an array of strings grants no role.
+//!   refuses the token, a roles claim that is not an array of strings grants no role. String claims
+//!   become principal attributes named `jwt.<claim>` (the verified `iss` is `jwt.iss`).
+//! - One provider per identity provider on a route: a token another provider's keys would verify
+//!   is refused by this one (`any_of` with two JWT providers does not work yet).
 //! - Verified tokens are cached (by SHA-256, up to 10,000, each until its `exp`), so a client
 //!   repeating its token costs a hash and a lookup instead of a signature check.
 
@@ -110,12 +113,23 @@ impl JwtAuthBuilder {
     }
 
     fn add_jwk(&mut self, jwk: &Jwk) {
+        // Keys for encryption (`use: enc`) or for algorithms that are not signatures are not
+        // signing keys: skipped, never used for any algorithm.
+        if matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+        ) {
+            return;
+        }
+        let alg = match jwk.common.key_algorithm {
+            None => None,
+            Some(a) => match Algorithm::from_str(&a.to_string()) {
+                Ok(a) => Some(a),
+                Err(_) => return,
+            },
+        };
         match DecodingKey::from_jwk(jwk) {
             Ok(key) => {
-                let alg = jwk
-                    .common
-                    .key_algorithm
-                    .and_then(|a| Algorithm::from_str(&a.to_string()).ok());
                 self.keys.push(Key {
                     kid: jwk.common.key_id.clone(),
                     alg,
@@ -160,8 +174,13 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Clock skew allowed on `exp` and `nbf` (default 60 s).
+    /// Clock skew allowed on `exp` and `nbf` (default 60 s; at most 5 minutes, a larger one is a
+    /// build error).
     pub fn leeway(mut self, leeway: Duration) -> Self {
+        if leeway > Duration::from_secs(300) {
+            self.errors
+                .push(String::from("the leeway is at most 5 minutes"));
+        }
         self.leeway = leeway;
         self
     }
@@ -368,12 +387,22 @@ impl JwtAuth {
     /// configured cookie. Other `Authorization` schemes are left alone.
     fn take_tokens(&self, parts: &mut Parts) -> Vec<String> {
         let mut found = Vec::new();
+        // Anything whose scheme is `bearer` (any case, any whitespace after it) is this provider's
+        // credential; a malformed one (no token, bytes that are not ASCII) is taken as an empty,
+        // refused token, never left behind as "absent".
         let bearer = |v: &HeaderValue| {
-            let s = v.to_str().ok()?;
-            let (scheme, token) = s.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
+            let b = v.as_bytes();
+            let scheme_end = b
+                .iter()
+                .position(u8::is_ascii_whitespace)
+                .unwrap_or(b.len());
+            if !b[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+                return None;
+            }
+            Some(
+                v.to_str()
+                    .map_or_else(|_| String::new(), |s| s[scheme_end..].trim().to_owned()),
+            )
         };
         let all: Vec<HeaderValue> = parts
             .headers
@@ -421,11 +450,12 @@ impl JwtAuth {
             .iter()
             .filter(|k| k.key.family() == header.alg.family())
             .filter(|k| k.alg.is_none_or(|a| a == header.alg))
-            .filter(|k| match &header.kid {
-                Some(kid) => k.kid.as_deref() == Some(kid.as_str()),
-                None => true,
+            // A token's `kid` selects the key with that id; keys configured without an id (an
+            // HMAC secret, a JWK without `kid`) may verify any token of their family.
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(kid), Some(own)) => own == kid,
+                _ => true,
             })
-            .take(8)
             .collect();
         if candidates.is_empty() {
             return invalid("no key for this token");
@@ -515,16 +545,12 @@ impl JwtAuth {
         let mut p = Principal::new(sub, AuthMethod::Jwt)
             .with_scopes(scopes)
             .with_roles(roles);
-        // Top-level string claims become attributes (for attribute rules), bounded in number and
-        // size; `sub` and `scope` already have their own fields.
-        for (k, v) in claims.iter().take(64) {
-            if let Value::String(v) = v
-                && k != "sub"
-                && k != "scope"
-                && k.len() <= 64
-                && v.len() <= 256
-            {
-                p = p.with_attribute(k.as_str(), v.as_str());
+        // Top-level string claims become attributes `jwt.<claim>` (for attribute rules), all of
+        // them (the token size bounds them): the prefix keeps a claim from posing as an attribute
+        // another provider sets (`cert.uri`, ...).
+        for (k, v) in claims {
+            if let Value::String(v) = v {
+                p = p.with_attribute(format!("jwt.{k}"), v.as_str());
             }
         }
         if let Some(t) = inner

@@ -144,6 +144,20 @@ fn decide<ResBody: From<String>>(
             .headers
             .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
     {
+        // Browsers send no credentials on a preflight; anything credential-like is still
+        // stripped (never forwarded), and deny rules still apply.
+        for p in &cfg.providers {
+            let _ = p.authenticate(parts);
+        }
+        if let Some(rules) = &cfg.rules
+            && !rules.is_shadow()
+            && rules.denies(parts, None, crate::rules::second_of_day_now())
+        {
+            return Err(Problem::new(StatusCode::FORBIDDEN)
+                .detail("the request is not allowed by the route's rules")
+                .reason(RejectReason::Forbidden, ResponseFlags::empty())
+                .into_response());
+        }
         return Ok(());
     }
     let mut valid: Option<Principal> = None;

@@ -4,8 +4,10 @@
 //! extensions as a [`ClientCertificate`]; this provider never verifies signatures itself. The
 //! identity is, in order of preference, the first URI subject alternative name (a SPIFFE ID such
 //! as `spiffe://example.org/ns/prod/sa/orders`), the first DNS name, the first e-mail address, or
-//! the subject's common name. A certificate with none of them, or that does not parse, is
-//! refused. Identities can be mapped to consumers (with tier and roles) like API keys.
+//! — only when the certificate has no subject alternative names — the subject's common name. A
+//! certificate with none of them, with an unreadable SAN extension, or that does not parse, is
+//! refused. Identities can be mapped to consumers (with tier and roles) by their typed form
+//! (`uri:…`, `dns:…`, `email:…`, `cn:…`), so one kind of name never stands in for another.
 //!
 //! Attributes: `cert.uri`, `cert.dns`, `cert.email`, `cert.cn` (the first of each present).
 //!
@@ -51,15 +53,24 @@ fn names(der: &[u8]) -> Option<Names> {
             .map(|cn| cn.value().into_owned()),
         ..Names::default()
     };
-    if let Ok(Some((_, SubjectAltName(sans)))) = tbs.get_extension::<SubjectAltName>() {
-        for san in sans {
-            match san {
-                GeneralName::UniformResourceIdentifier(u) if n.uri.is_none() => {
-                    n.uri = Some(u.to_string());
+    match tbs.get_extension::<SubjectAltName>() {
+        // An unreadable or duplicated SAN extension: refuse rather than fall back to the CN.
+        Err(_) => return None,
+        Ok(None) => {}
+        Ok(Some((_, SubjectAltName(sans)))) => {
+            // With SANs present the CN is not a name (RFC 6125 §6.4.4).
+            n.cn = None;
+            for san in sans {
+                match san {
+                    GeneralName::UniformResourceIdentifier(u) if n.uri.is_none() => {
+                        n.uri = Some(u.to_string());
+                    }
+                    GeneralName::DnsName(d) if n.dns.is_none() => n.dns = Some(d.to_string()),
+                    GeneralName::Rfc822Name(e) if n.email.is_none() => {
+                        n.email = Some(e.to_string());
+                    }
+                    _ => {}
                 }
-                GeneralName::DnsName(d) if n.dns.is_none() => n.dns = Some(d.to_string()),
-                GeneralName::Rfc822Name(e) if n.email.is_none() => n.email = Some(e.to_string()),
-                _ => {}
             }
         }
     }
@@ -72,7 +83,8 @@ impl MtlsAuth {
         Self::default()
     }
 
-    /// Maps a certificate identity (SPIFFE ID, DNS name, ...) to a consumer: requests with that
+    /// Maps a typed certificate identity to a consumer: `uri:spiffe://example.org/ns/prod/sa/orders`,
+    /// `dns:orders.internal`, `email:ops@example.org` or `cn:legacy-client`. Requests with that
     /// identity get the consumer's id, tier and roles.
     pub fn consumer(mut self, identity: impl Into<String>, consumer: Arc<Consumer>) -> Self {
         Arc::make_mut(&mut self.consumers).insert(identity.into(), consumer);
@@ -111,7 +123,18 @@ impl Authenticate for MtlsAuth {
                 p = p.with_attribute(k, v.as_str());
             }
         }
-        if let Some(c) = self.consumers.get(&identity) {
+        // Consumers are mapped by typed identity, so a common name that looks like a SPIFFE ID
+        // never maps to the SPIFFE consumer.
+        let typed = if n.uri.as_ref() == Some(&identity) {
+            format!("uri:{identity}")
+        } else if n.dns.as_ref() == Some(&identity) {
+            format!("dns:{identity}")
+        } else if n.email.as_ref() == Some(&identity) {
+            format!("email:{identity}")
+        } else {
+            format!("cn:{identity}")
+        };
+        if let Some(c) = self.consumers.get(&typed) {
             p = p
                 .with_consumer(c.id.as_str())
                 .with_roles(c.roles.iter().map(String::as_str));

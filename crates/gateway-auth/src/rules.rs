@@ -1,7 +1,10 @@
 //! Attribute rules (ABAC): allow and deny rules over the principal, the request and the time of
 //! day, evaluated after authentication.
 //!
-//! Every rule has an effect and conditions, all of which must hold for it to match. A matching
+//! Every rule has an effect and conditions, all of which must hold for it to match. Paths are the
+//! [`NormalizedPath`] the route matched (before any rewrite) when it is in the extensions. A header
+//! condition in a deny rule matches when any field has the value; in an allow rule, only when
+//! exactly one field exists and has it. A matching
 //! `deny` refuses the request (`403`) whatever else matches; when there are `allow` rules, one of
 //! them must match; with only `deny` rules, everything they do not match is allowed. Conditions
 //! compare exactly (no pattern language, no type coercion): a condition on a principal attribute
@@ -30,7 +33,7 @@
 
 use std::net::IpAddr;
 
-use gateway_core::{ClientIp, ConnectionInfo, Principal};
+use gateway_core::{ClientIp, ConnectionInfo, NormalizedPath, Principal};
 use http::{HeaderName, Method, request::Parts};
 use ipnet::IpNet;
 
@@ -92,11 +95,21 @@ impl Condition {
         Self::Role(role.into())
     }
 
-    fn holds(&self, parts: &Parts, principal: Option<&Principal>, second_of_day: u32) -> bool {
+    fn holds(
+        &self,
+        effect: Effect,
+        parts: &Parts,
+        principal: Option<&Principal>,
+        second_of_day: u32,
+    ) -> bool {
         match self {
             Self::Method(m) => m.contains(&parts.method),
             Self::PathPrefix(p) => {
-                let path = parts.uri.path();
+                // The path the route matched, before any rewrite.
+                let path = parts
+                    .extensions
+                    .get::<NormalizedPath>()
+                    .map_or_else(|| parts.uri.path(), NormalizedPath::as_str);
                 let p = p.trim_end_matches('/');
                 path == p
                     || path
@@ -106,8 +119,15 @@ impl Condition {
             }
             Self::Header(name, value) => {
                 let mut all = parts.headers.get_all(name).iter();
-                // Exactly one field with exactly this value: duplicates never match.
-                matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
+                match effect {
+                    // A deny rule matches when any field has the value (sending it twice does
+                    // not escape the rule)...
+                    Effect::Deny => all.any(|v| v.as_bytes() == value.as_bytes()),
+                    // ...an allow rule only when exactly one field does (no ambiguity).
+                    Effect::Allow => {
+                        matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
+                    }
+                }
             }
             Self::ClientIp(nets) => {
                 client_ip(parts).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
@@ -186,6 +206,19 @@ impl Rules {
         self.shadow
     }
 
+    /// Whether a deny rule matches (for requests, such as CORS preflights, that are not
+    /// authenticated but must still honour deny rules).
+    pub fn denies(&self, parts: &Parts, principal: Option<&Principal>, second_of_day: u32) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| r.effect == Effect::Deny)
+            .any(|r| {
+                r.conditions
+                    .iter()
+                    .all(|c| c.holds(Effect::Deny, parts, principal, second_of_day))
+            })
+    }
+
     /// Whether the request is permitted (ignoring shadow mode). `second_of_day` is the UTC time
     /// of day in seconds.
     pub fn permits(
@@ -201,7 +234,7 @@ impl Rules {
                 .any(|r| {
                     r.conditions
                         .iter()
-                        .all(|c| c.holds(parts, principal, second_of_day))
+                        .all(|c| c.holds(effect, parts, principal, second_of_day))
                 })
         };
         if matching(Effect::Deny) {
@@ -270,15 +303,20 @@ mod tests {
             Some(&gold),
             0
         ));
-        // Two x-debug fields: the condition is false (so the deny does not match) — never a bypass
-        // of an allow, and deny rules should not rely on absent-or-duplicate headers.
+        // Sending the denied header twice does not escape the deny rule.
         let dup = parts(
             "GET",
             "/public/x",
-            &[("x-debug", "1"), ("x-debug", "1")],
+            &[("x-debug", "0"), ("x-debug", "1")],
             "192.0.2.1",
         );
-        assert!(rules.permits(&dup, None, 0));
+        assert!(!rules.permits(&dup, None, 0));
+        // Rules see the path the route matched, not a rewritten one.
+        let mut rewritten = parts("GET", "/internal/x", &[], "192.0.2.1");
+        rewritten
+            .extensions
+            .insert(NormalizedPath::new("/public/x"));
+        assert!(rules.permits(&rewritten, None, 0));
     }
 
     #[test]

@@ -148,6 +148,12 @@ fn valid_tokens_of_every_family_become_principals() {
             "{alg:?}"
         );
         assert_eq!(p.tier(), Some("gold"));
+        assert_eq!(
+            p.attributes()["jwt.iss"],
+            "https://idp.example",
+            "claims are namespaced"
+        );
+        assert!(!p.attributes().contains_key("tier"));
     }
     // Without a kid, the keys of the token's family are tried.
     let no_kid = encode(&Header::new(Algorithm::ES256), &claims(), &k.ec).unwrap();
@@ -325,6 +331,19 @@ fn headers_and_transport_attacks_are_refused() {
         ("cookie", format!("session={t}")),
     ];
     assert_eq!(reason(check(&a, &both)), "several tokens in one request");
+    // A malformed bearer header is refused and stripped, never "absent".
+    for odd in ["Bearer", "bearer\t", "BEARER  ", "Bearer\tabc"] {
+        let (mut parts, ()) = http::Request::builder()
+            .header("authorization", odd)
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(
+            matches!(a.authenticate(&mut parts), Credential::Invalid(_)),
+            "{odd:?}"
+        );
+        assert!(parts.headers.get("authorization").is_none(), "{odd:?}");
+    }
     // Another scheme is not this provider's credential, and is left in place.
     let (mut parts, ()) = http::Request::builder()
         .header("authorization", "Basic dXNlcjpwYXNz")
@@ -338,6 +357,13 @@ fn headers_and_transport_attacks_are_refused() {
 #[test]
 fn misconfiguration_is_refused_at_build_time() {
     let k = keys();
+    let err = JwtAuth::builder()
+        .algorithms(["HS256"])
+        .hmac_secret(None, HMAC)
+        .leeway(std::time::Duration::from_secs(3600))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 5 minutes"), "{err}");
     let err = JwtAuth::builder()
         .algorithms(["HS256"])
         .jwks_json(&k.jwks)

@@ -30,7 +30,7 @@ fn check(auth: &MtlsAuth, cert: Option<ClientCertificate>) -> Credential {
 fn the_identity_prefers_uri_then_dns_then_email_then_cn() {
     let spiffe = "spiffe://example.org/ns/prod/sa/orders";
     let auth = MtlsAuth::new().consumer(
-        spiffe,
+        format!("uri:{spiffe}"),
         Arc::new(
             Consumer::new("orders-svc")
                 .tier("gold")
@@ -52,7 +52,10 @@ fn the_identity_prefers_uri_then_dns_then_email_then_cn() {
     assert_eq!(p.tier(), Some("gold"));
     assert!(p.has_role("orders.write"));
     assert_eq!(p.attributes()["cert.dns"], "orders.internal");
-    assert_eq!(p.attributes()["cert.cn"], "orders");
+    assert!(
+        !p.attributes().contains_key("cert.cn"),
+        "no CN when SANs are present"
+    );
 
     let dns = cert(
         Some("x"),
@@ -85,4 +88,27 @@ fn missing_nameless_and_garbage_certificates() {
         ),
         Credential::Invalid(_)
     ));
+}
+
+#[test]
+fn a_common_name_never_stands_in_for_a_san() {
+    let spiffe = "spiffe://example.org/ns/prod/sa/orders";
+    let auth = MtlsAuth::new().consumer(
+        format!("uri:{spiffe}"),
+        Arc::new(Consumer::new("orders-svc")),
+    );
+    // A CN that spells the SPIFFE ID, and no SANs: its identity is the CN, not mapped.
+    let Credential::Valid(p) = check(&auth, Some(cert(Some(spiffe), vec![]))) else {
+        panic!("refused")
+    };
+    assert_eq!(p.consumer(), None);
+    // E-mail SANs come after URI and DNS names.
+    let email = cert(
+        Some("x"),
+        vec![SanType::Rfc822Name("ops@example.org".try_into().unwrap())],
+    );
+    let Credential::Valid(p) = check(&auth, Some(email)) else {
+        panic!("refused")
+    };
+    assert_eq!(p.subject(), "ops@example.org");
 }

@@ -41,3 +41,21 @@ impl AsRef<str> for RouteId {
         &self.0
     }
 }
+
+/// The normalized request path the route matched, before any rewrite: the one path routing,
+/// policy (rules, external authorization) and logs agree on. The reference gateway inserts it;
+/// layers fall back to the request's own path without it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NormalizedPath(Arc<str>);
+
+impl NormalizedPath {
+    /// Wraps a normalized path.
+    pub fn new(path: impl Into<Arc<str>>) -> Self {
+        Self(path.into())
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

@@ -28,6 +28,10 @@ use crate::config::{
 #[derive(Default)]
 pub(crate) struct Providers {
     by_name: BTreeMap<String, Arc<dyn Authenticate>>,
+    /// Every header and query parameter any provider reads a credential from: never sent to an
+    /// external decision point.
+    credential_headers: Vec<String>,
+    credential_params: Vec<String>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -252,6 +256,12 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
                     );
                     continue;
                 }
+                if let Some(h) = &src.header {
+                    providers.credential_headers.push(h.to_ascii_lowercase());
+                }
+                if let Some(q) = &src.query {
+                    providers.credential_params.push(q.clone());
+                }
                 let source = if let Some(h) = &src.header {
                     let lower = h.to_ascii_lowercase();
                     if unusable_key_header(&lower, &internal) {
@@ -353,7 +363,18 @@ fn compile_jwt(
         b = b.consumer_claim(c.as_str());
     }
     if let Some(c) = &j.cookie {
+        if c.trim().is_empty() {
+            issues.at(
+                spanned,
+                format!("{field}.cookie"),
+                "the name must not be empty",
+            );
+        }
         b = b.cookie(c.as_str());
+    }
+    if j.leeway.is_some_and(|l| l.0 > Duration::from_secs(300)) {
+        issues.at(spanned, format!("{field}.leeway"), "at most 5m");
+        return None;
     }
     match b.build() {
         Ok(jwt) => Some(jwt),
@@ -485,7 +506,8 @@ fn compile_rules(field: &str, a: &AuthConfig, issues: &mut Issues) -> Rules {
             conds.push(Condition::Tier(v.clone()));
         }
         for (k, v) in &r.claims {
-            conds.push(Condition::Attribute(k.clone(), v.clone()));
+            // JWT claims are the principal's `jwt.*` attributes.
+            conds.push(Condition::Attribute(format!("jwt.{k}"), v.clone()));
         }
         if let Some(t) = &r.time_of_day {
             match t
@@ -570,6 +592,7 @@ impl PolicyClient for UpstreamPolicy {
 pub(crate) fn compile_ext_authz(
     field: &str,
     spanned: &Spanned<ExtAuthzConfig>,
+    providers: &Providers,
     issues: &mut Issues,
 ) -> Option<ExtAuthz> {
     let x = &spanned.value;
@@ -630,7 +653,11 @@ pub(crate) fn compile_ext_authz(
         ExtAuthz::new(client)
             .timeout(timeout)
             .fail_open(fail_open)
-            .cache(x.cache_ttl.map_or(Duration::ZERO, |d| d.0), 10_000),
+            .cache(x.cache_ttl.map_or(Duration::ZERO, |d| d.0), 10_000)
+            .withhold(
+                providers.credential_headers.iter().cloned(),
+                providers.credential_params.iter().cloned(),
+            ),
     )
 }
 

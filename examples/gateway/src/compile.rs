@@ -465,7 +465,7 @@ fn compile_route(
         .auth
         .as_ref()
         .and_then(|a| a.value.ext_authz.as_ref())
-        .and_then(|x| compile_ext_authz(&field, x, issues));
+        .and_then(|x| compile_ext_authz(&field, x, limits.providers, issues));
     let ip_filter = rc
         .ip_filter
         .as_ref()

@@ -324,6 +324,10 @@ impl Pipeline {
             ));
         };
         let route = matched.route;
+        // The path policy sees (rules, external authorization): the one the route matched.
+        parts
+            .extensions
+            .insert(gateway_core::NormalizedPath::new(path.as_ref()));
         let forward_path = rewrite_path(route, &path, &matched.params);
         if forward_path != raw_path {
             let pq = match query {

@@ -440,8 +440,10 @@ async fn decision_point() -> TestUpstream {
         use http_body_util::BodyExt;
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let allow = input["input"]["principal"]["consumer"] == "acme"
-            && input["input"]["headers"].get("x-api-key").is_none();
+        // Credentials of any provider never reach the decision point.
+        let text = input.to_string();
+        let leaked = text.contains("acme-key") || text.contains("partner-secret");
+        let allow = input["input"]["principal"]["consumer"] == "acme" && !leaked;
         http::Response::new(gateway_test::full(format!("{{\"result\": {allow}}}")))
     })
     .await
@@ -457,7 +459,7 @@ async fn an_external_decision_point_authorizes_after_authentication() {
                 "    auth:\n      ext_authz: {{ url: \"http://{}/v1/data/gateway/allow\", cache_ttl: 1m }}\n",
                 pdp.addr()
             ),
-            "",
+            "auth_providers:\n  partner: { api_key: { header: x-partner-key } }\n",
         ),
         up.addr(),
     );
@@ -469,14 +471,25 @@ async fn an_external_decision_point_authorizes_after_authentication() {
         get_with(addr(&gw), "/x", "x-api-key: bob-key\r\n").await.0,
         "403"
     );
-    assert_eq!(pdp.requests().len(), 2);
+    // Another provider's credential on the request is withheld from the decision point.
+    assert_eq!(
+        get_with(
+            addr(&gw),
+            "/x?api_key=zzz",
+            "x-api-key: acme-key\r\nx-partner-key: partner-secret\r\n"
+        )
+        .await
+        .0,
+        "200"
+    );
+    assert_eq!(pdp.requests().len(), 3);
     assert_eq!(pdp.last_request().uri, "/v1/data/gateway/allow");
     // The same request again: decided from the cache.
     assert_eq!(
         get_with(addr(&gw), "/x", "x-api-key: acme-key\r\n").await.0,
         "200"
     );
-    assert_eq!(pdp.requests().len(), 2);
+    assert_eq!(pdp.requests().len(), 3, "served from the cache");
 }
 
 #[tokio::test]
@@ -500,5 +513,28 @@ async fn a_failing_decision_point_applies_the_failure_policy() {
             .await
             .0,
         "200"
+    );
+}
+
+#[tokio::test]
+async fn rules_see_the_path_the_route_matched_not_the_rewritten_one() {
+    let up = TestUpstream::echo().await;
+    let yaml = config(
+        "    match: { path_prefix: /v2/orders }\n    rewrite: /orders\n    auth:\n      rules:\n        - { effect: deny, path_prefix: /v2/orders/admin }\n",
+        "",
+    );
+    let gw = start(&yaml, up.addr());
+    assert_eq!(
+        get_with(addr(&gw), "/v2/orders/1", "x-api-key: acme-key\r\n")
+            .await
+            .0,
+        "200"
+    );
+    assert_eq!(up.last_request().uri, "/orders/1");
+    assert_eq!(
+        get_with(addr(&gw), "/v2/orders/admin/x", "x-api-key: acme-key\r\n")
+            .await
+            .0,
+        "403"
     );
 }
