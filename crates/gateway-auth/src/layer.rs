@@ -23,6 +23,7 @@ struct Config {
     scopes: Vec<String>,
     cors_preflight: bool,
     rules: Option<Rules>,
+    all_of: bool,
 }
 
 /// Layer requiring an authenticated caller; see the [crate docs](crate).
@@ -59,6 +60,7 @@ impl RequireAuthLayer {
                 scopes: Vec::new(),
                 cors_preflight: false,
                 rules: None,
+                all_of: false,
             }),
         }
     }
@@ -74,12 +76,19 @@ impl RequireAuthLayer {
                     scopes: self.cfg.scopes.clone(),
                     cors_preflight: self.cfg.cors_preflight,
                     rules: self.cfg.rules.clone(),
+                    all_of: self.cfg.all_of,
                 };
                 f(&mut cfg);
                 self.cfg = Arc::new(cfg);
             }
         }
         self
+    }
+
+    /// Requires a valid credential of *every* provider (for example a client certificate and a
+    /// token), instead of any one of them. The principal is the first provider's.
+    pub fn all_of(self, all: bool) -> Self {
+        self.edit(|c| c.all_of = all)
     }
 
     /// Also accepts credentials of `provider` (any of the providers may authenticate).
@@ -163,10 +172,11 @@ fn decide<ResBody: From<String>>(
     let mut valid: Option<Principal> = None;
     let mut failure: Option<AuthFailure> = None;
     let mut valid_count = 0;
+    let mut absent = 0;
     // Every provider runs, so every credential is stripped and none is ignored.
     for p in &cfg.providers {
         match p.authenticate(parts) {
-            Credential::Absent => {}
+            Credential::Absent => absent += 1,
             Credential::Valid(principal) => {
                 valid_count += 1;
                 valid.get_or_insert(principal);
@@ -184,7 +194,12 @@ fn decide<ResBody: From<String>>(
             .map(|r| r.as_str().to_owned());
         tracing::info!(target: "gateway_auth::audit", reason, provider, client_ip = ?ip, route = ?route, "authentication failed");
     };
-    if valid_count > 1 && failure.is_none() {
+    if cfg.all_of && absent > 0 && failure.is_none() {
+        // Every provider's credential is required: one missing is like none at all.
+        audit("a required credential is missing", "all_of");
+        return Err(unauthorized(cfg, "authentication is required", false));
+    }
+    if valid_count > 1 && !cfg.all_of && failure.is_none() {
         // Two credentials (say a key in a link's query and another in the browser's cookie):
         // never pick one by order.
         failure = Some(AuthFailure::new(

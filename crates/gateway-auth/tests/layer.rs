@@ -227,3 +227,27 @@ async fn scopes_are_all_required_and_cors_preflights_can_pass() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn all_of_requires_every_provider() {
+    let header = ApiKeyAuth::new(keys());
+    let other = ApiKeyAuth::new(keys())
+        .sources([ApiKeySource::Header(HeaderName::from_static("x-other-key"))]);
+    let mut svc = service(RequireAuthLayer::new(header).or(other).all_of(true));
+    let both = call(
+        &mut svc,
+        &[("x-api-key", "acme-key"), ("x-other-key", "bob-key")],
+    )
+    .await;
+    assert_eq!(both.body(), "acme", "the first provider's principal");
+    assert_eq!(
+        call(&mut svc, &[("x-api-key", "acme-key")]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let bad = call(
+        &mut svc,
+        &[("x-api-key", "acme-key"), ("x-other-key", "nope")],
+    )
+    .await;
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+}

@@ -394,13 +394,19 @@ pub(crate) fn compile_route_auth(
 ) -> Option<RequireAuthLayer> {
     let a = &spanned.value;
     let field = format!("{field}.auth");
-    let names: Vec<(&str, Option<&Spanned<String>>)> = if a.any_of.is_empty() {
+    if !a.any_of.is_empty() && !a.all_of.is_empty() {
+        issues.at(spanned, &field, "use either `any_of` or `all_of`, not both");
+    }
+    let all = !a.all_of.is_empty();
+    let (list, key) = if all {
+        (&a.all_of, "all_of")
+    } else {
+        (&a.any_of, "any_of")
+    };
+    let names: Vec<(&str, Option<&Spanned<String>>)> = if list.is_empty() {
         vec![("api_key", None)]
     } else {
-        a.any_of
-            .iter()
-            .map(|n| (n.value.as_str(), Some(n)))
-            .collect()
+        list.iter().map(|n| (n.value.as_str(), Some(n))).collect()
     };
     let mut layer: Option<RequireAuthLayer> = None;
     for (j, (name, at)) in names.into_iter().enumerate() {
@@ -411,8 +417,8 @@ pub(crate) fn compile_route_auth(
                 known.join(", ")
             );
             match at {
-                Some(s) => issues.at(s, format!("{field}.any_of[{j}]"), msg),
-                None => issues.at(spanned, format!("{field}.any_of"), msg),
+                Some(s) => issues.at(s, format!("{field}.{key}[{j}]"), msg),
+                None => issues.at(spanned, format!("{field}.{key}"), msg),
             }
             continue;
         };
@@ -423,6 +429,7 @@ pub(crate) fn compile_route_auth(
     }
     Some(
         layer?
+            .all_of(all)
             .optional(a.optional)
             .scopes(a.scopes.iter().map(String::as_str))
             .cors_preflight(a.cors_preflight)

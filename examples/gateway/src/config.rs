@@ -177,6 +177,9 @@ pub struct AuthConfig {
     /// Providers, any of which may authenticate the caller (default `[api_key]`).
     #[serde(default)]
     pub any_of: Vec<Spanned<String>>,
+    /// Providers that must all authenticate the caller (instead of `any_of`).
+    #[serde(default)]
+    pub all_of: Vec<Spanned<String>>,
     /// The caller needs at least one of these roles.
     #[serde(default)]
     pub roles: Vec<String>,

@@ -538,3 +538,25 @@ async fn rules_see_the_path_the_route_matched_not_the_rewritten_one() {
         "403"
     );
 }
+
+#[tokio::test]
+async fn all_of_requires_every_provider_through_the_gateway() {
+    let up = TestUpstream::fixed("ok").await;
+    let gw = start(
+        &config(
+            "    auth: { all_of: [api_key, by_query] }\n",
+            "auth_providers:\n  by_query: { api_key: { query: k } }\n",
+        ),
+        up.addr(),
+    );
+    assert_eq!(
+        get_with(addr(&gw), "/?k=bob-key", "x-api-key: acme-key\r\n")
+            .await
+            .0,
+        "200"
+    );
+    assert_eq!(
+        get_with(addr(&gw), "/", "x-api-key: acme-key\r\n").await.0,
+        "401"
+    );
+}
