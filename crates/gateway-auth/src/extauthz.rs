@@ -24,9 +24,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_core::{
-    ClientIp, ConnectionInfo, NormalizedPath, Principal, Problem, RejectReason, ResponseFlags,
-};
+use gateway_core::{NormalizedPath, Principal, Problem, RejectReason, ResponseFlags};
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -291,16 +289,7 @@ fn describe<B>(req: &Request<B>, withheld_headers: &[String], withheld_params: &
             .collect::<Vec<_>>()
             .join("&")
     });
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map(ClientIp::ip)
-        .or_else(|| {
-            req.extensions()
-                .get::<ConnectionInfo>()
-                .map(|c| c.peer.ip())
-        })
-        .map(|ip| ip.to_canonical().to_string());
+    let ip = crate::client_ip(req.extensions()).map(|ip| ip.to_string());
     let principal = req.extensions().get::<Principal>().map(|p| {
         json!({
             "subject": p.subject(),

@@ -1,9 +1,10 @@
 //! IP allow and deny lists over the resolved client IP.
 //!
-//! The address is the [`ClientIp`] in the request extensions (put there by
-//! [`gateway_core::ResolveClientIpLayer`] or the reference gateway), else the socket peer from
-//! [`ConnectionInfo`]; a request with neither is refused (fail closed). Deny wins over allow; an
-//! empty allow list allows every address not denied. Refusals are `403` problem bodies.
+//! The address is the [`ClientIp`](gateway_core::ClientIp) in the request extensions (put there
+//! by [`gateway_core::ResolveClientIpLayer`] or the reference gateway), else the socket peer from
+//! [`ConnectionInfo`](gateway_core::ConnectionInfo); a request with neither is refused (fail
+//! closed). Deny wins over allow; an empty allow list allows every address not denied. Refusals
+//! are `403` problem bodies.
 //!
 //! # Example
 //!
@@ -42,7 +43,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use gateway_core::{ClientIp, ConnectionInfo, Problem, RejectReason, ResponseFlags};
+use gateway_core::{Problem, RejectReason, ResponseFlags};
 use http::{Request, Response, StatusCode};
 use ipnet::IpNet;
 use tower_layer::Layer;
@@ -88,15 +89,7 @@ impl IpFilterLayer {
     /// The `403` to answer `req` with, or `None` when its client may pass. For pipelines outside
     /// tower.
     pub fn refusal<B, ResBody: From<String>>(&self, req: &Request<B>) -> Option<Response<ResBody>> {
-        let ip = req
-            .extensions()
-            .get::<ClientIp>()
-            .map(ClientIp::ip)
-            .or_else(|| {
-                req.extensions()
-                    .get::<ConnectionInfo>()
-                    .map(|c| c.peer.ip())
-            });
+        let ip = crate::client_ip(req.extensions());
         if ip.is_some_and(|ip| self.permits(ip)) {
             return None;
         }

@@ -105,6 +105,19 @@ impl<A: Authenticate + ?Sized> Authenticate for std::sync::Arc<A> {
     }
 }
 
+/// The client's address: the resolved [`gateway_core::ClientIp`], else the socket peer, in its
+/// canonical form (IPv4-mapped IPv6 as IPv4). Shared by the IP filter, the rules and external
+/// authorization, so they judge the same address.
+pub(crate) fn client_ip(ext: &http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<gateway_core::ClientIp>()
+        .map(gateway_core::ClientIp::ip)
+        .or_else(|| {
+            ext.get::<gateway_core::ConnectionInfo>()
+                .map(|c| c.peer.ip())
+        })
+        .map(|ip| ip.to_canonical())
+}
+
 /// What a provider found in a request.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -33,7 +33,7 @@
 
 use std::net::IpAddr;
 
-use gateway_core::{ClientIp, ConnectionInfo, NormalizedPath, Principal};
+use gateway_core::{NormalizedPath, Principal};
 use http::{HeaderName, Method, request::Parts};
 use ipnet::IpNet;
 
@@ -149,17 +149,7 @@ impl Condition {
 }
 
 fn client_ip(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ClientIp>()
-        .map(ClientIp::ip)
-        .or_else(|| {
-            parts
-                .extensions
-                .get::<ConnectionInfo>()
-                .map(|c| c.peer.ip())
-        })
-        .map(|ip| ip.to_canonical())
+    crate::client_ip(&parts.extensions)
 }
 
 /// A rule: an effect and the conditions that must all hold.
@@ -265,7 +255,7 @@ mod tests {
         }
         let mut req = b.body(()).unwrap();
         req.extensions_mut()
-            .insert(ClientIp::direct(ip.parse().unwrap()));
+            .insert(gateway_core::ClientIp::direct(ip.parse().unwrap()));
         req.into_parts().0
     }
 
