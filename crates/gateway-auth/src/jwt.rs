@@ -38,11 +38,44 @@ use sha2::Digest;
 
 use crate::{AuthFailure, Authenticate, Credential};
 
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     /// The JWK's own `alg`, when it names one.
     alg: Option<Algorithm>,
     key: DecodingKey,
+}
+
+/// The signing key of a JWK: `Ok(None)` for keys that are not signing keys (`use: enc`, an
+/// algorithm that is not a signature), never used for any algorithm.
+pub(crate) fn key_from_jwk(jwk: &Jwk) -> Result<Option<Key>, String> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+    ) {
+        return Ok(None);
+    }
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(a) => match Algorithm::from_str(&a.to_string()) {
+            Ok(a) => Some(a),
+            Err(_) => return Ok(None),
+        },
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+        format!(
+            "unusable JWK{}: {e}",
+            jwk.common
+                .key_id
+                .as_deref()
+                .map(|k| format!(" `{k}`"))
+                .unwrap_or_default()
+        )
+    })?;
+    Ok(Some(Key {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        key,
+    }))
 }
 
 /// Why a JWT provider could not be built.
@@ -71,6 +104,12 @@ pub struct JwtAuthBuilder {
     consumer_claim: Option<String>,
     cookie: Option<String>,
     cache_capacity: usize,
+    #[cfg(feature = "jwks")]
+    remote: Option<crate::jwks::Location>,
+    #[cfg(feature = "jwks")]
+    extra_roots: Vec<Vec<u8>>,
+    #[cfg(feature = "jwks")]
+    cooldown: Option<Duration>,
     errors: Vec<String>,
 }
 
@@ -113,38 +152,64 @@ impl JwtAuthBuilder {
     }
 
     fn add_jwk(&mut self, jwk: &Jwk) {
-        // Keys for encryption (`use: enc`) or for algorithms that are not signatures are not
-        // signing keys: skipped, never used for any algorithm.
-        if matches!(
-            jwk.common.public_key_use,
-            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-        ) {
-            return;
+        match key_from_jwk(jwk) {
+            Ok(Some(key)) => self.keys.push(key),
+            Ok(None) => {}
+            Err(e) => self.errors.push(e),
         }
-        let alg = match jwk.common.key_algorithm {
-            None => None,
-            Some(a) => match Algorithm::from_str(&a.to_string()) {
-                Ok(a) => Some(a),
-                Err(_) => return,
-            },
-        };
-        match DecodingKey::from_jwk(jwk) {
-            Ok(key) => {
-                self.keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
+    }
+
+    /// Fetches the keys from this JWK set URL (`https://…/jwks.json`), kept fresh in the
+    /// background; see [`crate::jwks`]. Needs the `jwks` feature.
+    #[cfg(feature = "jwks")]
+    pub fn jwks_uri(mut self, url: impl Into<String>) -> Self {
+        self.remote = Some(crate::jwks::Location::Jwks(url.into()));
+        self
+    }
+
+    /// Finds the keys through OpenID Connect discovery of `issuer` (which is also accepted as an
+    /// `iss`). Needs the `jwks` feature.
+    #[cfg(feature = "jwks")]
+    pub fn oidc_issuer(mut self, issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        self.issuers.push(issuer.clone());
+        self.remote = Some(crate::jwks::Location::Issuer(issuer));
+        self
+    }
+
+    /// Also trusts this root certificate (DER) for fetching keys (a private CA).
+    #[cfg(feature = "jwks")]
+    pub fn extra_root(mut self, der: Vec<u8>) -> Self {
+        self.extra_roots.push(der);
+        self
+    }
+
+    /// Also trusts the root certificates of this PEM document (a private CA) for fetching keys.
+    #[cfg(feature = "jwks")]
+    pub fn extra_roots_pem(mut self, pem: &[u8]) -> Self {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut any = false;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            match cert {
+                Ok(c) => {
+                    any = true;
+                    self.extra_roots.push(c.to_vec());
+                }
+                Err(e) => self.errors.push(format!("unreadable CA certificate: {e}")),
             }
-            Err(e) => self.errors.push(format!(
-                "unusable JWK{}: {e}",
-                jwk.common
-                    .key_id
-                    .as_deref()
-                    .map(|k| format!(" `{k}`"))
-                    .unwrap_or_default()
-            )),
         }
+        if !any {
+            self.errors
+                .push(String::from("no certificate in the CA file"));
+        }
+        self
+    }
+
+    /// The least time between two fetches asked for by unknown `kid`s (default 30 s).
+    #[cfg(feature = "jwks")]
+    pub fn refetch_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = Some(cooldown);
+        self
     }
 
     /// Adds a shared HMAC secret (at least 32 bytes), optionally under a `kid`.
@@ -225,22 +290,45 @@ impl JwtAuthBuilder {
     /// Builds the provider, or says what is wrong: unknown algorithms, unusable keys, no key, no
     /// algorithm, or an algorithm no configured key can verify.
     pub fn build(self) -> Result<JwtAuth, JwtConfigError> {
+        // Keys fetched later cannot be checked now.
+        let fetched = self.remote_configured();
         let mut errors = self.errors;
-        if self.keys.is_empty() {
+        #[cfg(feature = "jwks")]
+        let remote = match &self.remote {
+            None => None,
+            Some(loc) => match crate::jwks::RemoteKeys::new(
+                loc.clone(),
+                &self.extra_roots,
+                self.cooldown.unwrap_or(Duration::from_secs(30)),
+            ) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            },
+        };
+        #[cfg(not(feature = "jwks"))]
+        let remote: Option<()> = None;
+        if self.keys.is_empty() && !fetched {
             errors.push(String::from("no verification key"));
         }
         if self.algorithms.is_empty() {
             errors.push(String::from("no algorithm allowed"));
         }
         for a in &self.algorithms {
-            if !self.keys.iter().any(|k| k.key.family() == a.family()) {
+            if !fetched && !self.keys.iter().any(|k| k.key.family() == a.family()) {
                 errors.push(format!("no configured key can verify `{a:?}`"));
             }
         }
         if !errors.is_empty() {
             return Err(JwtConfigError(errors.join("; ")));
         }
+        #[cfg(not(feature = "jwks"))]
+        let _ = remote;
         Ok(JwtAuth(Arc::new(Inner {
+            #[cfg(feature = "jwks")]
+            remote,
             cache: Cache::new(self.cache_capacity),
             keys: self.keys,
             algorithms: self.algorithms,
@@ -321,6 +409,8 @@ fn unix_now() -> u64 {
 }
 
 struct Inner {
+    #[cfg(feature = "jwks")]
+    remote: Option<Arc<crate::jwks::RemoteKeys>>,
     cache: Cache,
     keys: Vec<Key>,
     algorithms: Vec<Algorithm>,
@@ -372,7 +462,31 @@ fn invalid(reason: &'static str) -> Credential {
     Credential::Invalid(AuthFailure::new("jwt", reason))
 }
 
+impl JwtAuthBuilder {
+    fn remote_configured(&self) -> bool {
+        #[cfg(feature = "jwks")]
+        return self.remote.is_some();
+        #[cfg(not(feature = "jwks"))]
+        false
+    }
+}
+
 impl JwtAuth {
+    /// JWK set fetches made so far (0 without a remote key set).
+    #[cfg(feature = "jwks")]
+    pub fn jwks_fetches(&self) -> u64 {
+        self.0.remote.as_ref().map_or(0, |r| r.fetches())
+    }
+
+    /// Early JWK set refetches asked for by tokens with unknown `kid`s (at most one per cooldown).
+    #[cfg(feature = "jwks")]
+    pub fn jwks_refetches_requested(&self) -> u64 {
+        self.0
+            .remote
+            .as_ref()
+            .map_or(0, |r| r.refetches_requested())
+    }
+
     /// A builder (60 s leeway, 8 KiB tokens).
     pub fn builder() -> JwtAuthBuilder {
         JwtAuthBuilder {
@@ -445,9 +559,17 @@ impl JwtAuth {
         if !inner.algorithms.contains(&header.alg) {
             return invalid("algorithm not allowed");
         }
+        #[cfg(feature = "jwks")]
+        let remote = inner.remote.as_ref().map(|r| {
+            r.ensure_started();
+            r.snapshot()
+        });
+        #[cfg(not(feature = "jwks"))]
+        let remote: Option<Arc<Vec<Key>>> = None;
         let candidates: Vec<&Key> = inner
             .keys
             .iter()
+            .chain(remote.iter().flat_map(|keys| keys.iter()))
             .filter(|k| k.key.family() == header.alg.family())
             .filter(|k| k.alg.is_none_or(|a| a == header.alg))
             // A token's `kid` selects the key with that id; keys configured without an id (an
@@ -458,6 +580,11 @@ impl JwtAuth {
             })
             .collect();
         if candidates.is_empty() {
+            // Perhaps the keys rotated: fetch them again (at most once per cooldown).
+            #[cfg(feature = "jwks")]
+            if let Some(r) = &inner.remote {
+                r.request_refresh();
+            }
             return invalid("no key for this token");
         }
         let mut v = Validation::new(header.alg);

@@ -24,7 +24,8 @@
 //! - With the `ext-authz` feature, `ExtAuthz`: a policy decision point asked after
 //!   authentication.
 //!
-//! Fetching JWK sets (JWKS refresh, OIDC discovery) is planned.
+//! - With the `jwks` feature, `JwtAuth` fetches its keys from a `jwks_uri` or through OpenID
+//!   Connect discovery (see the `jwks` module).
 //!
 //! # Example
 //!
@@ -71,6 +72,8 @@ mod apikey;
 #[cfg(feature = "ext-authz")]
 pub mod extauthz;
 pub mod ip;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;

@@ -331,6 +331,47 @@ fn compile_jwt(
     if let Some(jwks) = &j.jwks {
         b = b.jwks_json(&jwks.to_string());
     }
+    match (&j.jwks_uri, j.discovery) {
+        (Some(_), true) => {
+            issues.at(
+                spanned,
+                &field,
+                "use either `jwks_uri` or `discovery`, not both",
+            );
+        }
+        (Some(uri), false) => {
+            if !uri.starts_with("https://") {
+                issues.at(
+                    spanned,
+                    format!("{field}.jwks_uri"),
+                    "must be an https:// URL",
+                );
+            }
+            b = b.jwks_uri(uri.as_str());
+        }
+        (None, true) => match j.issuers.as_slice() {
+            [issuer] if issuer.starts_with("https://") => b = b.oidc_issuer(issuer.as_str()),
+            _ => issues.at(
+                spanned,
+                format!("{field}.discovery"),
+                "discovery needs exactly one https:// issuer",
+            ),
+        },
+        (None, false) => {}
+    }
+    if let Some(path) = &j.ca_file {
+        match std::fs::read(path) {
+            Ok(pem) => b = b.extra_roots_pem(&pem),
+            Err(e) => issues.at(
+                spanned,
+                format!("{field}.ca_file"),
+                format!("cannot read `{path}`: {e}"),
+            ),
+        }
+    }
+    if let Some(c) = j.refetch_cooldown {
+        b = b.refetch_cooldown(c.0);
+    }
     if let Some(var) = &j.secret_env {
         match std::env::var(var) {
             Ok(secret) => b = b.hmac_secret(None, secret.as_bytes()),

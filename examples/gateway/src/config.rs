@@ -117,7 +117,7 @@ pub enum AuthProviderConfig {
     /// API keys of the `consumers`, read from one place.
     ApiKey(ApiKeySourceConfig),
     /// JSON Web Tokens in `Authorization: Bearer` (or a cookie).
-    Jwt(JwtConfig),
+    Jwt(Box<JwtConfig>),
 }
 
 /// A JWT provider.
@@ -135,6 +135,18 @@ pub struct JwtConfig {
     /// Public keys as an inline JWK set (`{ keys: [ { kty, kid, ... } ] }`).
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// Fetch the keys from this `https://` JWK set URL, kept fresh in the background.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Find the keys through OpenID Connect discovery of the (single) issuer.
+    #[serde(default)]
+    pub discovery: bool,
+    /// A PEM file of extra root certificates for fetching keys (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Least time between refetches asked for by unknown `kid`s (default 30s).
+    #[serde(default)]
+    pub refetch_cooldown: Option<HumanDuration>,
     /// The environment variable holding an HMAC secret (never the secret itself in the file).
     #[serde(default)]
     pub secret_env: Option<String>,

@@ -354,6 +354,32 @@ async fn invalid_jwt_config_is_refused() {
     );
     assert!(e.contains("auth_providers.corp_jwt.jwt.audiences"), "{e}");
     assert!(e.contains("`GATEWAY_TEST_UNSET_SECRET` is not set"), "{e}");
+    let bad = |jwt: &str| {
+        let yaml = config(
+            "    auth: { any_of: [corp_jwt] }\n",
+            &format!("auth_providers:\n  corp_jwt:\n    jwt: {jwt}\n"),
+        )
+        .replace("{UPSTREAM}", "127.0.0.1:1");
+        gateway::Config::parse(&yaml, "gw.yaml")
+            .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad(
+        "{ issuers: [https://idp.example], audiences: [api], algorithms: [ES256], jwks_uri: \"http://idp.example/jwks\" }",
+    );
+    assert!(e.contains("jwks_uri") && e.contains("https://"), "{e}");
+    let e = bad(
+        "{ issuers: [http://idp.example], audiences: [api], algorithms: [ES256], discovery: true }",
+    );
+    assert!(
+        e.contains("discovery needs exactly one https:// issuer"),
+        "{e}"
+    );
+    let e = bad(
+        "{ issuers: [https://idp.example], audiences: [api], algorithms: [ES256], discovery: true, ca_file: /nonexistent.pem }",
+    );
+    assert!(e.contains("cannot read `/nonexistent.pem`"), "{e}");
 }
 
 #[tokio::test]
