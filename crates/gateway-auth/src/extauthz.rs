@@ -14,6 +14,44 @@
 //! resolved address) and so are the credentials of other providers named with
 //! [`ExtAuthz::withhold`]. The path is the one the route matched ([`NormalizedPath`]), before any
 //! rewrite. Decisions can be cached for a short time (keyed by the SHA-256 of the input, bounded).
+//!
+//! An allowing answer may also hand headers to the upstream (an identity the decision point
+//! resolved, say): only names listed with [`ExtAuthz::upstream_headers`] are taken, from the
+//! body's `result.headers` (OPA style) or, for an empty-body answer, from the response headers
+//! (ext_authz style); [`Grant::apply`] sets them after removing any client-sent copies.
+//!
+//! ```
+//! use gateway_auth::{ExtAuthz, PolicyAnswer, PolicyFuture};
+//! use http::{HeaderName, Request, Response};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // A decision point in-process; the gateway's client POSTs over HTTP instead.
+//! let pdp = ExtAuthz::new(|input: String| -> PolicyFuture {
+//!     Box::pin(async move {
+//!         let allow = input.contains(r#""method":"GET""#);
+//!         Ok(PolicyAnswer {
+//!             status: 200,
+//!             body: format!(r#"{{"result": {{"allow": {allow}, "headers": {{"x-user-id": "42"}}}}}}"#)
+//!                 .into_bytes(),
+//!             ..PolicyAnswer::default()
+//!         })
+//!     })
+//! })
+//! .upstream_headers([HeaderName::from_static("x-user-id")]);
+//!
+//! let mut req = Request::get("/orders").header("x-user-id", "forged").body(()).unwrap();
+//! let grant = pdp.authorize::<_, String>(&req).await.unwrap();
+//! grant.apply(&mut req);
+//! assert_eq!(req.headers()["x-user-id"], "42");
+//!
+//! let refused: Response<String> = pdp
+//!     .authorize(&Request::delete("/orders").body(()).unwrap())
+//!     .await
+//!     .unwrap_err();
+//! assert_eq!(refused.status(), 403);
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,
@@ -29,8 +67,40 @@ use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// The future a [`PolicyClient`] returns: the status and body of the decision point's answer.
-pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<(u16, Vec<u8>), String>> + Send>>;
+/// The decision point's answer.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The response headers (ext_authz style: some may go to the upstream).
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The future a [`PolicyClient`] returns.
+pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<PolicyAnswer, String>> + Send>>;
+
+/// Headers an allowed request gets from the decision point (see [`ExtAuthz::upstream_headers`]);
+/// apply them with [`Grant::apply`].
+#[derive(Clone, Debug, Default)]
+pub struct Grant {
+    set: Vec<(http::HeaderName, http::HeaderValue)>,
+    allowlist: Arc<[http::HeaderName]>,
+}
+
+impl Grant {
+    /// Removes client-sent copies of every allowlisted header (so a client cannot pose as the
+    /// decision point) and sets the ones the decision point returned.
+    pub fn apply<B>(self, req: &mut Request<B>) {
+        for name in self.allowlist.iter() {
+            req.headers_mut().remove(name);
+        }
+        for (name, value) in self.set {
+            req.headers_mut().append(name, value);
+        }
+    }
+}
 
 /// Sends a JSON body to the policy decision point.
 pub trait PolicyClient: Send + Sync + 'static {
@@ -61,10 +131,13 @@ const WITHHELD_HEADERS: &[&str] = &[
     "via",
 ];
 
+/// A decision: allowed, and the headers granted to the upstream request.
+type Decision = (bool, Vec<(http::HeaderName, http::HeaderValue)>);
+
 struct Cache {
     ttl: Duration,
     max: usize,
-    entries: Mutex<HashMap<[u8; 32], (bool, tokio::time::Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (Decision, tokio::time::Instant)>>,
 }
 
 /// External authorization; see the [module docs](self). Clones share the client and the cache.
@@ -76,6 +149,7 @@ pub struct ExtAuthz {
     cache: Arc<Cache>,
     withheld_headers: Arc<[String]>,
     withheld_params: Arc<[String]>,
+    upstream_headers: Arc<[http::HeaderName]>,
 }
 
 impl fmt::Debug for ExtAuthz {
@@ -102,6 +176,7 @@ impl ExtAuthz {
             }),
             withheld_headers: Arc::from([]),
             withheld_params: Arc::from([]),
+            upstream_headers: Arc::from([]),
         }
     }
 
@@ -133,6 +208,15 @@ impl ExtAuthz {
         self
     }
 
+    /// Headers the decision point may add to the upstream request when it allows it: from an
+    /// OPA-style body (`{"result": {"allow": true, "headers": {"x-user-id": "42"}}}`) or, in
+    /// ext_authz style, from its response headers. Only these names are taken; client-sent
+    /// copies of them are always removed.
+    pub fn upstream_headers(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.upstream_headers = names.into_iter().collect();
+        self
+    }
+
     /// Keeps decisions for `ttl` (at most `max` of them; 0 turns the cache off).
     pub fn cache(mut self, ttl: Duration, max: usize) -> Self {
         self.cache = Arc::new(Cache {
@@ -148,7 +232,7 @@ impl ExtAuthz {
     pub fn authorize<B, ResBody>(
         &self,
         req: &Request<B>,
-    ) -> impl Future<Output = Result<(), Response<ResBody>>> + Send + 'static + use<B, ResBody>
+    ) -> impl Future<Output = Result<Grant, Response<ResBody>>> + Send + 'static + use<B, ResBody>
     where
         ResBody: From<String>,
     {
@@ -166,17 +250,23 @@ impl ExtAuthz {
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&key)
                     .filter(|(_, until)| *until > now)
-                    .map(|(allowed, _)| *allowed)
+                    .map(|(decision, _)| decision.clone())
             };
-            let allowed = match cached {
-                Some(allowed) => allowed,
+            let (allowed, set) = match cached {
+                Some(decision) => decision,
                 None => match tokio::time::timeout(this.timeout, this.client.query(input)).await {
-                    Ok(Ok((status, body))) => match verdict(status, &body) {
+                    Ok(Ok(answer)) => match verdict(answer.status, &answer.body) {
                         Some(allowed) => {
-                            this.remember(key, allowed, now);
-                            allowed
+                            let set = if allowed {
+                                granted_headers(&answer, &this.upstream_headers)
+                            } else {
+                                Vec::new()
+                            };
+                            this.remember(key, (allowed, set.clone()), now);
+                            (allowed, set)
                         }
                         None => {
+                            let status = answer.status;
                             return this.failed(&format!("unexpected answer (status {status})"));
                         }
                     },
@@ -185,7 +275,10 @@ impl ExtAuthz {
                 },
             };
             if allowed {
-                Ok(())
+                Ok(Grant {
+                    set,
+                    allowlist: this.upstream_headers.clone(),
+                })
             } else {
                 tracing::info!(target: "gateway_auth::audit", reason = "refused by the policy decision point", "authorization failed");
                 Err(Problem::new(StatusCode::FORBIDDEN)
@@ -196,7 +289,7 @@ impl ExtAuthz {
         }
     }
 
-    fn remember(&self, key: [u8; 32], allowed: bool, now: tokio::time::Instant) {
+    fn remember(&self, key: [u8; 32], decision: Decision, now: tokio::time::Instant) {
         if self.cache.ttl.is_zero() || self.cache.max == 0 {
             return;
         }
@@ -207,13 +300,16 @@ impl ExtAuthz {
                 entries.clear();
             }
         }
-        entries.insert(key, (allowed, now + self.cache.ttl));
+        entries.insert(key, (decision, now + self.cache.ttl));
     }
 
-    fn failed<ResBody: From<String>>(&self, why: &str) -> Result<(), Response<ResBody>> {
+    fn failed<ResBody: From<String>>(&self, why: &str) -> Result<Grant, Response<ResBody>> {
         if self.fail_open {
             tracing::warn!(target: "gateway_auth::audit", error = why, "policy decision point failed; allowing (fail open)");
-            return Ok(());
+            return Ok(Grant {
+                set: Vec::new(),
+                allowlist: self.upstream_headers.clone(),
+            });
         }
         tracing::warn!(target: "gateway_auth::audit", error = why, "policy decision point failed; refusing (fail closed)");
         Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE)
@@ -221,6 +317,41 @@ impl ExtAuthz {
             .reason(RejectReason::DependencyFailed, ResponseFlags::UNAUTHORIZED)
             .into_response())
     }
+}
+
+/// The allowlisted headers an allowing answer grants: from the JSON body's `result.headers` (or
+/// top-level `headers`), else from the response headers (ext_authz style).
+fn granted_headers(
+    answer: &PolicyAnswer,
+    allowlist: &[http::HeaderName],
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    if allowlist.is_empty() {
+        return Vec::new();
+    }
+    let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    let from_body = body
+        .get("result")
+        .and_then(|r| r.get("headers"))
+        .or_else(|| body.get("headers"))
+        .and_then(Value::as_object);
+    let mut out = Vec::new();
+    for name in allowlist {
+        match from_body {
+            Some(map) => {
+                if let Some(v) = map.get(name.as_str()).and_then(Value::as_str)
+                    && let Ok(v) = http::HeaderValue::from_str(v)
+                {
+                    out.push((name.clone(), v));
+                }
+            }
+            None => {
+                for v in answer.headers.get_all(name) {
+                    out.push((name.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `Some(allowed)` from a decision point's answer, `None` when it is not an answer (a failure).

@@ -86,7 +86,7 @@ pub use apikey::{
     ParseApiKeyHashError, StaticApiKeys,
 };
 #[cfg(feature = "ext-authz")]
-pub use extauthz::{ExtAuthz, PolicyClient, PolicyFuture};
+pub use extauthz::{ExtAuthz, Grant, PolicyAnswer, PolicyClient, PolicyFuture};
 pub use ip::{IpFilter, IpFilterLayer};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtAuth, JwtAuthBuilder, JwtConfigError};

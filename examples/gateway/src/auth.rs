@@ -10,8 +10,8 @@ use std::{
 use bytes::Bytes;
 use gateway_auth::{
     ApiKeyAuth, ApiKeyHash, ApiKeyRecord, ApiKeySource, Authenticate, Condition, Consumer, Effect,
-    ExtAuthz, IpFilterLayer, JwtAuth, PolicyClient, PolicyFuture, RequireAuthLayer, Rule, Rules,
-    StaticApiKeys,
+    ExtAuthz, IpFilterLayer, JwtAuth, PolicyAnswer, PolicyClient, PolicyFuture, RequireAuthLayer,
+    Rule, Rules, StaticApiKeys,
 };
 use gateway_core::TrustedProxies;
 use gateway_lb::{Endpoint, HostHeader, Upstream};
@@ -32,6 +32,8 @@ pub(crate) struct Providers {
     /// external decision point.
     credential_headers: Vec<String>,
     credential_params: Vec<String>,
+    /// The lowercased `internal_header_prefixes`.
+    internal_prefixes: Vec<String>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -219,6 +221,7 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
         .iter()
         .map(|p| p.to_ascii_lowercase())
         .collect();
+    providers.internal_prefixes.clone_from(&internal);
     for (name, spanned) in &config.auth_providers {
         let field = format!("auth_providers.{name}");
         if name == "api_key" {
@@ -625,13 +628,18 @@ impl PolicyClient for UpstreamPolicy {
             let req = req.map_err(|e| e.to_string())?;
             let Ok(res) = client.send(req).await;
             let status = res.status().as_u16();
+            let headers = res.headers().clone();
             // A decision is small: read at most 64 KiB of it.
             let body = http_body_util::Limited::new(res.into_body(), 64 * 1024)
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok((status, body.to_vec()))
+            Ok(PolicyAnswer {
+                status,
+                headers,
+                body: body.to_vec(),
+            })
         })
     }
 }
@@ -683,6 +691,43 @@ pub(crate) fn compile_ext_authz(
             false
         }
     };
+    let mut upstream_headers = Vec::new();
+    for h in &x.upstream_headers {
+        // Framing, hop-by-hop and internal fields are never the decision point's to set.
+        const FRAMING: &[&str] = &[
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        let lower = h.to_ascii_lowercase();
+        if FRAMING.contains(&lower.as_str())
+            || providers
+                .internal_prefixes
+                .iter()
+                .any(|p| lower.starts_with(p.as_str()))
+        {
+            issues.at(
+                spanned,
+                format!("{field}.upstream_headers"),
+                format!("`{h}` is a framing, hop-by-hop or internal header"),
+            );
+            continue;
+        }
+        match HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(n) => upstream_headers.push(n),
+            Err(_) => issues.at(
+                spanned,
+                format!("{field}.upstream_headers"),
+                format!("`{h}` is not a header name"),
+            ),
+        }
+    }
     let timeout = x.timeout.map_or(Duration::from_millis(200), |d| d.0);
     if timeout.is_zero() {
         issues.at(
@@ -702,6 +747,7 @@ pub(crate) fn compile_ext_authz(
             .timeout(timeout)
             .fail_open(fail_open)
             .cache(x.cache_ttl.map_or(Duration::ZERO, |d| d.0), 10_000)
+            .upstream_headers(upstream_headers)
             .withhold(
                 providers.credential_headers.iter().cloned(),
                 providers.credential_params.iter().cloned(),

@@ -231,6 +231,10 @@ pub struct ExtAuthzConfig {
     /// Keep decisions this long (default: not cached).
     #[serde(default)]
     pub cache_ttl: Option<HumanDuration>,
+    /// Headers the decision point may set on the upstream request (client-sent copies are
+    /// always removed).
+    #[serde(default)]
+    pub upstream_headers: Vec<String>,
 }
 
 /// One attribute rule: an effect and conditions, all of which must hold.

@@ -177,10 +177,11 @@ impl Pipeline {
                 Err(refusal) => return refusal,
             };
         }
-        if let Some(pdp) = &route.ext_authz
-            && let Err(refusal) = pdp.authorize(&req).await
-        {
-            return refusal;
+        if let Some(pdp) = &route.ext_authz {
+            match pdp.authorize(&req).await {
+                Ok(grant) => grant.apply(&mut req),
+                Err(refusal) => return refusal,
+            }
         }
         // Rate limits and quotas, before any upstream resource is taken.
         let admission = match &route.rate_limit {

@@ -458,6 +458,24 @@ async fn invalid_rules_are_refused() {
     assert!(e.contains("routes[0].auth.rules[0].header.value"), "{e}");
     let e = bad("        - { effect: maybe, role: x }\n");
     assert!(e.contains("gw.yaml:") && e.contains("maybe"), "{e}");
+    // A decision point may not set framing or internal headers.
+    for name in ["Content-Length", "x-gateway-consumer", "bad name"] {
+        let yaml = config(
+            &format!(
+                "    auth:\n      ext_authz: {{ url: \"http://127.0.0.1:1/\", upstream_headers: [\"{name}\"] }}\n"
+            ),
+            "",
+        )
+        .replace("{UPSTREAM}", "127.0.0.1:1");
+        let e = gateway::Config::parse(&yaml, "gw.yaml")
+            .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("routes[0].auth.ext_authz.upstream_headers") && e.contains(name),
+            "{e}"
+        );
+    }
 }
 
 /// An OPA-style decision point: allows consumer `acme`, and records nothing else.
@@ -516,6 +534,52 @@ async fn an_external_decision_point_authorizes_after_authentication() {
         "200"
     );
     assert_eq!(pdp.requests().len(), 3, "served from the cache");
+}
+
+#[tokio::test]
+async fn a_decision_point_grants_allowlisted_headers_to_the_upstream() {
+    let up = TestUpstream::fixed("ok").await;
+    // OPA style: headers in the decision document.
+    let opa = TestUpstream::start(|_req: http::Request<hyper::body::Incoming>| async move {
+        http::Response::new(gateway_test::full(
+            r#"{"result": {"allow": true, "headers": {"x-user-id": "42", "x-admin": "yes"}}}"#,
+        ))
+    })
+    .await;
+    // ext_authz style: an empty 200 whose response headers go upstream.
+    let envoy = TestUpstream::start(|_req: http::Request<hyper::body::Incoming>| async move {
+        let mut res = http::Response::new(gateway_test::full(""));
+        res.headers_mut()
+            .insert("x-user-id", http::HeaderValue::from_static("7"));
+        res.headers_mut()
+            .insert("x-admin", http::HeaderValue::from_static("yes"));
+        res
+    })
+    .await;
+    for (pdp, expected) in [(&opa, "42"), (&envoy, "7")] {
+        let gw = start(
+            &config(
+                &format!(
+                    "    auth:\n      ext_authz: {{ url: \"http://{}/allow\", upstream_headers: [X-User-Id, x-tenant] }}\n",
+                    pdp.addr()
+                ),
+                "",
+            ),
+            up.addr(),
+        );
+        let (status, res) = get_with(
+            addr(&gw),
+            "/x",
+            "x-api-key: acme-key\r\nx-user-id: 1\r\nx-tenant: forged\r\n",
+        )
+        .await;
+        assert_eq!(status, "200", "{res}");
+        let seen = up.last_request().headers;
+        let ids: Vec<_> = seen.get_all("x-user-id").iter().collect();
+        assert_eq!(ids, [expected], "only the decision point's value");
+        assert!(seen.get("x-tenant").is_none(), "client copy removed");
+        assert!(seen.get("x-admin").is_none(), "not on the allowlist");
+    }
 }
 
 #[tokio::test]
