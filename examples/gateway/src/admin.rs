@@ -58,13 +58,85 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/upstreams", get(upstreams))
         .route("/upstreams/{name}/breaker", post(force_breaker))
         .route("/ratelimit", get(ratelimit))
+        .route("/config", get(config))
+        .route("/config/reload", post(reload))
         .fallback(|| async {
             let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
                 .detail("unknown admin endpoint")
                 .into_response();
             res.into_response()
         })
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
         .with_state(shared)
+}
+
+/// With `admin.token_env`, every endpoint but `/healthz` and `/readyz` (probes) needs
+/// `Authorization: Bearer <token>`.
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(want) = shared.compiled().admin_token else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| gateway_auth::ApiKeyHash::of(g).ct_eq(&want)) {
+        return next.run(req).await;
+    }
+    let mut res = admin_problem(
+        StatusCode::UNAUTHORIZED,
+        "the admin API needs a bearer token",
+    );
+    res.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+    );
+    res
+}
+
+/// `GET /config`: the configuration being served (secrets redacted) and the reload counters.
+async fn config(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "reload": shared.reload.describe(),
+        "config": crate::reload::redacted(&shared.compiled().source),
+    }))
+}
+
+/// `POST /config/reload`: reload the configuration file; `400` with every problem (the running
+/// configuration stays), `409` when the gateway was not started from a file.
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
+    let done = tokio::task::spawn_blocking(move || crate::reload::from_file(&shared)).await;
+    match done {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e)) if e.file == "<none>" => admin_problem(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e)) => {
+            let issues: Vec<serde_json::Value> = e
+                .issues
+                .iter()
+                .map(|i| serde_json::json!({ "line": i.line, "column": i.column, "field": i.field, "message": i.message }))
+                .collect();
+            let res: axum::http::Response<String> = Problem::new(StatusCode::BAD_REQUEST)
+                .title("Invalid configuration")
+                .detail(format!("{}: the running configuration stays", e.file))
+                .extension("file", e.file)
+                .extension_json("errors", serde_json::Value::Array(issues).to_string())
+                .into_response();
+            res.into_response()
+        }
+        Err(_) => admin_problem(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
+    }
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -82,16 +154,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn ratelimit(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.compiled.limit_state.describe())
+    Json(shared.compiled().limit_state.describe())
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.compiled.router.views())
+    Json(shared.compiled().router.views())
 }
 
 async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let list: Vec<serde_json::Value> = shared
-        .compiled
+        .compiled()
         .upstreams
         .iter()
         .map(|u| {
@@ -152,7 +224,8 @@ async fn force_breaker(
     Path(name): Path<String>,
     Json(body): Json<ForceBreaker>,
 ) -> Response {
-    let Some(upstream) = shared.compiled.upstreams.iter().find(|u| u.name == name) else {
+    let compiled = shared.compiled();
+    let Some(upstream) = compiled.upstreams.iter().find(|u| u.name == name) else {
         return admin_problem(StatusCode::NOT_FOUND, "no upstream by that name");
     };
     let handles: Vec<gateway_breaker::CircuitBreakerHandle> = match (

@@ -45,8 +45,10 @@ pub struct Compiled {
     pub workers: usize,
     /// The routing table.
     pub router: Router,
-    /// Upstreams, indexed by [`Route::upstream`].
-    pub upstreams: Vec<UpstreamSpec>,
+    /// Upstreams, indexed by [`Route::upstream`]. A reload keeps the very same spec (breaker
+    /// state, retry budget, bulkhead, connection pools) for an upstream whose configuration did
+    /// not change.
+    pub upstreams: Vec<Arc<UpstreamSpec>>,
     /// Limits.
     pub limits: Limits,
     /// Lower-case header name prefixes stripped at ingress.
@@ -57,6 +59,18 @@ pub struct Compiled {
     pub drain_timeout: Duration,
     /// Where rate-limit state lives (shared by every route and worker).
     pub limit_state: LimitState,
+    /// The authentication providers (kept by a reload when unchanged: JWK sets stay fetched).
+    pub(crate) providers: Arc<Providers>,
+    /// The configuration document as JSON, to compare on reload and show (redacted) on the admin
+    /// API.
+    pub source: serde_json::Value,
+    /// The digest of the admin API's bearer token (`admin.token_env`).
+    pub admin_token: Option<gateway_auth::ApiKeyHash>,
+    /// With `reload.watch`, how often to poll the files (read at start).
+    pub watch: Option<Duration>,
+    /// Files the configuration names (CA bundles, certificates): a watched reload also follows
+    /// them.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// An upstream's name and how to build its client (one per worker).
@@ -91,6 +105,27 @@ impl Compiled {
     /// Validates and compiles `config`; `file` names it in errors. Every problem found is
     /// reported, not just the first.
     pub fn new(config: &Config, file: &str) -> Result<Arc<Self>, ConfigError> {
+        Self::build(config, file, None)
+    }
+
+    /// Like [`Compiled::new`], for a reload of a gateway running `previous`: state that must
+    /// survive is taken over where its configuration did not change — each unchanged upstream
+    /// (by name) keeps its breaker, retry budget, bulkhead and pools, an unchanged `state` keeps
+    /// every rate-limit counter, and unchanged `auth_providers` and `consumers` keep their
+    /// providers (fetched JWK sets, token caches).
+    pub fn reload(config: &Config, file: &str, previous: &Self) -> Result<Arc<Self>, ConfigError> {
+        Self::build(config, file, Some(previous))
+    }
+
+    fn build(
+        config: &Config,
+        file: &str,
+        previous: Option<&Self>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        // Whether `keys` of the document are the same as in the previous one.
+        let same = |keys: &[&str]| {
+            previous.is_some_and(|p| keys.iter().all(|k| p.source.get(k) == config.source.get(k)))
+        };
         let mut issues = Issues::default();
         if config.listeners.is_empty() {
             issues.nowhere("listeners", "at least one listener is required");
@@ -214,7 +249,19 @@ impl Compiled {
                     None
                 }
             });
-            upstreams.push(UpstreamSpec {
+            let kept = previous.and_then(|p| {
+                let unchanged = p.source.get("upstreams").and_then(|u| u.get(name))
+                    == config.source.get("upstreams").and_then(|u| u.get(name));
+                p.upstreams
+                    .iter()
+                    .find(|u| unchanged && u.name == *name)
+                    .cloned()
+            });
+            if let Some(kept) = kept {
+                upstreams.push(kept);
+                continue;
+            }
+            upstreams.push(Arc::new(UpstreamSpec {
                 name: name.clone(),
                 endpoints,
                 builder,
@@ -229,11 +276,19 @@ impl Compiled {
                         Duration::from_secs(10),
                     )
                 }),
-            });
+            }));
         }
 
-        let limit_state = compile_state(config, &mut issues);
-        let providers = compile_providers(config, &mut issues);
+        let limit_state = match previous {
+            Some(p) if same(&["state"]) => p.limit_state.clone(),
+            _ => compile_state(config, &mut issues),
+        };
+        let providers = match previous {
+            Some(p) if same(&["auth_providers", "consumers", "internal_header_prefixes"]) => {
+                p.providers.clone()
+            }
+            _ => Arc::new(compile_providers(config, &mut issues)),
+        };
         let tiers = compile_tiers(config, &mut issues);
         check_unique_names(&config.routes, &mut issues);
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -249,6 +304,28 @@ impl Compiled {
             }
         }
 
+        let admin_token = config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.as_deref())
+            .and_then(|file| match std::fs::read_to_string(file) {
+                Ok(token)
+                    if token.trim().len() >= 16 && !token.trim().contains(char::is_whitespace) =>
+                {
+                    Some(gateway_auth::ApiKeyHash::of(token.trim()))
+                }
+                Ok(_) => {
+                    issues.nowhere(
+                        "admin.token_file",
+                        format!("`{file}` must hold one token of at least 16 characters"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    issues.nowhere("admin.token_file", format!("cannot read `{file}`: {e}"));
+                    None
+                }
+            });
         if !issues.0.is_empty() {
             return Err(ConfigError {
                 file: file.to_owned(),
@@ -269,6 +346,26 @@ impl Compiled {
             trusted,
             drain_timeout: config.shutdown.drain_timeout.0,
             limit_state,
+            providers,
+            admin_token,
+            source: config.source.clone(),
+            watch: config.reload.watch.then_some(config.reload.interval.0),
+            files: config
+                .admin
+                .iter()
+                .filter_map(|a| a.token_file.clone())
+                .map(std::path::PathBuf::from)
+                .chain(
+                    config
+                        .auth_providers
+                        .values()
+                        .filter_map(|p| match &p.value {
+                            crate::config::AuthProviderConfig::Jwt(j) => j.ca_file.clone(),
+                            crate::config::AuthProviderConfig::ApiKey(_) => None,
+                        })
+                        .map(std::path::PathBuf::from),
+                )
+                .collect(),
         }))
     }
 }
@@ -276,7 +373,7 @@ impl Compiled {
 fn compile_route(
     i: usize,
     spanned: &serde_saphyr::Spanned<crate::config::RouteConfig>,
-    upstreams: &[UpstreamSpec],
+    upstreams: &[Arc<UpstreamSpec>],
     limits: &RouteLimits<'_>,
     issues: &mut Issues,
 ) -> Option<Route> {

@@ -67,6 +67,39 @@ pub struct Config {
     /// header) exists without being declared.
     #[serde(default)]
     pub auth_providers: BTreeMap<String, Spanned<AuthProviderConfig>>,
+    /// Configuration reloading.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// The document as plain JSON (no positions): what a reload compares to decide which state
+    /// survives, and what the admin API shows (redacted).
+    #[serde(skip)]
+    pub source: serde_json::Value,
+}
+
+/// How configuration changes are picked up (besides `SIGHUP` and the admin API, always on when
+/// the gateway runs from a file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Poll the configuration file (and the files it names) and reload when one changes.
+    #[serde(default)]
+    pub watch: bool,
+    /// How often to poll.
+    #[serde(default = "default_watch_interval")]
+    pub interval: HumanDuration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: false,
+            interval: default_watch_interval(),
+        }
+    }
+}
+
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
 }
 
 /// A consumer.
@@ -476,6 +509,11 @@ pub struct ListenerConfig {
 pub struct AdminConfig {
     /// The address to bind; keep it on loopback or a private network.
     pub bind: SocketAddr,
+    /// A file holding the bearer token every admin endpoint but `/healthz` and `/readyz`
+    /// requires (never the token itself in the configuration). Re-read on reload, so the token
+    /// can be rotated.
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 /// Which header carries the forwarding chain from trusted proxies.
@@ -1032,6 +1070,12 @@ impl Config {
 
     /// Parses configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut config = Self::parse_typed(text, file)?;
+        config.source = serde_saphyr::from_str::<serde_json::Value>(text).unwrap_or_default();
+        Ok(config)
+    }
+
+    fn parse_typed(text: &str, file: &str) -> Result<Self, ConfigError> {
         serde_saphyr::from_str::<Config>(text).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| {
                 (

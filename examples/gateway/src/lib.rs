@@ -28,6 +28,7 @@ pub mod config;
 mod demo;
 mod pipeline;
 pub mod ratelimit;
+mod reload;
 pub mod router;
 mod server;
 
@@ -35,4 +36,5 @@ pub use compile::{Compiled, UpstreamSpec};
 pub use config::{Config, ConfigError, ConfigIssue};
 pub use demo::{DEMO_CONFIG, DEMO_UPSTREAM_ADDR, bind_demo_upstream, serve_demo_upstream};
 pub use pipeline::{ClientBody, Pipeline, RequestBody};
+pub use reload::ReloadReport;
 pub use server::{RunningGateway, start};

@@ -139,6 +139,30 @@ fn main() -> ExitCode {
         if demo.is_some() {
             tracing::info!("demo ready: try `curl -s http://127.0.0.1:8080/users/42` and `curl -s http://127.0.0.1:9901/routes`");
         }
+        if let Some(path) = &cli.config {
+            running.set_config_file(path);
+        }
+        // SIGHUP reloads the configuration file; an invalid one is logged and changes nothing.
+        #[cfg(unix)]
+        {
+            let running = &running;
+            let hangups = async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return std::future::pending().await;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = running.reload();
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = hangups => {}
+            }
+        }
+        #[cfg(not(unix))]
         shutdown_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         running.shutdown_and_wait().await;

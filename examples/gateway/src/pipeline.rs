@@ -108,7 +108,7 @@ impl Future for GuardFuture {
 #[derive(Debug)]
 pub struct Pipeline {
     compiled: Arc<Compiled>,
-    dispatch: Vec<Dispatch>,
+    dispatch: Vec<Arc<Dispatch>>,
 }
 
 fn reject(
@@ -126,27 +126,49 @@ fn reject(
 impl Pipeline {
     /// Builds the pipeline, creating this worker's upstream clients.
     pub fn new(compiled: Arc<Compiled>) -> Self {
+        Self::build(compiled, None)
+    }
+
+    /// The pipeline for a reloaded configuration: upstreams the reload kept (the same
+    /// [`crate::compile::UpstreamSpec`]) keep this worker's clients and their connection pools.
+    #[must_use]
+    pub fn reloaded(&self, compiled: Arc<Compiled>) -> Self {
+        Self::build(compiled, Some(self))
+    }
+
+    fn build(compiled: Arc<Compiled>, previous: Option<&Self>) -> Self {
         let dispatch = compiled
             .upstreams
             .iter()
             .map(|spec| {
-                let client = spec.build();
-                if spec.retry.is_none() && spec.hedge.is_none() && spec.breaker.is_none() {
-                    return Dispatch::Bare(client);
-                }
-                let guard = match &spec.breaker {
-                    Some(breaker) => Guard::Breaker(breaker.layer(client)),
-                    None => Guard::Plain(client),
-                };
-                let hedge = spec.hedge.clone().unwrap_or_else(HedgeLayer::off);
-                let retry = spec
-                    .retry
-                    .clone()
-                    .unwrap_or_else(|| RetryLayer::new(RetryConfig::default().attempts(0)));
-                Dispatch::Stacked(retry.layer(hedge.layer(guard)))
+                let kept = previous.and_then(|p| {
+                    p.compiled
+                        .upstreams
+                        .iter()
+                        .position(|old| Arc::ptr_eq(old, spec))
+                        .map(|i| p.dispatch[i].clone())
+                });
+                kept.unwrap_or_else(|| Arc::new(Self::dispatch(spec)))
             })
             .collect();
         Self { compiled, dispatch }
+    }
+
+    fn dispatch(spec: &crate::compile::UpstreamSpec) -> Dispatch {
+        let client = spec.build();
+        if spec.retry.is_none() && spec.hedge.is_none() && spec.breaker.is_none() {
+            return Dispatch::Bare(client);
+        }
+        let guard = match &spec.breaker {
+            Some(breaker) => Guard::Breaker(breaker.layer(client)),
+            None => Guard::Plain(client),
+        };
+        let hedge = spec.hedge.clone().unwrap_or_else(HedgeLayer::off);
+        let retry = spec
+            .retry
+            .clone()
+            .unwrap_or_else(|| RetryLayer::new(RetryConfig::default().attempts(0)));
+        Dispatch::Stacked(retry.layer(hedge.layer(guard)))
     }
 
     /// The compiled configuration.
@@ -213,7 +235,7 @@ impl Pipeline {
         // Clones are a few reference-count increments; breaker state and retry budget are
         // shared by all of them.
         let dispatch = async {
-            match &self.dispatch[upstream] {
+            match &*self.dispatch[upstream] {
                 Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
                 Dispatch::Stacked(stack) => stack.clone().oneshot(req).await,
             }

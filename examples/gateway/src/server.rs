@@ -33,12 +33,17 @@ use tokio::{
     sync::{Semaphore, mpsc, watch},
 };
 
+use arc_swap::ArcSwap;
+
 use crate::{admin, compile::Compiled, pipeline::Pipeline};
 
 /// State shared by all workers and the admin listener.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) compiled: Arc<Compiled>,
+    /// The configuration being served; workers follow it (see [`crate::reload`]).
+    pub(crate) current: watch::Sender<Arc<Compiled>>,
+    /// Reload bookkeeping: the file, counters, the last error.
+    pub(crate) reload: crate::reload::ReloadState,
     shutdown: watch::Sender<bool>,
     /// Set once every worker has drained: the admin listener stops then, so `/readyz` answers
     /// `draining` for the whole drain.
@@ -47,6 +52,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The configuration being served now.
+    pub(crate) fn compiled(&self) -> Arc<Compiled> {
+        self.current.borrow().clone()
+    }
+
     /// Whether shutdown has begun. (The admin listener starts only after every worker accepts,
     /// so before that there is no one to ask.)
     pub(crate) fn is_draining(&self) -> bool {
@@ -101,6 +111,34 @@ impl RunningGateway {
         }
     }
 
+    /// The configuration being served now.
+    pub fn compiled(&self) -> Arc<Compiled> {
+        self.shared.compiled()
+    }
+
+    /// Remembers the file this gateway was loaded from: `SIGHUP` (see the binary), the admin
+    /// API's `POST /config/reload` and, with `reload.watch`, a file watch reload from it.
+    pub fn set_config_file(&self, path: impl Into<std::path::PathBuf>) {
+        self.shared.reload.set_file(path.into());
+        crate::reload::watch(&self.shared);
+    }
+
+    /// Serves `next` from now on: new requests (also on open connections) use it, in-flight
+    /// requests finish on the old one. State is kept where [`Compiled::reload`] kept it.
+    pub fn apply(&self, next: Arc<Compiled>) -> crate::reload::ReloadReport {
+        crate::reload::apply(&self.shared, next)
+    }
+
+    /// Reads, validates and applies the configuration file given to
+    /// [`RunningGateway::set_config_file`]; on any error the running configuration stays.
+    ///
+    /// # Errors
+    ///
+    /// The file's problems (file, line, field), or that no file was set.
+    pub fn reload(&self) -> Result<crate::reload::ReloadReport, crate::ConfigError> {
+        crate::reload::from_file(&self.shared)
+    }
+
     /// Begins a graceful shutdown and waits for it without blocking the async runtime.
     pub async fn shutdown_and_wait(self) {
         self.shutdown();
@@ -152,7 +190,8 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
     let shared = Arc::new(Shared {
         stopped,
         connections: Arc::new(Semaphore::new(compiled.limits.max_connections)),
-        compiled,
+        current: watch::channel(compiled).0,
+        reload: crate::reload::ReloadState::default(),
         shutdown,
     });
 
@@ -267,8 +306,12 @@ async fn worker(
     shared: Arc<Shared>,
     started: &std::sync::mpsc::Sender<io::Result<()>>,
 ) {
-    let pipeline = Arc::new(Pipeline::new(shared.compiled.clone()));
-    let builder = Arc::new(http_builder(&shared.compiled));
+    let mut configs = shared.current.subscribe();
+    let first = configs.borrow_and_update().clone();
+    let slot = Arc::new(ArcSwap::from_pointee(Generation {
+        builder: Arc::new(http_builder(&first)),
+        pipeline: Arc::new(Pipeline::new(first)),
+    }));
     // Every connection task holds a sender; when all are gone, the worker has drained.
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
     let mut accept_tasks = Vec::new();
@@ -284,8 +327,7 @@ async fn worker(
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
             shared.clone(),
-            pipeline.clone(),
-            builder.clone(),
+            slot.clone(),
             drain_tx.clone(),
         )));
     }
@@ -293,12 +335,30 @@ async fn worker(
     let _ = started.send(Ok(()));
 
     let mut shutdown = shared.shutdown_signal();
-    shutting_down(&mut shutdown).await;
+    // Follow reloads until shutdown: this worker's next generation keeps the clients (and pools)
+    // of every upstream the reload kept.
+    loop {
+        tokio::select! {
+            () = shutting_down(&mut shutdown) => break,
+            changed = configs.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let next = configs.borrow_and_update().clone();
+                let old = slot.load_full();
+                slot.store(Arc::new(Generation {
+                    builder: Arc::new(http_builder(&next)),
+                    pipeline: Arc::new(old.pipeline.reloaded(next)),
+                }));
+                tracing::debug!(worker = index, "worker switched to the reloaded configuration");
+            }
+        }
+    }
     // Listeners close when their accept loops return; connections are told to finish up.
     for t in accept_tasks {
         let _ = t.await;
     }
-    let drain = shared.compiled.drain_timeout;
+    let drain = shared.compiled().drain_timeout;
     if tokio::time::timeout(drain, drain_rx.recv()).await.is_err() {
         tracing::warn!(
             worker = index,
@@ -313,11 +373,17 @@ pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// One worker's view of one configuration: its pipeline (with this worker's upstream clients)
+/// and its HTTP settings.
+struct Generation {
+    pipeline: Arc<Pipeline>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    pipeline: Arc<Pipeline>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    slot: Arc<ArcSwap<Generation>>,
     drain: mpsc::Sender<()>,
 ) {
     let local = listener.local_addr().ok();
@@ -346,13 +412,14 @@ async fn accept_loop(
         if let Some(local) = local {
             info = info.with_local(local);
         }
+        let generation = slot.load();
         let conn = serve_connection(
             stream,
             info,
-            pipeline.clone(),
-            builder.clone(),
+            slot.clone(),
+            generation.builder.clone(),
             shared.shutdown_signal(),
-            shared.compiled.limits.idle_timeout.0,
+            generation.pipeline.compiled().limits.idle_timeout.0,
         );
         let drain = drain.clone();
         tokio::spawn(async move {
@@ -383,7 +450,7 @@ impl Drop for InFlight {
 async fn serve_connection(
     stream: TcpStream,
     info: ConnectionInfo,
-    pipeline: Arc<Pipeline>,
+    slot: Arc<ArcSwap<Generation>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
@@ -395,7 +462,8 @@ async fn serve_connection(
     });
     let svc_activity = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let pipeline = pipeline.clone();
+        // Each request takes the configuration current when it arrives and keeps it to the end.
+        let pipeline = slot.load().pipeline.clone();
         svc_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(svc_activity.clone());
         async move {
