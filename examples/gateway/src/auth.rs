@@ -139,6 +139,8 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
     let mut keys = StaticApiKeys::new();
     let mut seen_ids = std::collections::HashSet::new();
     let mut seen_keys = std::collections::HashMap::new();
+    let mut by_id: std::collections::HashMap<String, Arc<Consumer>> =
+        std::collections::HashMap::new();
     for (i, spanned) in config.consumers.iter().enumerate() {
         let c = &spanned.value;
         let field = format!("consumers[{i}]");
@@ -170,6 +172,7 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
             consumer = consumer.tier(t.value.as_str());
         }
         let consumer = Arc::new(consumer);
+        by_id.insert(c.id.clone(), consumer.clone());
         for (j, k) in c.api_keys.iter().enumerate() {
             let kf = format!("{field}.api_keys[{j}]");
             let (digest, expires, revoked) = match &k.value {
@@ -302,6 +305,33 @@ pub(crate) fn compile_providers(config: &Config, issues: &mut Issues) -> Provide
                 if let Some(jwt) = compile_jwt(&field, spanned, j, issues) {
                     providers.by_name.insert(name.clone(), Arc::new(jwt));
                 }
+            }
+            AuthProviderConfig::Mtls(m) => {
+                let mut auth = gateway_auth::MtlsAuth::new();
+                for (identity, id) in &m.consumers {
+                    let typed = ["uri:", "dns:", "email:", "cn:"]
+                        .iter()
+                        .any(|p| identity.starts_with(p) && identity.len() > p.len());
+                    if !typed {
+                        issues.at(
+                            spanned,
+                            format!("{field}.mtls.consumers"),
+                            format!(
+                                "`{identity}`: write identities as uri:…, dns:…, email:… or cn:…"
+                            ),
+                        );
+                        continue;
+                    }
+                    match by_id.get(id) {
+                        Some(c) => auth = auth.consumer(identity.clone(), c.clone()),
+                        None => issues.at(
+                            spanned,
+                            format!("{field}.mtls.consumers"),
+                            format!("unknown consumer `{id}`"),
+                        ),
+                    }
+                }
+                providers.by_name.insert(name.clone(), Arc::new(auth));
             }
         }
     }

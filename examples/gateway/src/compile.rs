@@ -39,6 +39,8 @@ use crate::{
 pub struct Compiled {
     /// Public listener addresses.
     pub listeners: Vec<SocketAddr>,
+    /// Each public listener's TLS settings (by position in `listeners`).
+    pub(crate) tls: Vec<Option<Arc<crate::tls::ListenerTls>>>,
     /// Admin listener address.
     pub admin: Option<SocketAddr>,
     /// Worker threads.
@@ -304,6 +306,16 @@ impl Compiled {
             }
         }
 
+        let tls = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.value.tls.as_ref().and_then(|t| {
+                    crate::tls::compile(&format!("listeners[{i}].tls"), l, t, &mut issues)
+                })
+            })
+            .collect();
         let admin_token = config
             .admin
             .as_ref()
@@ -337,6 +349,7 @@ impl Compiled {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         Ok(Arc::new(Self {
             listeners: config.listeners.iter().map(|l| l.value.bind).collect(),
+            tls,
             admin: config.admin.as_ref().map(|a| a.bind),
             workers,
             router: Router::new(routes),
@@ -351,9 +364,16 @@ impl Compiled {
             source: config.source.clone(),
             watch: config.reload.watch.then_some(config.reload.interval.0),
             files: config
-                .admin
+                .listeners
                 .iter()
-                .filter_map(|a| a.token_file.clone())
+                .filter_map(|l| l.value.tls.as_ref())
+                .flat_map(|t| {
+                    t.certificates
+                        .iter()
+                        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+                        .chain(t.client_auth.iter().map(|c| c.ca.clone()))
+                })
+                .chain(config.admin.iter().filter_map(|a| a.token_file.clone()))
                 .map(std::path::PathBuf::from)
                 .chain(
                     config
@@ -361,7 +381,8 @@ impl Compiled {
                         .values()
                         .filter_map(|p| match &p.value {
                             crate::config::AuthProviderConfig::Jwt(j) => j.ca_file.clone(),
-                            crate::config::AuthProviderConfig::ApiKey(_) => None,
+                            crate::config::AuthProviderConfig::ApiKey(_)
+                            | crate::config::AuthProviderConfig::Mtls(_) => None,
                         })
                         .map(std::path::PathBuf::from),
                 )

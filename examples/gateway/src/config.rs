@@ -151,6 +151,18 @@ pub enum AuthProviderConfig {
     ApiKey(ApiKeySourceConfig),
     /// JSON Web Tokens in `Authorization: Bearer` (or a cookie).
     Jwt(Box<JwtConfig>),
+    /// The client certificate a TLS listener with `client_auth` verified.
+    Mtls(MtlsConfig),
+}
+
+/// An mTLS provider.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// Certificate identities (`uri:spiffe://…`, `dns:…`, `email:…`, `cn:…`) mapped to consumer
+    /// ids; other verified certificates authenticate without a consumer.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, String>,
 }
 
 /// A JWT provider.
@@ -501,6 +513,69 @@ fn default_internal_prefixes() -> Vec<String> {
 pub struct ListenerConfig {
     /// The address to bind, e.g. `0.0.0.0:8080`.
     pub bind: SocketAddr,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates, chosen by SNI from their DNS names; the first also answers handshakes
+    /// without SNI or for other names.
+    pub certificates: Vec<CertificateConfig>,
+    /// The oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Ask clients for certificates and verify them against these CAs.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// A certificate chain and its key, as PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The chain, end-entity certificate first.
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Client certificate verification.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca: String,
+    /// `required` (default: a handshake without a valid certificate fails) or `optional`
+    /// (clients without one get through; routes decide).
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+/// Whether a client certificate is required.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// The handshake fails without a valid certificate.
+    #[default]
+    Required,
+    /// A valid certificate is used when sent; none is fine.
+    Optional,
 }
 
 /// The admin listener.

@@ -31,6 +31,7 @@ pub mod ratelimit;
 mod reload;
 pub mod router;
 mod server;
+mod tls;
 
 pub use compile::{Compiled, UpstreamSpec};
 pub use config::{Config, ConfigError, ConfigIssue};

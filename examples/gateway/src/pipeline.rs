@@ -331,6 +331,20 @@ impl Pipeline {
         let client_ip = c.trusted.resolve(conn.peer.ip(), &parts.headers);
 
         let host = request_host(&parts.uri, parts.version, &mut parts.headers)?;
+        // On a listener that asks for client certificates, a connection is only good for the
+        // name its handshake was made for.
+        if let Some(crate::tls::RequiredSni(sni)) = parts.extensions.get()
+            && !host
+                .as_ref()
+                .is_some_and(|h| crate::tls::host_matches_sni(h.as_str(), sni))
+        {
+            return Err(reject(
+                StatusCode::MISDIRECTED_REQUEST,
+                RejectReason::BadRequest,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "this connection was made for another host name",
+            ));
+        }
         let query = parts.uri.query();
         let Some(matched) = c.router.find(
             host.as_ref().map(Authority::host),

@@ -77,7 +77,8 @@ pub struct ReloadReport {
 pub(crate) fn apply(shared: &Shared, next: Arc<Compiled>) -> ReloadReport {
     let prev = shared.compiled();
     let mut restart_required = Vec::new();
-    if prev.listeners != next.listeners {
+    let tls_on = |c: &Compiled| c.tls.iter().map(Option::is_some).collect::<Vec<_>>();
+    if prev.listeners != next.listeners || tls_on(&prev) != tls_on(&next) {
         restart_required.push("listeners");
     }
     if prev.admin != next.admin {

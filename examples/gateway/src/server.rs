@@ -29,7 +29,7 @@ use hyper_util::{
 use pin_project_lite::pin_project;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{Semaphore, mpsc, watch},
 };
 
@@ -315,7 +315,7 @@ async fn worker(
     // Every connection task holds a sender; when all are gone, the worker has drained.
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
     let mut accept_tasks = Vec::new();
-    for std_listener in sockets {
+    for (position, std_listener) in sockets.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
@@ -326,6 +326,7 @@ async fn worker(
         };
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
+            position,
             shared.clone(),
             slot.clone(),
             drain_tx.clone(),
@@ -380,14 +381,31 @@ struct Generation {
     builder: Arc<auto::Builder<TokioExecutor>>,
 }
 
+/// What a TLS handshake established that requests need.
+#[derive(Clone, Debug, Default)]
+struct TlsFacts {
+    cert: Option<gateway_core::ClientCertificate>,
+    required_sni: Option<crate::tls::RequiredSni>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    position: usize,
     shared: Arc<Shared>,
     slot: Arc<ArcSwap<Generation>>,
     drain: mpsc::Sender<()>,
 ) {
     let local = listener.local_addr().ok();
     let mut shutdown = shared.shutdown_signal();
+    // Whether this listener terminates TLS is fixed at start (a reload that adds or removes
+    // `tls` needs a restart); its certificates and client CAs follow reloads.
+    let (bind, mut tls) = {
+        let compiled = shared.compiled();
+        (
+            compiled.listeners[position],
+            compiled.tls.get(position).cloned().flatten(),
+        )
+    };
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -412,18 +430,73 @@ async fn accept_loop(
         if let Some(local) = local {
             info = info.with_local(local);
         }
-        let generation = slot.load();
-        let conn = serve_connection(
-            stream,
-            info,
-            slot.clone(),
-            generation.builder.clone(),
-            shared.shutdown_signal(),
-            generation.pipeline.compiled().limits.idle_timeout.0,
-        );
+        let generation = slot.load_full();
+        let compiled = generation.pipeline.compiled();
+        if tls.is_some()
+            && compiled.listeners.get(position) == Some(&bind)
+            && let Some(Some(next)) = compiled.tls.get(position)
+            && !tls.as_ref().is_some_and(|t| Arc::ptr_eq(t, next))
+        {
+            tls = Some(next.clone());
+        }
+        let idle = compiled.limits.idle_timeout.0;
+        let handshake_timeout = compiled.limits.header_read_timeout.0;
+        let shutdown = shared.shutdown_signal();
+        let slot = slot.clone();
         let drain = drain.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            conn.await;
+            match tls {
+                None => {
+                    serve_connection(
+                        stream,
+                        info,
+                        slot,
+                        generation.builder.clone(),
+                        shutdown,
+                        idle,
+                        TlsFacts::default(),
+                    )
+                    .await;
+                }
+                Some(tls) => {
+                    // The handshake has the header read timeout to finish.
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            let session = stream.get_ref().1;
+                            let facts = TlsFacts {
+                                cert: session
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .map(|c| gateway_core::ClientCertificate::new(c.as_ref())),
+                                required_sni: tls.client_auth.then(|| {
+                                    crate::tls::RequiredSni(Arc::from(
+                                        session.server_name().unwrap_or_default(),
+                                    ))
+                                }),
+                            };
+                            serve_connection(
+                                stream,
+                                info.with_tls(true),
+                                slot,
+                                generation.builder.clone(),
+                                shutdown,
+                                idle,
+                                facts,
+                            )
+                            .await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %info.peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
             drop(drain);
         });
@@ -447,23 +520,32 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     info: ConnectionInfo,
     slot: Arc<ArcSwap<Generation>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
-) {
+    tls: TlsFacts,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(CountingIo {
         inner: stream,
         activity: activity.clone(),
     });
     let svc_activity = activity.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Each request takes the configuration current when it arrives and keeps it to the end.
         let pipeline = slot.load().pipeline.clone();
+        if let Some(cert) = &tls.cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        if let Some(sni) = &tls.required_sni {
+            req.extensions_mut().insert(sni.clone());
+        }
         svc_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(svc_activity.clone());
         async move {
@@ -549,14 +631,14 @@ impl http_body::Body for GuardedBody {
 
 pin_project! {
     /// A socket that counts reads and writes that moved bytes.
-    struct CountingIo {
+    struct CountingIo<S> {
         #[pin]
-        inner: TcpStream,
+        inner: S,
         activity: Arc<Activity>,
     }
 }
 
-impl AsyncRead for CountingIo {
+impl<S: AsyncRead> AsyncRead for CountingIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -572,7 +654,7 @@ impl AsyncRead for CountingIo {
     }
 }
 
-impl AsyncWrite for CountingIo {
+impl<S: AsyncWrite> AsyncWrite for CountingIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

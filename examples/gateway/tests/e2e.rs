@@ -640,7 +640,7 @@ fn config_errors_name_file_line_and_field() {
         "{stderr}"
     );
 
-    std::fs::write(&file, "listeners:\n  - bind: 127.0.0.1:0\n    tls: true\n").unwrap();
+    std::fs::write(&file, "listeners:\n  - bind: 127.0.0.1:0\n    proxy_protocol: true\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--check")
         .arg(&file)
@@ -648,7 +648,7 @@ fn config_errors_name_file_line_and_field() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("bad.yaml:3:5: listeners[0].tls: unknown field `tls`"),
+        stderr.contains("bad.yaml:3:5: listeners[0].proxy_protocol: unknown field `proxy_protocol`"),
         "{stderr}"
     );
 
