@@ -158,7 +158,7 @@ async fn ratelimit(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(shared.compiled().router.views())
+    Json(shared.compiled().route_table())
 }
 
 async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

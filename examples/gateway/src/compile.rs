@@ -104,6 +104,61 @@ impl UpstreamSpec {
 }
 
 impl Compiled {
+    /// Every route in precedence order, with the stages a request it matches goes through, in
+    /// order: `ip_filter`, `auth`, `ext_authz`, `rate_limit`, `rewrite`, `upstream` (each with its
+    /// configuration, secrets redacted). What `gateway routes` prints and `GET /routes` shows.
+    pub fn route_table(&self) -> Vec<serde_json::Value> {
+        use serde_json::{Value, json};
+        let routes = self.source.get("routes").and_then(Value::as_array);
+        self.router
+            .routes()
+            .iter()
+            .zip(self.router.views())
+            .map(|(route, view)| {
+                let src = routes
+                    .and_then(|r| r.get(route.order))
+                    .cloned()
+                    .unwrap_or_default();
+                let mut stages = Vec::new();
+                let mut stage = |name: &str, config: Option<&Value>| {
+                    if let Some(config) = config {
+                        stages.push(
+                            json!({ "stage": name, "config": crate::reload::redacted(config) }),
+                        );
+                    }
+                };
+                stage("ip_filter", src.get("ip_filter"));
+                let mut auth = src.get("auth").cloned();
+                let ext_authz = auth
+                    .as_mut()
+                    .and_then(Value::as_object_mut)
+                    .and_then(|a| a.remove("ext_authz"));
+                stage("auth", auth.as_ref());
+                stage("ext_authz", ext_authz.as_ref());
+                stage("rate_limit", src.get("rate_limit"));
+                let rewrite = match (src.get("strip_prefix"), src.get("rewrite")) {
+                    (_, Some(r)) => Some(json!({ "rewrite": r })),
+                    (Some(Value::Bool(true)), None) => Some(json!({ "strip_prefix": true })),
+                    _ => None,
+                };
+                stage("rewrite", rewrite.as_ref());
+                let upstream = json!({
+                    "name": route.upstream_name,
+                    "config": self
+                        .source
+                        .get("upstreams")
+                        .and_then(|u| u.get(&route.upstream_name))
+                        .cloned()
+                        .unwrap_or_default(),
+                });
+                stage("upstream", Some(&upstream));
+                let mut v = serde_json::to_value(view).unwrap_or_default();
+                v["stages"] = Value::Array(stages);
+                v
+            })
+            .collect()
+    }
+
     /// Validates and compiles `config`; `file` names it in errors. Every problem found is
     /// reported, not just the first.
     pub fn new(config: &Config, file: &str) -> Result<Arc<Self>, ConfigError> {

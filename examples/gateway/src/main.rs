@@ -6,6 +6,7 @@
 //! gateway --config gateway.yaml   # your config
 //! gateway --check gateway.yaml    # validate and exit
 //! gateway demo-upstream           # just the demo upstream on 127.0.0.1:9000
+//! gateway routes -c gateway.yaml  # the route table, with each route's stages in order
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
@@ -44,6 +45,16 @@ enum Command {
     /// Run the bundled demo: the gateway on 127.0.0.1:8080 (admin on 127.0.0.1:9901) in front of
     /// an in-process echo upstream on 127.0.0.1:9000.
     Demo,
+    /// Print the compiled route table of a configuration file, in precedence order, with the
+    /// stages each route's requests go through, in order; then exit.
+    Routes {
+        /// The configuration file (default: the bundled demo).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run only the demo echo upstream.
     DemoUpstream {
         /// Address to bind.
@@ -78,6 +89,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Routes { config, json }) = &cli.command {
+        return print_routes(config.as_deref(), *json);
+    }
     let (config, file) = match (&cli.command, &cli.config) {
         (Some(Command::DemoUpstream { bind }), _) => {
             return rt.block_on(async {
@@ -101,6 +115,7 @@ fn main() -> ExitCode {
             Config::parse(DEMO_CONFIG, "<bundled demo.yaml>"),
             "<bundled demo.yaml>".to_owned(),
         ),
+        (Some(Command::Routes { .. }), _) => return ExitCode::SUCCESS, // handled above
         (None, Some(path)) => (Config::load(path), path.display().to_string()),
         (None, None) => {
             tracing::error!(
@@ -172,6 +187,76 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+#[allow(clippy::print_stdout)]
+fn print_routes(path: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let (config, file) = match path {
+        Some(p) => (Config::load(p), p.display().to_string()),
+        None => (
+            Config::parse(DEMO_CONFIG, "<bundled demo.yaml>"),
+            "<bundled demo.yaml>".to_owned(),
+        ),
+    };
+    let compiled = match config.and_then(|c| Compiled::new(&c, &file)) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = compiled.route_table();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&table).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("{file}: {} routes, tried in this order", table.len());
+    println!(
+        "every request first: size limits (431/414/413), path normalization (400), hop-by-hop and internal headers removed, client IP resolved, routing (404)"
+    );
+    for r in &table {
+        let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+        let list = |k: &str| {
+            r[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        };
+        let mut when = vec![format!("{} {}", text("path_kind"), text("path"))];
+        if let Some(h) = r["host"].as_str() {
+            when.insert(0, format!("host {h}"));
+        }
+        for (k, label) in [
+            ("methods", "methods"),
+            ("headers", "headers"),
+            ("query", "query"),
+        ] {
+            let l = list(k);
+            if !l.is_empty() {
+                when.push(format!("{label} {l}"));
+            }
+        }
+        println!();
+        println!("#{} {}: {}", r["precedence"], text("name"), when.join(", "));
+        if let Some(stages) = r["stages"].as_array() {
+            for (i, s) in stages.iter().enumerate() {
+                println!(
+                    "  {}. {:<10} {}",
+                    i + 1,
+                    s["stage"].as_str().unwrap_or_default(),
+                    s["config"]
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn report(e: &gateway::ConfigError) {

@@ -614,6 +614,11 @@ async fn admin_listener_serves_health_readiness_and_routes() {
     assert_eq!(names[1], "wildcard-host");
     assert_eq!(*names.last().unwrap(), "catch-all");
     assert_eq!(routes[1]["host"], "*.example.com");
+    let last = &routes.as_array().unwrap().last().unwrap()["stages"];
+    assert_eq!(
+        last.as_array().unwrap().last().unwrap()["stage"],
+        "upstream"
+    );
     assert_eq!(get(admin, "/nope").await.status, StatusCode::NOT_FOUND);
     // The public listener never serves admin endpoints: they are just paths to the upstream.
     let res = get(addr(&gw), "/routes").await;
@@ -640,7 +645,11 @@ fn config_errors_name_file_line_and_field() {
         "{stderr}"
     );
 
-    std::fs::write(&file, "listeners:\n  - bind: 127.0.0.1:0\n    proxy_protocol: true\n").unwrap();
+    std::fs::write(
+        &file,
+        "listeners:\n  - bind: 127.0.0.1:0\n    proxy_protocol: true\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--check")
         .arg(&file)
@@ -648,7 +657,8 @@ fn config_errors_name_file_line_and_field() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("bad.yaml:3:5: listeners[0].proxy_protocol: unknown field `proxy_protocol`"),
+        stderr
+            .contains("bad.yaml:3:5: listeners[0].proxy_protocol: unknown field `proxy_protocol`"),
         "{stderr}"
     );
 
@@ -1050,4 +1060,33 @@ async fn the_breaker_recloses_by_itself_once_the_upstream_recovers() {
         serde_json::from_slice(&get(admin, "/upstreams").await.body).unwrap();
     assert_eq!(view[0]["breaker"]["state"], "closed");
     assert_eq!(view[0]["breaker"]["half_opened"], 1);
+}
+
+#[test]
+fn the_routes_command_prints_each_routes_stages_in_order() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["routes", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let private = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "private")
+        .expect("the demo's private route");
+    let stages: Vec<&str> = private["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["auth", "rate_limit", "upstream"]);
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["routes", "--config", "no-such-file.yaml"])
+        .output()
+        .unwrap();
+    assert!(!text.status.success());
+    assert!(String::from_utf8_lossy(&text.stderr).contains("no-such-file.yaml"));
 }
