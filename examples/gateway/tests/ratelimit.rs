@@ -359,21 +359,24 @@ async fn wait_ready(addr: SocketAddr) {
 }
 
 #[tokio::test]
-async fn two_gateway_processes_share_one_global_limit_through_redis() {
+async fn three_gateway_processes_share_one_global_limit_and_reload_on_sighup() {
     let redis = TestRedis::start().await;
     let up = TestUpstream::fixed("ok").await;
     let dir = TempDir(std::env::temp_dir().join(format!("gw-rl-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut gateways = Vec::new();
     let mut addrs = Vec::new();
-    for i in 0..2 {
-        let port = free_port();
-        let yaml = format!(
-            "listeners:\n  - bind: 127.0.0.1:{port}\nworkers: 1\nstate:\n  redis: \"{}\"\n  prefix: \"{}\"\n  timeout: 2s\n  on_failure: closed\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n  - name: all\n    upstream: up\n    rate_limit: {{ by: global, rate: 10/h }}\n",
+    let yaml = |port: u16, extra: &str| {
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\nworkers: 1\nstate:\n  redis: \"{}\"\n  prefix: \"{}\"\n  timeout: 2s\n  on_failure: closed\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n{extra}  - name: all\n    upstream: up\n    rate_limit: {{ by: global, rate: 10/h }}\n",
             redis.url(),
             redis.prefix(),
             up.addr()
-        );
+        )
+    };
+    for i in 0..3 {
+        let port = free_port();
+        let yaml = yaml(port, "");
         let file = dir.0.join(format!("gw{i}.yaml"));
         std::fs::write(&file, yaml).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -390,22 +393,53 @@ async fn two_gateway_processes_share_one_global_limit_through_redis() {
     for a in &addrs {
         wait_ready(*a).await;
     }
-    let mut admitted = [0; 2];
+    let mut admitted = [0; 3];
     for n in 0..30 {
-        let res = get(addrs[n % 2], "/").await;
+        let res = get(addrs[n % 3], "/").await;
         match res.status {
-            StatusCode::OK => admitted[n % 2] += 1,
+            StatusCode::OK => admitted[n % 3] += 1,
             StatusCode::TOO_MANY_REQUESTS => {}
             other => panic!("unexpected {other}: {:?}", res.body),
         }
     }
     assert_eq!(
-        admitted[0] + admitted[1],
+        admitted.iter().sum::<usize>(),
         10,
         "one global limit: {admitted:?}"
     );
-    assert_eq!(admitted, [5, 5], "both instances draw on it");
+    assert_eq!(admitted, [4, 3, 3], "every instance draws on it");
     assert_eq!(up.requests().len(), 10);
+
+    // SIGHUP reloads the first process's file: a new unlimited route appears, the shared limit
+    // stays spent on the others.
+    assert_eq!(
+        get(addrs[0], "/free").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    std::fs::write(
+        dir.0.join("gw0.yaml"),
+        yaml(
+            addrs[0].port(),
+            "  - name: free\n    match: { path: /free }\n    upstream: up\n",
+        ),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &gateways[0].0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reloaded = tokio::time::timeout(Duration::from_secs(20), async {
+        while get(addrs[0], "/free").await.status != StatusCode::OK {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(reloaded.is_ok(), "SIGHUP applied the new file");
+    assert_eq!(
+        get(addrs[1], "/free").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 /// A directory removed when dropped, even if the test panics (the configs in it name Redis).
