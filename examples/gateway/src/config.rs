@@ -624,6 +624,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Requests a client may cancel (HTTP/2 `RST_STREAM`) on one connection before it is closed
+    /// with GOAWAY, once they are also more than half its requests (rapid-reset defence).
+    pub max_client_resets: u64,
 }
 
 impl Default for Limits {
@@ -637,6 +640,7 @@ impl Default for Limits {
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             max_connections: 10_000,
             max_concurrent_streams: 128,
+            max_client_resets: 100,
         }
     }
 }

@@ -294,6 +294,10 @@ fn http_builder(compiled: &Compiled) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Streams reset before the server accepted them (h2's own rapid-reset counter) and
+        // streams the server had to reset for protocol errors are bounded; beyond, GOAWAY.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.0.saturating_add(4096)).unwrap_or(u32::MAX),
         );
@@ -510,6 +514,32 @@ struct Activity {
     ticks: AtomicU64,
     /// Requests whose response has not been produced yet.
     in_flight: AtomicUsize,
+    /// Requests received.
+    started: AtomicU64,
+    /// Requests the client abandoned before their response head was ready (HTTP/2 resets).
+    cancelled: AtomicU64,
+    /// Told when cancellations say the connection is abusive.
+    abusive: tokio::sync::Notify,
+}
+
+/// Counts a request as cancelled by the client if it is dropped before its response is ready.
+struct Answering {
+    activity: Arc<Activity>,
+    max_resets: u64,
+    done: bool,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let cancelled = self.activity.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if cancelled > self.max_resets && cancelled * 2 > started {
+            self.activity.abusive.notify_one();
+        }
+    }
 }
 
 struct InFlight(Arc<Activity>);
@@ -540,6 +570,12 @@ async fn serve_connection<S>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Each request takes the configuration current when it arrives and keeps it to the end.
         let pipeline = slot.load().pipeline.clone();
+        svc_activity.started.fetch_add(1, Ordering::Relaxed);
+        let answering = Answering {
+            activity: svc_activity.clone(),
+            max_resets: pipeline.compiled().limits.max_client_resets,
+            done: false,
+        };
         if let Some(cert) = &tls.cert {
             req.extensions_mut().insert(cert.clone());
         }
@@ -550,7 +586,9 @@ async fn serve_connection<S>(
         let guard = InFlight(svc_activity.clone());
         async move {
             // The request stays in flight until its response body has been sent.
+            let mut answering = answering;
             let res = pipeline.handle(req, info).await;
+            answering.done = true;
             Ok::<_, Infallible>(res.map(|body| GuardedBody {
                 inner: body,
                 _guard: guard,
@@ -575,6 +613,12 @@ async fn serve_connection<S>(
             () = shutting_down(&mut shutdown), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = activity.abusive.notified() => {
+                // Dropped, not drained: a graceful HTTP/2 close waits for the client to answer a
+                // PING, which an attacker never does, and keeps accepting streams meanwhile.
+                tracing::warn!(peer = %info.peer, cancelled = activity.cancelled.load(Ordering::Relaxed), "client cancels most of its requests (rapid reset?); dropping the connection");
+                return;
             }
             () = idle.as_mut() => {
                 let ticks = activity.ticks.load(Ordering::Relaxed);
