@@ -46,6 +46,7 @@
 
 mod classify;
 mod client_ip;
+pub mod grpc;
 mod path;
 mod principal;
 mod problem;

@@ -388,8 +388,9 @@ impl Problem {
         out
     }
 
-    /// Builds the response: status, `content-type: application/problem+json`, the JSON body and
-    /// the [`Rejection`] extension when a reason was set.
+    /// Builds the response: status, `content-type: application/problem+json`, the JSON body, the
+    /// [`Rejection`] extension when a reason was set and the
+    /// [`ProblemDetail`](crate::grpc::ProblemDetail) extension when a detail was.
     pub fn into_response<B: From<String>>(self) -> Response<B> {
         let mut res = Response::new(B::from(self.to_json()));
         *res.status_mut() = self.status;
@@ -397,6 +398,10 @@ impl Problem {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(rejection) = self.rejection {
             res.extensions_mut().insert(rejection);
+        }
+        if let Some(detail) = self.detail {
+            res.extensions_mut()
+                .insert(crate::grpc::ProblemDetail(detail));
         }
         res
     }

@@ -182,6 +182,23 @@ impl Pipeline {
         req: Request<Incoming>,
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
+        // gRPC clients cannot read problem+json: the gateway's own refusals become trailers-only
+        // gRPC replies (upstream answers pass through untouched, trailers included).
+        if gateway_core::grpc::is_grpc(&req) {
+            let res = self.handle_http(req, conn).await;
+            if res.extensions().get::<gateway_core::Rejection>().is_some() {
+                return gateway_core::grpc::local_reply(res);
+            }
+            return res;
+        }
+        self.handle_http(req, conn).await
+    }
+
+    async fn handle_http(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnectionInfo,
+    ) -> Response<ResponseBody> {
         let (route, mut req) = match self.prepare(req, conn) {
             Ok(prepared) => prepared,
             Err(res) => return res,
