@@ -643,6 +643,29 @@ fn compile_route(
         .ip_filter
         .as_ref()
         .map(|f| compile_ip_filter(&field, f, issues));
+    let mut upgrades = Vec::new();
+    for u in &rc.upgrades {
+        let lower = u.trim().to_ascii_lowercase();
+        if lower == "h2c" {
+            issues.at(
+                spanned,
+                format!("{field}.upgrades"),
+                "`h2c` upgrades are never proxied (use HTTP/2 with prior knowledge or TLS)",
+            );
+        } else if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+        {
+            issues.at(
+                spanned,
+                format!("{field}.upgrades"),
+                format!("`{u}` is not an Upgrade protocol token"),
+            );
+        } else {
+            upgrades.push(lower);
+        }
+    }
     if issues.0.len() > before {
         return None;
     }
@@ -660,6 +683,7 @@ fn compile_route(
         auth,
         ext_authz,
         ip_filter,
+        upgrades,
         order: i,
     })
 }

@@ -966,6 +966,10 @@ pub struct RouteConfig {
     /// Client IP allow/deny lists for this route.
     #[serde(default)]
     pub ip_filter: Option<Spanned<IpFilterConfig>>,
+    /// `Upgrade` protocols proxied on this route (`websocket`); other upgrade requests are
+    /// forwarded as plain requests with the `Upgrade` field removed.
+    #[serde(default)]
+    pub upgrades: Vec<String>,
 }
 
 /// What a route matches. Every condition given must hold.

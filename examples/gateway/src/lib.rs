@@ -32,6 +32,7 @@ mod reload;
 pub mod router;
 mod server;
 mod tls;
+mod tunnel;
 
 pub use compile::{Compiled, UpstreamSpec};
 pub use config::{Config, ConfigError, ConfigIssue};

@@ -13,7 +13,7 @@ use gateway_core::{
 use gateway_lb::{ResponseBody, Upstream, strip_hop_by_hop};
 use http::{
     HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
-    header::{CONTENT_LENGTH, HOST},
+    header::{CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
     uri::{Authority, PathAndQuery},
 };
 use http_body_util::Limited;
@@ -49,7 +49,41 @@ type Guarded = CircuitBreaker<Client, DefaultClassifier>;
 #[derive(Debug)]
 enum Dispatch {
     Bare(Client),
-    Stacked(Retry<Hedge<Guard>>),
+    Stacked(Retry<Hedge<Guard>>, Client),
+}
+
+impl Dispatch {
+    /// The upstream client itself (for upgrades, which bypass the resilience stack).
+    fn client(&self) -> &Client {
+        match self {
+            Self::Bare(c) | Self::Stacked(_, c) => c,
+        }
+    }
+}
+
+/// In the extensions of an HTTP/1.1 request that asked for a protocol upgrade: the `Upgrade`
+/// field, kept when the hop-by-hop fields are removed.
+#[derive(Clone, Debug)]
+struct UpgradeRequest(HeaderValue);
+
+/// The `Upgrade` field of an HTTP/1.1 request whose `Connection` names `upgrade`.
+fn upgrade_request(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let mut values = headers.get_all(UPGRADE).iter();
+    let first = values.next()?.clone();
+    (asks && values.next().is_none()).then_some(first)
+}
+
+/// The protocol name an `Upgrade` value asks for first (`websocket` of `WebSocket/13, h2c`).
+fn upgrade_protocol(v: &HeaderValue) -> Option<String> {
+    let first = v.to_str().ok()?.split(',').next()?.trim();
+    let name = first.split('/').next()?.trim();
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 /// The client, behind the upstream's circuit breaker when it has one.
@@ -156,6 +190,7 @@ impl Pipeline {
 
     fn dispatch(spec: &crate::compile::UpstreamSpec) -> Dispatch {
         let client = spec.build();
+        let direct = client.clone();
         if spec.retry.is_none() && spec.hedge.is_none() && spec.breaker.is_none() {
             return Dispatch::Bare(client);
         }
@@ -168,7 +203,7 @@ impl Pipeline {
             .retry
             .clone()
             .unwrap_or_else(|| RetryLayer::new(RetryConfig::default().attempts(0)));
-        Dispatch::Stacked(retry.layer(hedge.layer(guard)))
+        Dispatch::Stacked(retry.layer(hedge.layer(guard)), direct)
     }
 
     /// The compiled configuration.
@@ -230,12 +265,69 @@ impl Pipeline {
             },
             None => None,
         };
-        let mut res = self.forward(route.upstream, req).await;
+        let upgrade = req
+            .extensions()
+            .get::<UpgradeRequest>()
+            .and_then(|u| upgrade_protocol(&u.0))
+            .filter(|p| route.upgrades.contains(p));
+        let mut res = match upgrade {
+            Some(_) => self.tunnel(route.upstream, req).await,
+            None => self.forward(route.upstream, req).await,
+        };
         // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
         // charged, so it carries the rate-limit headers.
         if let Some(admission) = admission {
             admission.apply(&mut res);
         }
+        res
+    }
+
+    /// Proxies an upgrade request the route allows: the upstream gets it on a connection of its
+    /// own; once it answers `101`, bytes are copied both ways (see [`crate::tunnel`]).
+    async fn tunnel(
+        &self,
+        upstream: usize,
+        mut req: Request<ClientBody>,
+    ) -> Response<ResponseBody> {
+        let Some(UpgradeRequest(protocol)) = req.extensions_mut().remove::<UpgradeRequest>() else {
+            return self.forward(upstream, req).await;
+        };
+        let client_side = hyper::upgrade::on(&mut req);
+        let hold = req.extensions_mut().remove::<crate::server::TunnelHold>();
+        req.headers_mut().insert(UPGRADE, protocol);
+        let slot = match &self.compiled.upstreams[upstream].bulkhead {
+            Some(bulkhead) => match bulkhead.try_admit() {
+                Some(slot) => Some(slot),
+                None => return BulkheadLayer::rejection(),
+            },
+            None => None,
+        };
+        let client = self.dispatch[upstream].client();
+        let mut res = client.upgrade(req.map(ReplayBody::streaming)).await;
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return res;
+        }
+        let (Some(hold), upstream_side) = (hold, hyper::upgrade::on(&mut res)) else {
+            return res;
+        };
+        let idle = self.compiled.limits.idle_timeout.0;
+        // The tunnel keeps its bulkhead slot for as long as it is open.
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((client, upstream)) => {
+                    crate::tunnel::pump(
+                        hyper_util::rt::TokioIo::new(client),
+                        hyper_util::rt::TokioIo::new(upstream),
+                        idle,
+                        hold.shutdown.clone(),
+                    )
+                    .await;
+                }
+                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+            }
+            drop(hold);
+        });
         res
     }
 
@@ -254,7 +346,7 @@ impl Pipeline {
         let dispatch = async {
             match &*self.dispatch[upstream] {
                 Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
-                Dispatch::Stacked(stack) => stack.clone().oneshot(req).await,
+                Dispatch::Stacked(stack, _) => stack.clone().oneshot(req).await,
             }
         };
         let sent = match self.compiled.upstreams[upstream].deadline {
@@ -342,7 +434,15 @@ impl Pipeline {
 
         // Hop-by-hop fields go first, so a client cannot name a header that a later layer adds
         // in `Connection` and have it removed on the way out.
+        // An upgrade request is remembered before its hop-by-hop fields go: a route that proxies
+        // that protocol puts the `Upgrade` field back for the upstream.
+        let upgrade = (parts.version == Version::HTTP_11)
+            .then(|| upgrade_request(&parts.headers))
+            .flatten();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgrade {
+            parts.extensions.insert(UpgradeRequest(u));
+        }
         strip_internal(&mut parts.headers, &c.internal_prefixes);
 
         let client_ip = c.trusted.resolve(conn.peer.ip(), &parts.headers);

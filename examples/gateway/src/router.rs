@@ -108,6 +108,8 @@ pub struct Route {
     pub ext_authz: Option<gateway_auth::ExtAuthz>,
     /// Client IP allow/deny lists.
     pub ip_filter: Option<gateway_auth::IpFilterLayer>,
+    /// `Upgrade` protocols proxied (lower case); empty: upgrades are not proxied.
+    pub upgrades: Vec<String>,
     /// Position in the configuration file.
     pub order: usize,
 }
@@ -582,6 +584,7 @@ mod tests {
             auth: None,
             ext_authz: None,
             ip_filter: None,
+            upgrades: Vec::new(),
             order,
         }
     }

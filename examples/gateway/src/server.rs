@@ -385,6 +385,20 @@ struct Generation {
     builder: Arc<auto::Builder<TokioExecutor>>,
 }
 
+/// A connection's place in `max_connections` and in the worker's drain.
+struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _drain: mpsc::Sender<()>,
+}
+
+/// In the extensions of requests that ask for an upgrade: keeps the connection counted while a
+/// tunnel made from it is open, and tells the tunnel when shutdown begins.
+#[derive(Clone)]
+pub(crate) struct TunnelHold {
+    _slot: Arc<ConnectionSlot>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
 /// What a TLS handshake established that requests need.
 #[derive(Clone, Debug, Default)]
 struct TlsFacts {
@@ -447,7 +461,10 @@ async fn accept_loop(
         let handshake_timeout = compiled.limits.header_read_timeout.0;
         let shutdown = shared.shutdown_signal();
         let slot = slot.clone();
-        let drain = drain.clone();
+        let hold = Arc::new(ConnectionSlot {
+            _permit: permit,
+            _drain: drain.clone(),
+        });
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
@@ -459,7 +476,7 @@ async fn accept_loop(
                         generation.builder.clone(),
                         shutdown,
                         idle,
-                        TlsFacts::default(),
+                        (TlsFacts::default(), hold),
                     )
                     .await;
                 }
@@ -488,7 +505,7 @@ async fn accept_loop(
                                 generation.builder.clone(),
                                 shutdown,
                                 idle,
-                                facts,
+                                (facts, hold),
                             )
                             .await;
                         }
@@ -501,8 +518,6 @@ async fn accept_loop(
                     }
                 }
             }
-            drop(permit);
-            drop(drain);
         });
     }
 }
@@ -557,7 +572,7 @@ async fn serve_connection<S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
     idle_timeout: Duration,
-    tls: TlsFacts,
+    (tls, hold): (TlsFacts, Arc<ConnectionSlot>),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -567,6 +582,7 @@ async fn serve_connection<S>(
         activity: activity.clone(),
     });
     let svc_activity = activity.clone();
+    let tunnel_shutdown = shutdown.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Each request takes the configuration current when it arrives and keeps it to the end.
         let pipeline = slot.load().pipeline.clone();
@@ -582,6 +598,12 @@ async fn serve_connection<S>(
         if let Some(sni) = &tls.required_sni {
             req.extensions_mut().insert(sni.clone());
         }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(TunnelHold {
+                _slot: hold.clone(),
+                shutdown: tunnel_shutdown.clone(),
+            });
+        }
         svc_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(svc_activity.clone());
         async move {
@@ -595,7 +617,7 @@ async fn serve_connection<S>(
             }))
         }
     });
-    let conn = builder.serve_connection(io, svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);

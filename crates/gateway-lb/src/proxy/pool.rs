@@ -187,6 +187,26 @@ where
         Ok(sender)
     }
 
+    /// Sends an `Upgrade` request on a new HTTP/1.1 connection of its own, never pooled: after a
+    /// `101` the connection belongs to the upgraded stream.
+    pub(crate) async fn send_upgrade(
+        &self,
+        idx: usize,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let io = self.connect(idx).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(ProxyError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgraded upstream connection closed with error");
+            }
+        });
+        sender.send_request(req).await.map_err(ProxyError::Request)
+    }
+
     async fn send_h1(
         self: Arc<Self>,
         idx: usize,

@@ -14,7 +14,7 @@ use gateway_core::{
 };
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri, Version,
-    header::HOST,
+    header::{CONNECTION, HOST, UPGRADE},
     uri::{PathAndQuery, Scheme},
 };
 use http_body::Body;
@@ -363,9 +363,102 @@ where
                     .into_response(),
             );
         };
+        let (mut parts, body) = req.into_parts();
+        self.prepare(idx, &mut parts, self.shared.protocol);
+        let shared = &*self.shared;
+        let (body, uploaded) = TrackedBody::new(body);
+        let fut = self
+            .pool
+            .clone()
+            .send(idx, Request::from_parts(parts, body));
+        ResponseFuture::upstream(
+            Box::pin(fut),
+            shared.request_timeout,
+            shared.body_timeout,
+            permit.map(|p| (p, shared.classifier)),
+            uploaded,
+        )
+    }
+
+    /// Forwards an HTTP/1.1 `Upgrade` request (a WebSocket handshake, say) on a new connection of
+    /// its own, keeping its `Upgrade` field. After `101 Switching Protocols` (with its
+    /// `Connection: upgrade` and `Upgrade` fields), `hyper::upgrade::on(&mut res)` yields the
+    /// upstream side of the tunnel; any other status is an ordinary response: the upstream's
+    /// refusal, or the gateway's own problem (no endpoint, connect failure or timeout, an HTTP/2
+    /// upstream, no answer within the request timeout). Retries, hedging and the upstream's
+    /// breaker do not apply; per-endpoint breakers still steer the choice of endpoint.
+    pub async fn upgrade(&self, req: Request<B>) -> Response<ResponseBody> {
+        let Some((idx, _permit)) = self.pick() else {
+            return Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                .detail("no upstream endpoint is available")
+                .reason(
+                    RejectReason::NoHealthyUpstream,
+                    ResponseFlags::NO_HEALTHY_UPSTREAM,
+                )
+                .into_response();
+        };
+        if self.shared.protocol != Protocol::Http1 {
+            return Problem::new(StatusCode::BAD_GATEWAY)
+                .detail("protocol upgrades need an HTTP/1.1 upstream")
+                .reason(
+                    RejectReason::UpstreamProtocol,
+                    ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+                )
+                .into_response();
+        }
+        let (mut parts, body) = req.into_parts();
+        let upgrade = parts.headers.get(UPGRADE).cloned();
+        self.prepare(idx, &mut parts, Protocol::Http1);
+        if let Some(upgrade) = upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, upgrade);
+        }
+        let (body, _uploaded) = TrackedBody::new(body);
+        let sent = self
+            .pool
+            .send_upgrade(idx, Request::from_parts(parts, body));
+        let res = match self.shared.request_timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(res) => res,
+                Err(_) => {
+                    return Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                        .detail("the upstream did not answer in time")
+                        .reason(
+                            RejectReason::UpstreamTimeout,
+                            ResponseFlags::UPSTREAM_TIMEOUT,
+                        )
+                        .into_response();
+                }
+            },
+            None => sent.await,
+        };
+        let res = match res {
+            Ok(res) => res,
+            Err(e) => return error_response(&e),
+        };
+        let switched = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let (mut parts, body) = res.into_parts();
+        let upgrade = parts.headers.get(UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if switched && let Some(upgrade) = upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, upgrade);
+        }
+        Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, None, self.shared.body_timeout),
+        )
+    }
+
+    /// Rewrites the request head for endpoint `idx`: hop-by-hop fields removed, forwarding
+    /// headers, the `Host` policy, and the target in the form `protocol` needs.
+    fn prepare(&self, idx: usize, parts: &mut http::request::Parts, protocol: Protocol) {
         let shared = &*self.shared;
         let endpoint = &shared.endpoints[idx];
-        let (mut parts, body) = req.into_parts();
 
         let path_and_query = parts
             .uri
@@ -401,7 +494,7 @@ where
             HostHeader::Endpoint => shared.host_values[idx].clone(),
             HostHeader::Fixed(v) => v.clone(),
         };
-        match shared.protocol {
+        match protocol {
             Protocol::Http1 => {
                 // Origin-form: the connection already goes to the endpoint.
                 parts.uri = Uri::from(path_and_query);
@@ -421,19 +514,6 @@ where
                 parts.headers.remove(HOST);
             }
         }
-
-        let (body, uploaded) = TrackedBody::new(body);
-        let fut = self
-            .pool
-            .clone()
-            .send(idx, Request::from_parts(parts, body));
-        ResponseFuture::upstream(
-            Box::pin(fut),
-            shared.request_timeout,
-            shared.body_timeout,
-            permit.map(|p| (p, shared.classifier)),
-            uploaded,
-        )
     }
 }
 
