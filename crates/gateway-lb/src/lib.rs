@@ -49,6 +49,8 @@
 
 mod proxy;
 
+#[cfg(feature = "tls")]
+pub use proxy::UpstreamTls;
 pub use proxy::{
     Endpoint, EndpointError, HostHeader, Protocol, ResponseBody, ResponseFuture, Upstream,
     UpstreamBuilder, headers::strip_hop_by_hop,

@@ -255,6 +255,10 @@ impl Compiled {
                     "not a valid header value",
                 );
             }
+            let tls = up
+                .tls
+                .as_ref()
+                .and_then(|t| upstream_tls(&field, t, &endpoints, &mut issues));
             let builder = Upstream::builder(endpoints.clone())
                 .connect_timeout(up.timeouts.connect.0)
                 .request_timeout(Some(up.timeouts.request.0))
@@ -267,6 +271,10 @@ impl Compiled {
                 .via((!via.is_empty()).then_some(via))
                 .x_forwarded(up.forwarding.x_forwarded)
                 .forwarded(up.forwarding.forwarded);
+            let builder = match tls {
+                Some(tls) => builder.tls(tls),
+                None => builder,
+            };
             let per_endpoint = up.breaker.as_ref().is_some_and(|b| b.value.per_endpoint);
             let breaker = up
                 .breaker
@@ -418,30 +426,7 @@ impl Compiled {
             admin_token,
             source: config.source.clone(),
             watch: config.reload.watch.then_some(config.reload.interval.0),
-            files: config
-                .listeners
-                .iter()
-                .filter_map(|l| l.value.tls.as_ref())
-                .flat_map(|t| {
-                    t.certificates
-                        .iter()
-                        .flat_map(|c| [c.cert.clone(), c.key.clone()])
-                        .chain(t.client_auth.iter().map(|c| c.ca.clone()))
-                })
-                .chain(config.admin.iter().filter_map(|a| a.token_file.clone()))
-                .map(std::path::PathBuf::from)
-                .chain(
-                    config
-                        .auth_providers
-                        .values()
-                        .filter_map(|p| match &p.value {
-                            crate::config::AuthProviderConfig::Jwt(j) => j.ca_file.clone(),
-                            crate::config::AuthProviderConfig::ApiKey(_)
-                            | crate::config::AuthProviderConfig::Mtls(_) => None,
-                        })
-                        .map(std::path::PathBuf::from),
-                )
-                .collect(),
+            files: named_files(config),
         }))
     }
 }
@@ -686,6 +671,108 @@ fn compile_route(
         upgrades,
         order: i,
     })
+}
+
+/// Every file the configuration names (certificates, keys, CA bundles, the admin token): a
+/// watched reload follows them.
+fn named_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<String> = Vec::new();
+    for l in &config.listeners {
+        if let Some(t) = &l.value.tls {
+            for c in &t.certificates {
+                files.extend([c.cert.clone(), c.key.clone()]);
+            }
+            files.extend(t.client_auth.iter().map(|c| c.ca.clone()));
+        }
+    }
+    for u in config.upstreams.values() {
+        if let Some(t) = &u.value.tls {
+            let t = &t.value;
+            files.extend([&t.ca_file, &t.cert, &t.key].into_iter().flatten().cloned());
+        }
+    }
+    files.extend(config.admin.iter().filter_map(|a| a.token_file.clone()));
+    for p in config.auth_providers.values() {
+        if let crate::config::AuthProviderConfig::Jwt(j) = &p.value {
+            files.extend(j.ca_file.clone());
+        }
+    }
+    files.into_iter().map(std::path::PathBuf::from).collect()
+}
+
+/// Compiles an upstream's `tls` block.
+fn upstream_tls(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::UpstreamTlsConfig>,
+    endpoints: &[Endpoint],
+    issues: &mut Issues,
+) -> Option<gateway_lb::UpstreamTls> {
+    let t = &spanned.value;
+    let field = format!("{field}.tls");
+    if !endpoints.iter().any(Endpoint::is_tls) {
+        issues.at(
+            spanned,
+            &field,
+            "no endpoint is https://, so this block would do nothing",
+        );
+    }
+    let read = |key: &str, file: &str, issues: &mut Issues| match std::fs::read(file) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            issues.at(
+                spanned,
+                format!("{field}.{key}"),
+                format!("cannot read `{file}`: {e}"),
+            );
+            None
+        }
+    };
+    let mut tls = match &t.ca_file {
+        None => gateway_lb::UpstreamTls::system_roots(),
+        Some(file) => {
+            let pem = read("ca_file", file, issues)?;
+            match gateway_lb::UpstreamTls::with_roots_pem(&pem) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    issues.at(
+                        spanned,
+                        format!("{field}.ca_file"),
+                        format!("`{file}`: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    match (&t.cert, &t.key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            let chain = read("cert", cert, issues)?;
+            let key_pem = read("key", key, issues)?;
+            match tls.client_auth_pem(&chain, &key_pem) {
+                Ok(with) => tls = with,
+                Err(e) => {
+                    issues.at(spanned, format!("{field}.cert"), e);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            issues.at(spanned, &field, "`cert` and `key` go together");
+            return None;
+        }
+    }
+    if let Some(name) = &t.server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            issues.at(
+                spanned,
+                format!("{field}.server_name"),
+                format!("`{name}` is not a DNS name or IP address"),
+            );
+        }
+        tls = tls.server_name(name.as_str());
+    }
+    Some(tls)
 }
 
 fn retry_layer(r: &crate::config::RetryConfigYaml) -> Result<RetryLayer, String> {

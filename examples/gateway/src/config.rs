@@ -692,6 +692,27 @@ pub struct UpstreamConfig {
     /// Hedged requests; none when absent.
     #[serde(default)]
     pub hedge: Option<HedgeConfig>,
+    /// TLS to `https://` endpoints.
+    #[serde(default)]
+    pub tls: Option<Spanned<UpstreamTlsConfig>>,
+}
+
+/// TLS to an upstream's `https://` endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM root certificates to verify the upstream against (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The name sent in SNI and verified (default: each endpoint's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) for upstream mTLS, with `key`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Hedging for one upstream (`gateway_breaker::HedgeLayer`): idempotent requests with a buffered

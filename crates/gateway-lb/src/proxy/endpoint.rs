@@ -2,9 +2,11 @@ use std::{fmt, str::FromStr};
 
 use http::uri::Authority;
 
-/// One address an upstream's requests can be sent to: `host:port`.
+/// One address an upstream's requests can be sent to: `host:port`, over TLS when written
+/// `https://host:port` (feature `tls`).
 ///
-/// Parsed from `127.0.0.1:9000`, `[::1]:9000`, `backend.internal:80` or `http://host:port`.
+/// Parsed from `127.0.0.1:9000`, `[::1]:9000`, `backend.internal:80`, `http://host:port` or
+/// `https://host:port`.
 ///
 /// # Example
 ///
@@ -13,7 +15,7 @@ use http::uri::Authority;
 ///
 /// let e: Endpoint = "http://10.0.0.5:8080".parse().unwrap();
 /// assert_eq!(e.authority().as_str(), "10.0.0.5:8080");
-/// assert!("https://x:1".parse::<Endpoint>().is_err());
+/// assert!("ftp://x:1".parse::<Endpoint>().is_err());
 /// assert!("10.0.0.5".parse::<Endpoint>().is_err());
 /// // Credentials never appear in the error.
 /// let err = "http://user:secret@10.0.0.5:80".parse::<Endpoint>().unwrap_err();
@@ -22,6 +24,7 @@ use http::uri::Authority;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     authority: Authority,
+    tls: bool,
 }
 
 /// Error parsing an [`Endpoint`].
@@ -43,6 +46,11 @@ impl Endpoint {
     /// The `host:port` authority.
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// Whether requests to this endpoint go over TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 }
 
@@ -66,10 +74,16 @@ impl FromStr for Endpoint {
             input: shown.clone(),
             why,
         };
-        let rest = match s.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(_) => return Err(err("only http:// endpoints are supported")),
-            None => s,
+        let (tls, rest) = match s.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            #[cfg(feature = "tls")]
+            Some(("https", rest)) => (true, rest),
+            #[cfg(not(feature = "tls"))]
+            Some(("https", _)) => {
+                return Err(err("https:// endpoints need gateway-lb's `tls` feature"));
+            }
+            Some(_) => return Err(err("only http:// and https:// endpoints are supported")),
+            None => (false, s),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('@') {
@@ -79,12 +93,15 @@ impl FromStr for Endpoint {
         if authority.port_u16().is_none() {
             return Err(err("a port is required (host:port)"));
         }
-        Ok(Self { authority })
+        Ok(Self { authority, tls })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("https://")?;
+        }
         f.write_str(self.authority.as_str())
     }
 }

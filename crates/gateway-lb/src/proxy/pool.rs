@@ -42,8 +42,11 @@ pub(crate) enum ProxyError {
     Request(hyper::Error),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
+    /// The TLS client configuration (ALPN set for the protocol), for `https://` endpoints.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<(Arc<rustls::ClientConfig>, super::tls::UpstreamTls)>,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) max_idle: usize,
@@ -57,6 +60,8 @@ pub(crate) struct Pool<B> {
 
 struct Slot<B> {
     authority: Authority,
+    /// Over TLS (`https://`).
+    tls: bool,
     idle: Mutex<Vec<Idle<B>>>,
     h2: Mutex<Option<http2::SendRequest<B>>>,
 }
@@ -74,12 +79,16 @@ pub(crate) type OnEnd = Box<dyn FnOnce() + Send>;
 pub(crate) type Exchanged = (Response<Incoming>, Option<OnEnd>);
 
 impl<B> Pool<B> {
-    pub(crate) fn new(authorities: impl IntoIterator<Item = Authority>, cfg: PoolConfig) -> Self {
+    pub(crate) fn new(
+        authorities: impl IntoIterator<Item = (Authority, bool)>,
+        cfg: PoolConfig,
+    ) -> Self {
         Self {
             slots: authorities
                 .into_iter()
-                .map(|authority| Slot {
+                .map(|(authority, tls)| Slot {
                     authority,
+                    tls,
                     idle: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                 })
@@ -163,14 +172,52 @@ where
         }
     }
 
-    async fn connect(&self, idx: usize) -> Result<TokioIo<TcpStream>, ProxyError> {
-        let authority = self.slots[idx].authority.as_str();
-        let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(authority))
+    async fn connect(&self, idx: usize) -> Result<TokioIo<Conn>, ProxyError> {
+        let slot = &self.slots[idx];
+        let authority = slot.authority.as_str();
+        // The connect timeout covers the TLS handshake too.
+        let connect = async {
+            let stream = TcpStream::connect(authority)
+                .await
+                .map_err(ProxyError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            if !slot.tls {
+                return Ok(Conn::Plain(stream));
+            }
+            self.handshake(slot, stream).await
+        };
+        tokio::time::timeout(self.cfg.connect_timeout, connect)
             .await
             .map_err(|_| ProxyError::ConnectTimeout)?
-            .map_err(ProxyError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+            .map(TokioIo::new)
+    }
+
+    #[cfg(feature = "tls")]
+    async fn handshake(&self, slot: &Slot<B>, stream: TcpStream) -> Result<Conn, ProxyError> {
+        let Some((config, tls)) = &self.cfg.tls else {
+            return Err(ProxyError::Connect(std::io::Error::other(
+                "no TLS configuration for an https:// endpoint",
+            )));
+        };
+        let name = tls.name_for(slot.authority.host()).ok_or_else(|| {
+            ProxyError::Connect(std::io::Error::other("the endpoint has no usable TLS name"))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| {
+                tracing::debug!(endpoint = %slot.authority, error = %e, "upstream TLS handshake failed");
+                ProxyError::Connect(e)
+            })?;
+        Ok(Conn::Tls(Box::new(tls)))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[allow(clippy::unused_async)]
+    async fn handshake(&self, _slot: &Slot<B>, _stream: TcpStream) -> Result<Conn, ProxyError> {
+        Err(ProxyError::Connect(std::io::Error::other(
+            "https:// endpoints need the `tls` feature",
+        )))
     }
 
     async fn connect_h1(&self, idx: usize) -> Result<http1::SendRequest<B>, ProxyError> {
@@ -303,6 +350,83 @@ where
     }
 }
 
+/// A connection to an endpoint: plain TCP or TLS over it.
+pub(crate) enum Conn {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, data),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,8 +439,10 @@ mod tests {
         idle_timeout: Duration,
     ) -> Arc<Pool<Empty<Bytes>>> {
         Arc::new(Pool::new(
-            [addr.to_string().parse().unwrap()],
+            [(addr.to_string().parse().unwrap(), false)],
             PoolConfig {
+                #[cfg(feature = "tls")]
+                tls: None,
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout,
                 max_idle,

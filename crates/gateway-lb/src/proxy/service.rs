@@ -69,9 +69,20 @@ pub struct UpstreamBuilder {
     via: Option<String>,
     x_forwarded: bool,
     forwarded: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::UpstreamTls>,
 }
 
 impl UpstreamBuilder {
+    /// How to speak TLS to `https://` endpoints (feature `tls`; default: the system's roots,
+    /// each endpoint's host as the name).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: super::tls::UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Timeout for establishing a TCP connection (default 1 s).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -183,9 +194,25 @@ impl UpstreamBuilder {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        #[cfg(feature = "tls")]
+        let tls = self.endpoints.iter().any(Endpoint::is_tls).then(|| {
+            let tls = self
+                .tls
+                .clone()
+                .unwrap_or_else(super::tls::UpstreamTls::system_roots);
+            let alpn: &[u8] = match self.protocol {
+                Protocol::Http1 => b"http/1.1",
+                Protocol::Http2 => b"h2",
+            };
+            (tls.client_config(alpn), tls)
+        });
         let pool = Pool::new(
-            self.endpoints.iter().map(|e| e.authority().clone()),
+            self.endpoints
+                .iter()
+                .map(|e| (e.authority().clone(), e.is_tls())),
             PoolConfig {
+                #[cfg(feature = "tls")]
+                tls,
                 connect_timeout: self.connect_timeout,
                 idle_timeout: self.pool_idle_timeout,
                 max_idle: self.pool_max_idle_per_host,
@@ -288,6 +315,8 @@ impl Upstream<()> {
             via: Some("gateway".to_owned()),
             x_forwarded: true,
             forwarded: true,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
