@@ -13,7 +13,8 @@
 //! that are not printable ASCII as `\xNN`); forwarding headers are left out (`client_ip` is the
 //! resolved address) and so are the credentials of other providers named with
 //! [`ExtAuthz::withhold`]. The path is the one the route matched ([`NormalizedPath`]), before any
-//! rewrite. Decisions can be cached for a short time (keyed by the SHA-256 of the input, bounded).
+//! rewrite. Decisions can be cached for a short time (keyed by the SHA-256 of the input without
+//! request ids and trace context, bounded).
 //!
 //! An allowing answer may also hand headers to the upstream (an identity the decision point
 //! resolved, say): only names listed with [`ExtAuthz::upstream_headers`] are taken, from the
@@ -236,8 +237,9 @@ impl ExtAuthz {
     where
         ResBody: From<String>,
     {
-        let input = describe(req, &self.withheld_headers, &self.withheld_params).to_string();
-        let key: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+        let described = describe(req, &self.withheld_headers, &self.withheld_params);
+        let input = described.to_string();
+        let key = cache_key(described);
         let this = self.clone();
         async move {
             let now = tokio::time::Instant::now();
@@ -393,6 +395,36 @@ fn header_text(v: &http::HeaderValue) -> String {
     out
 }
 
+/// Headers that differ on every request (ids, trace context): sent to the decision point, but
+/// left out of the cache key, or no decision would ever be reused.
+const VOLATILE_HEADERS: &[&str] = &[
+    "x-request-id",
+    "request-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+];
+
+/// The SHA-256 of the input without its volatile headers.
+fn cache_key(mut input: Value) -> [u8; 32] {
+    if let Some(headers) = input
+        .get_mut("input")
+        .and_then(|i| i.get_mut("headers"))
+        .and_then(Value::as_object_mut)
+    {
+        for h in VOLATILE_HEADERS {
+            headers.remove(*h);
+        }
+    }
+    Sha256::digest(input.to_string().as_bytes()).into()
+}
+
 fn describe<B>(req: &Request<B>, withheld_headers: &[String], withheld_params: &[String]) -> Value {
     // Every value of every header (comma-joined in order), so the decision point sees what the
     // upstream will see, duplicates included.
@@ -469,6 +501,31 @@ mod tests {
         assert_eq!(verdict(200, b""), Some(true), "ext_authz style");
         assert_eq!(verdict(500, br#"{"result": true}"#), None);
         assert_eq!(verdict(302, b""), None);
+    }
+
+    #[test]
+    fn request_ids_and_trace_context_do_not_split_the_cache() {
+        let req = |id: &str| {
+            Request::get("/orders")
+                .header("x-request-id", id)
+                .header("traceparent", format!("00-{id}-01"))
+                .header("x-tenant", "acme")
+                .body(())
+                .unwrap()
+        };
+        let key = |r: &Request<()>| cache_key(describe(r, &[], &[]));
+        assert_eq!(key(&req("a")), key(&req("b")));
+        let other = Request::get("/orders")
+            .header("x-tenant", "other")
+            .body(())
+            .unwrap();
+        assert_ne!(key(&req("a")), key(&other));
+        assert!(
+            describe(&req("a"), &[], &[])
+                .to_string()
+                .contains("x-request-id"),
+            "still sent"
+        );
     }
 
     #[test]

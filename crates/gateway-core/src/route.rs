@@ -28,6 +28,11 @@ impl RouteId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The route name, shared (a metric label without a copy).
+    pub fn shared(&self) -> &Arc<str> {
+        &self.0
+    }
 }
 
 impl fmt::Display for RouteId {

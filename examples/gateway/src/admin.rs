@@ -59,6 +59,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/upstreams/{name}/breaker", post(force_breaker))
         .route("/ratelimit", get(ratelimit))
         .route("/config", get(config))
+        .route("/metrics", get(metrics))
         .route("/config/reload", post(reload))
         .fallback(|| async {
             let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
@@ -104,6 +105,35 @@ async fn require_token(
         axum::http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
     );
     res
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let m = &shared.metrics;
+    if let Some(log) = shared.observer.access_log() {
+        m.log_dropped
+            .set(i64::try_from(log.dropped()).unwrap_or(i64::MAX));
+    }
+    for u in &shared.compiled().upstreams {
+        if let Some(b) = &u.breaker {
+            let state = match b.handle().state().as_str() {
+                "closed" | "forced_closed" => 0,
+                "half_open" => 1,
+                _ => 2,
+            };
+            m.breaker_open
+                .get_or_create(&vec![(String::from("upstream"), u.name.clone())])
+                .set(state);
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            gateway_observe::CONTENT_TYPE,
+        )],
+        shared.observer.metrics().encode(),
+    )
+        .into_response()
 }
 
 /// `GET /config`: the configuration being served (secrets redacted) and the reload counters.

@@ -68,6 +68,8 @@ pub struct Compiled {
     pub source: serde_json::Value,
     /// The digest of the admin API's bearer token (`admin.token_env`).
     pub admin_token: Option<gateway_auth::ApiKeyHash>,
+    /// The `observe` block (used at start).
+    pub(crate) observe: crate::observe::ObservePlan,
     /// With `reload.watch`, how often to poll the files (read at start).
     pub watch: Option<Duration>,
     /// Files the configuration names (CA bundles, certificates): a watched reload also follows
@@ -379,6 +381,7 @@ impl Compiled {
                 })
             })
             .collect();
+        let observe = crate::observe::compile(config, &mut issues);
         let admin_token = config
             .admin
             .as_ref()
@@ -424,6 +427,7 @@ impl Compiled {
             limit_state,
             providers,
             admin_token,
+            observe,
             source: config.source.clone(),
             watch: config.reload.watch.then_some(config.reload.interval.0),
             files: named_files(config),

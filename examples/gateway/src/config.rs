@@ -70,10 +70,104 @@ pub struct Config {
     /// Configuration reloading.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Request ids, metrics and the access log (read at start).
+    #[serde(default)]
+    pub observe: ObserveConfig,
     /// The document as plain JSON (no positions): what a reload compares to decide which state
     /// survives, and what the admin API shows (redacted).
     #[serde(skip)]
     pub source: serde_json::Value,
+}
+
+/// Request ids, metrics and the access log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// Request ids.
+    #[serde(default)]
+    pub request_id: RequestIdConfig,
+    /// Metrics labelling.
+    #[serde(default)]
+    pub metrics: MetricsYaml,
+    /// The access log (off when absent).
+    #[serde(default)]
+    pub access_log: Option<Spanned<AccessLogYaml>>,
+}
+
+/// Request ids.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// The header (default `x-request-id`).
+    #[serde(default = "default_request_id_header")]
+    pub header: String,
+    /// Keep a well-formed inbound id (only behind a proxy that sets it).
+    #[serde(default)]
+    pub trust_inbound: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        Self {
+            header: default_request_id_header(),
+            trust_inbound: false,
+        }
+    }
+}
+
+fn default_request_id_header() -> String {
+    String::from("x-request-id")
+}
+
+/// Metrics labelling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsYaml {
+    /// Request-duration histogram bounds in seconds (default: OpenTelemetry's).
+    #[serde(default)]
+    pub duration_buckets: Option<Vec<f64>>,
+    /// Label status codes by class (`2xx`).
+    #[serde(default)]
+    pub status_class: bool,
+}
+
+/// The access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogYaml {
+    /// `stdout` (default), `stderr`, or a file path (appended).
+    #[serde(default = "default_log_to")]
+    pub to: String,
+    /// `json` (default) or a template with `{field}` placeholders.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// Request headers to log (credentials are always redacted).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// More headers to redact.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// Routes not logged.
+    #[serde(default)]
+    pub exclude_routes: Vec<String>,
+    /// Share of successful requests logged (errors always are).
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Log successful requests only when at least this slow.
+    #[serde(default)]
+    pub slower_than: Option<HumanDuration>,
+}
+
+fn default_log_to() -> String {
+    String::from("stdout")
+}
+
+fn default_log_format() -> String {
+    String::from("json")
+}
+
+fn default_sample() -> f64 {
+    1.0
 }
 
 /// How configuration changes are picked up (besides `SIGHUP` and the admin API, always on when

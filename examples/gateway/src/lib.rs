@@ -26,6 +26,7 @@ mod auth;
 mod compile;
 pub mod config;
 mod demo;
+mod observe;
 mod pipeline;
 pub mod ratelimit;
 mod reload;

@@ -234,34 +234,62 @@ impl Pipeline {
         req: Request<Incoming>,
         conn: ConnectionInfo,
     ) -> Response<ResponseBody> {
-        let (route, mut req) = match self.prepare(req, conn) {
+        let (route, req) = match self.prepare(req, conn) {
             Ok(prepared) => prepared,
             Err(res) => return res,
         };
+        // What the access log and metrics need, from the request, onto the response.
+        let client_ip = req.extensions().get::<gateway_core::ClientIp>().copied();
+        let path = req
+            .extensions()
+            .get::<gateway_core::NormalizedPath>()
+            .cloned();
+        let (mut res, principal) = self.serve_route(route, req).await;
+        let ext = res.extensions_mut();
+        ext.insert(route.id.clone());
+        if let Some(ip) = client_ip {
+            ext.insert(ip);
+        }
+        if let Some(path) = path {
+            ext.insert(path);
+        }
+        if let Some(principal) = principal {
+            ext.insert(principal);
+        }
+        res
+    }
+
+    /// The route's policies, then its upstream; also returns the principal, once known.
+    async fn serve_route(
+        &self,
+        route: &Route,
+        mut req: Request<ClientBody>,
+    ) -> (Response<ResponseBody>, Option<gateway_core::Principal>) {
         // Client IP lists, then authentication (credentials stripped, `Principal` inserted), then
         // the limits that may key on the principal.
         if let Some(filter) = &route.ip_filter
             && let Some(refusal) = filter.refusal(&req)
         {
-            return refusal;
+            return (refusal, None);
         }
         if let Some(auth) = &route.auth {
             req = match auth.check(req) {
                 Ok(req) => req,
-                Err(refusal) => return refusal,
+                Err(refusal) => return (refusal, None),
             };
         }
+        let principal = req.extensions().get::<gateway_core::Principal>().cloned();
         if let Some(pdp) = &route.ext_authz {
             match pdp.authorize(&req).await {
                 Ok(grant) => grant.apply(&mut req),
-                Err(refusal) => return refusal,
+                Err(refusal) => return (refusal, principal),
             }
         }
         // Rate limits and quotas, before any upstream resource is taken.
         let admission = match &route.rate_limit {
             Some(limit) => match limit.admit(&req).await {
                 Ok(admission) => Some(admission),
-                Err(refusal) => return refusal,
+                Err(refusal) => return (refusal, principal),
             },
             None => None,
         };
@@ -279,7 +307,7 @@ impl Pipeline {
         if let Some(admission) = admission {
             admission.apply(&mut res);
         }
-        res
+        (res, principal)
     }
 
     /// Proxies an upgrade request the route allows: the upstream gets it on a connection of its

@@ -90,6 +90,9 @@ pub(crate) fn apply(shared: &Shared, next: Arc<Compiled>) -> ReloadReport {
     if prev.limits.max_connections != next.limits.max_connections {
         restart_required.push("limits.max_connections");
     }
+    if prev.source.get("observe") != next.source.get("observe") {
+        restart_required.push("observe");
+    }
     let kept_upstreams = next
         .upstreams
         .iter()
@@ -104,6 +107,7 @@ pub(crate) fn apply(shared: &Shared, next: Arc<Compiled>) -> ReloadReport {
         restart_required,
     };
     shared.current.send_replace(next);
+    shared.metrics.reloads.inc();
     if report.restart_required.is_empty() {
         tracing::info!(generation = report.generation, kept_upstreams = ?report.kept_upstreams, "configuration reloaded");
     } else {
@@ -143,6 +147,7 @@ pub(crate) fn from_file(shared: &Shared) -> Result<ReloadReport, ConfigError> {
         }
         Err(e) => {
             shared.reload.failed.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.reload_failures.inc();
             for line in e.to_string().lines() {
                 tracing::error!("reload refused, the running configuration stays: {line}");
             }

@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub(crate) current: watch::Sender<Arc<Compiled>>,
     /// Reload bookkeeping: the file, counters, the last error.
     pub(crate) reload: crate::reload::ReloadState,
+    /// Request ids, metrics and the access log (built at start; they outlive reloads).
+    pub(crate) observer: gateway_observe::Observer,
+    /// The gateway's own metrics.
+    pub(crate) metrics: crate::observe::GatewayMetrics,
     shutdown: watch::Sender<bool>,
     /// Set once every worker has drained: the admin listener stops then, so `/readyz` answers
     /// `draining` for the whole drain.
@@ -185,6 +189,7 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
 
+    let (observer, metrics) = crate::observe::build(&compiled.observe)?;
     let (shutdown, _) = watch::channel(false);
     let (stopped, _) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -192,6 +197,8 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         connections: Arc::new(Semaphore::new(compiled.limits.max_connections)),
         current: watch::channel(compiled).0,
         reload: crate::reload::ReloadState::default(),
+        observer,
+        metrics,
         shutdown,
     });
 
@@ -315,6 +322,7 @@ async fn worker(
     let slot = Arc::new(ArcSwap::from_pointee(Generation {
         builder: Arc::new(http_builder(&first)),
         pipeline: Arc::new(Pipeline::new(first)),
+        observer: shared.observer.clone(),
     }));
     // Every connection task holds a sender; when all are gone, the worker has drained.
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
@@ -354,6 +362,7 @@ async fn worker(
                 slot.store(Arc::new(Generation {
                     builder: Arc::new(http_builder(&next)),
                     pipeline: Arc::new(old.pipeline.reloaded(next)),
+                    observer: old.observer.clone(),
                 }));
                 tracing::debug!(worker = index, "worker switched to the reloaded configuration");
             }
@@ -383,6 +392,7 @@ pub(crate) async fn shutting_down(rx: &mut watch::Receiver<bool>) {
 struct Generation {
     pipeline: Arc<Pipeline>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    observer: gateway_observe::Observer,
 }
 
 /// A connection's place in `max_connections` and in the worker's drain.
@@ -585,7 +595,9 @@ async fn serve_connection<S>(
     let tunnel_shutdown = shutdown.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Each request takes the configuration current when it arrives and keeps it to the end.
-        let pipeline = slot.load().pipeline.clone();
+        let generation = slot.load();
+        let pipeline = generation.pipeline.clone();
+        let observation = generation.observer.start(&mut req);
         svc_activity.started.fetch_add(1, Ordering::Relaxed);
         let answering = Answering {
             activity: svc_activity.clone(),
@@ -611,10 +623,10 @@ async fn serve_connection<S>(
             let mut answering = answering;
             let res = pipeline.handle(req, info).await;
             answering.done = true;
-            Ok::<_, Infallible>(res.map(|body| GuardedBody {
+            Ok::<_, Infallible>(observation.finish(res.map(|body| GuardedBody {
                 inner: body,
                 _guard: guard,
-            }))
+            })))
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);

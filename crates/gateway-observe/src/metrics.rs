@@ -1,0 +1,288 @@
+//! HTTP server metrics with OpenTelemetry semantic-convention names, exposed as Prometheus
+//! (OpenMetrics) text, with labels that can only take bounded values: the route's configured
+//! name (`unmatched` when no route matched, never the raw path), the method (unknown methods are
+//! `_OTHER`), the status code (or class), and the gateway's rejection reasons.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use gateway_core::RejectReason;
+use http::Method;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::Histogram,
+    },
+    registry::{Registry, Unit},
+};
+
+/// A label value shared without copying (route names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Shared(Arc<str>);
+
+impl EncodeLabelValue for Shared {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    http_request_method: Cow<'static, str>,
+    http_response_status_code: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    http_request_method: Cow<'static, str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone)]
+struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The OpenTelemetry default buckets for `http.server.request.duration`, in seconds.
+pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Body size buckets, in bytes (100 B to 100 MB, ×10).
+const SIZE_BUCKETS: &[f64] = &[100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+/// How metrics are labelled.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Upper bounds of the request-duration histogram, in seconds.
+    pub duration_buckets: Vec<f64>,
+    /// Label status codes by class (`2xx`) instead of code (`200`).
+    pub status_class: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            status_class: false,
+        }
+    }
+}
+
+/// What one finished request contributes.
+#[derive(Debug)]
+pub(crate) struct Sample<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) route: Option<&'a Arc<str>>,
+    pub(crate) status: u16,
+    pub(crate) duration: Duration,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) rejection: Option<RejectReason>,
+}
+
+/// The metrics of an HTTP server (OpenTelemetry names, bounded labels). Build one, register extra
+/// counters with [`HttpMetrics::counter`], then share it (clones share the values).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    registry: Arc<Registry>,
+    duration: Family<ServerLabels, Histogram, Buckets>,
+    request_size: Family<ServerLabels, Histogram, Buckets>,
+    response_size: Family<ServerLabels, Histogram, Buckets>,
+    active: Family<MethodLabels, Gauge>,
+    rejections: Family<RejectionLabels, Counter>,
+    status_class: bool,
+    unmatched: Shared,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetrics")
+            .field("status_class", &self.status_class)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpMetrics {
+    /// The standard HTTP server metrics.
+    pub fn new(config: &MetricsConfig) -> Self {
+        let mut registry = Registry::default();
+        let durations = Buckets(config.duration_buckets.iter().copied().collect());
+        let sizes = Buckets(SIZE_BUCKETS.into());
+        let duration = Family::new_with_constructor(durations);
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests (OpenTelemetry http.server.request.duration), until the response body ended",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let request_size = Family::new_with_constructor(sizes.clone());
+        registry.register_with_unit(
+            "http_server_request_body_size",
+            "Size of HTTP server request bodies (http.server.request.body.size)",
+            Unit::Bytes,
+            request_size.clone(),
+        );
+        let response_size = Family::new_with_constructor(sizes);
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP server response bodies (http.server.response.body.size)",
+            Unit::Bytes,
+            response_size.clone(),
+        );
+        let active = Family::<MethodLabels, Gauge>::default();
+        registry.register(
+            "http_server_active_requests",
+            "HTTP server requests in flight (http.server.active_requests)",
+            active.clone(),
+        );
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "gateway_rejections",
+            "Requests the gateway answered itself, by reason",
+            rejections.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            duration,
+            request_size,
+            response_size,
+            active,
+            rejections,
+            status_class: config.status_class,
+            unmatched: Shared(Arc::from(UNMATCHED)),
+        }
+    }
+
+    /// Registers a counter of your own (`name` without the `_total` suffix). Call before sharing
+    /// this value: afterwards the registry is shared and this returns `None`.
+    pub fn counter(&mut self, name: &str, help: &str) -> Option<Counter> {
+        let registry = Arc::get_mut(&mut self.registry)?;
+        let c = Counter::default();
+        registry.register(name, help, c.clone());
+        Some(c)
+    }
+
+    /// Registers a gauge of your own; see [`HttpMetrics::counter`].
+    pub fn gauge(&mut self, name: &str, help: &str) -> Option<Gauge> {
+        let registry = Arc::get_mut(&mut self.registry)?;
+        let g = Gauge::default();
+        registry.register(name, help, g.clone());
+        Some(g)
+    }
+
+    /// Registers a family of gauges labelled by your own (bounded!) label sets, such as
+    /// `[("upstream", name)]`; see [`HttpMetrics::counter`].
+    pub fn gauge_family(
+        &mut self,
+        name: &str,
+        help: &str,
+    ) -> Option<Family<Vec<(String, String)>, Gauge>> {
+        let registry = Arc::get_mut(&mut self.registry)?;
+        let f = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(name, help, f.clone());
+        Some(f)
+    }
+
+    /// Every metric as OpenMetrics text (what Prometheus scrapes; serve it with
+    /// [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub(crate) fn started(&self, method: &Method) {
+        self.active
+            .get_or_create(&MethodLabels {
+                http_request_method: method_label(method),
+            })
+            .inc();
+    }
+
+    pub(crate) fn finished(&self, s: &Sample<'_>) {
+        let method = method_label(s.method);
+        self.active
+            .get_or_create(&MethodLabels {
+                http_request_method: method.clone(),
+            })
+            .dec();
+        let route = s
+            .route
+            .map_or_else(|| self.unmatched.clone(), |r| Shared(r.clone()));
+        let labels = ServerLabels {
+            http_request_method: method,
+            http_response_status_code: self.status_label(s.status),
+            http_route: route.clone(),
+        };
+        self.duration
+            .get_or_create(&labels)
+            .observe(s.duration.as_secs_f64());
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.request_size
+                .get_or_create(&labels)
+                .observe(s.bytes_in as f64);
+            self.response_size
+                .get_or_create(&labels)
+                .observe(s.bytes_out as f64);
+        }
+        if let Some(reason) = s.rejection {
+            self.rejections
+                .get_or_create(&RejectionLabels {
+                    reason: Cow::Borrowed(reason.as_str()),
+                    http_route: route,
+                })
+                .inc();
+        }
+    }
+
+    fn status_label(&self, status: u16) -> Cow<'static, str> {
+        if self.status_class {
+            Cow::Borrowed(match status / 100 {
+                1 => "1xx",
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                _ => "5xx",
+            })
+        } else {
+            Cow::Owned(status.to_string())
+        }
+    }
+}
+
+/// The content type of [`HttpMetrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The method as a bounded label: the standard methods, else `_OTHER`.
+fn method_label(m: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    })
+}

@@ -1,0 +1,186 @@
+//! Compiling the `observe` block, and the observer the server runs with (built once at start:
+//! metrics continue across reloads, and `observe` changes need a restart).
+
+use std::time::Duration;
+
+use gateway_observe::{
+    AccessLog, AccessLogConfig, HttpMetrics, LogFormat, LogSink, MetricsConfig, Observer,
+    RequestIds,
+    prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
+use http::HeaderName;
+
+use crate::config::{Config, Issues};
+
+/// The validated `observe` block.
+#[derive(Clone, Debug)]
+pub(crate) struct ObservePlan {
+    header: HeaderName,
+    trust_inbound: bool,
+    metrics: MetricsConfig,
+    log: Option<LogPlan>,
+}
+
+#[derive(Clone, Debug)]
+struct LogPlan {
+    to: String,
+    format: LogFormat,
+    headers: Vec<HeaderName>,
+    redact: Vec<HeaderName>,
+    exclude_routes: Vec<String>,
+    sample: f64,
+    slower_than: Option<Duration>,
+}
+
+fn header_names(field: &str, names: &[String], issues: &mut Issues) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(
+            |n| match HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    issues.nowhere(field, format!("`{n}` is not a header name"));
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
+    let o = &config.observe;
+    let header = match HeaderName::from_bytes(o.request_id.header.to_ascii_lowercase().as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            issues.nowhere(
+                "observe.request_id.header",
+                format!("`{}` is not a header name", o.request_id.header),
+            );
+            HeaderName::from_static("x-request-id")
+        }
+    };
+    let mut metrics = MetricsConfig {
+        status_class: o.metrics.status_class,
+        ..MetricsConfig::default()
+    };
+    if let Some(b) = &o.metrics.duration_buckets {
+        if b.is_empty()
+            || b.iter().any(|x| !x.is_finite() || *x <= 0.0)
+            || b.windows(2).any(|w| w[0] >= w[1])
+        {
+            issues.nowhere(
+                "observe.metrics.duration_buckets",
+                "bounds must be positive, finite and increasing",
+            );
+        } else {
+            metrics.duration_buckets.clone_from(b);
+        }
+    }
+    let log = o.access_log.as_ref().map(|spanned| {
+        let l = &spanned.value;
+        if !(0.0..=1.0).contains(&l.sample) {
+            issues.at(
+                spanned,
+                "observe.access_log.sample",
+                "must be between 0 and 1",
+            );
+        }
+        let routes: Vec<&str> = config
+            .routes
+            .iter()
+            .map(|r| r.value.name.as_str())
+            .collect();
+        for r in &l.exclude_routes {
+            if !routes.contains(&r.as_str()) {
+                issues.at(
+                    spanned,
+                    "observe.access_log.exclude_routes",
+                    format!("no route is named `{r}`"),
+                );
+            }
+        }
+        LogPlan {
+            to: l.to.clone(),
+            format: if l.format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Template(l.format.clone())
+            },
+            headers: header_names("observe.access_log.headers", &l.headers, issues),
+            redact: header_names("observe.access_log.redact", &l.redact, issues),
+            exclude_routes: l.exclude_routes.clone(),
+            sample: l.sample,
+            slower_than: l.slower_than.map(|d| d.0),
+        }
+    });
+    ObservePlan {
+        header,
+        trust_inbound: o.request_id.trust_inbound,
+        metrics,
+        log,
+    }
+}
+
+/// The gateway's own metrics beside the HTTP ones, updated at each scrape.
+#[derive(Debug)]
+pub(crate) struct GatewayMetrics {
+    pub(crate) reloads: Counter,
+    pub(crate) reload_failures: Counter,
+    pub(crate) log_dropped: Gauge,
+    pub(crate) breaker_open: Family<Vec<(String, String)>, Gauge>,
+}
+
+/// Starts the observer (and the access log's writer).
+pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMetrics)> {
+    let mut metrics = HttpMetrics::new(&plan.metrics);
+    let none = || std::io::Error::other("metrics registry already shared");
+    let extra = GatewayMetrics {
+        reloads: metrics
+            .counter(
+                "gateway_config_reloads",
+                "Configurations applied by a reload",
+            )
+            .ok_or_else(none)?,
+        reload_failures: metrics
+            .counter(
+                "gateway_config_reload_failures",
+                "Reloads refused (the running configuration stayed)",
+            )
+            .ok_or_else(none)?,
+        log_dropped: metrics
+            .gauge(
+                "gateway_access_log_dropped",
+                "Access log lines dropped because the writer fell behind",
+            )
+            .ok_or_else(none)?,
+        breaker_open: metrics
+            .gauge_family(
+                "gateway_upstream_breaker_state",
+                "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            )
+            .ok_or_else(none)?,
+    };
+    let ids = RequestIds::new(plan.header.clone()).trust_inbound(plan.trust_inbound);
+    let observer = Observer::new(ids, metrics);
+    let observer = match &plan.log {
+        None => observer,
+        Some(l) => {
+            let sink = match l.to.as_str() {
+                "stdout" => LogSink::Stdout,
+                "stderr" => LogSink::Stderr,
+                path => LogSink::File(path.into()),
+            };
+            observer.with_access_log(AccessLog::start(AccessLogConfig {
+                sink,
+                format: l.format.clone(),
+                headers: l.headers.clone(),
+                redact: l.redact.clone(),
+                exclude_routes: l.exclude_routes.clone(),
+                sample: l.sample,
+                slower_than: l.slower_than,
+                ..AccessLogConfig::default()
+            })?)
+        }
+    };
+    Ok((observer, extra))
+}
