@@ -20,7 +20,7 @@ use std::{
 };
 
 use http::HeaderName;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Where lines go.
 #[derive(Debug)]
@@ -263,14 +263,78 @@ fn fields(e: &Entry) -> Vec<(&'static str, Value)> {
 }
 
 fn json_line(e: &Entry) -> String {
-    let mut map = Map::new();
-    for (k, v) in fields(e) {
-        map.insert(k.to_owned(), v);
-    }
+    // Written directly (not through a `serde_json::Value` tree): this runs once per request.
+    let mut out = String::with_capacity(384);
+    out.push('{');
+    let mut first = true;
+    let mut key = |out: &mut String, k: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_json_str(out, k);
+        out.push(':');
+    };
+    let opt = |out: &mut String, v: Option<&str>| match v {
+        Some(s) => push_json_str(out, s),
+        None => out.push_str("null"),
+    };
+    key(&mut out, "time");
+    opt(&mut out, e.time.map(rfc3339).as_deref());
+    key(&mut out, "request_id");
+    opt(&mut out, e.request_id.as_deref());
+    key(&mut out, "trace_id");
+    opt(&mut out, e.trace_id.as_deref());
+    key(&mut out, "client_ip");
+    opt(&mut out, e.client_ip.as_deref());
+    key(&mut out, "consumer");
+    opt(&mut out, e.consumer.as_deref());
+    key(&mut out, "route");
+    opt(&mut out, e.route.as_deref());
+    key(&mut out, "method");
+    push_json_str(&mut out, &e.method);
+    key(&mut out, "path");
+    push_json_str(&mut out, &e.path);
+    key(&mut out, "protocol");
+    push_json_str(&mut out, &e.protocol);
+    key(&mut out, "status");
+    let _ = write!(out, "{}", e.status);
+    key(&mut out, "flags");
+    push_json_str(&mut out, &e.flags);
+    key(&mut out, "reason");
+    opt(&mut out, e.reason);
+    key(&mut out, "bytes_in");
+    let _ = write!(out, "{}", e.bytes_in);
+    key(&mut out, "bytes_out");
+    let _ = write!(out, "{}", e.bytes_out);
+    key(&mut out, "duration_ms");
+    let _ = write!(out, "{:.3}", e.duration.as_secs_f64() * 1000.0);
+    key(&mut out, "completed");
+    out.push_str(if e.completed { "true" } else { "false" });
     for (name, value) in &e.headers {
-        map.insert(format!("header.{name}"), Value::String(value.clone()));
+        out.push(',');
+        push_json_str(&mut out, &format!("header.{name}"));
+        out.push(':');
+        push_json_str(&mut out, value);
     }
-    Value::Object(map).to_string()
+    out.push('}');
+    out
+}
+
+/// A JSON string literal: `"`, `\` and every control character escaped.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn template_line(t: &str, e: &Entry) -> String {
@@ -375,6 +439,20 @@ mod tests {
         assert!(line.ends_with(" 200 - -"), "{line}");
         let json = json_line(&e);
         assert!(!json.contains('\n'));
+        let odd = Entry {
+            path: String::from("/\u{1b}[31m\u{2028}\u{7f}\\\"é"),
+            headers: vec![(String::from("user-agent"), String::from("a\tb"))],
+            ..Entry::default()
+        };
+        let line = json_line(&odd);
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\u{2028}'),
+            "{line}"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], odd.path);
+        assert_eq!(v["header.user-agent"], "a\tb");
+        assert_eq!(v["time"], Value::Null);
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["path"], e.path);
     }
