@@ -52,6 +52,7 @@ mod principal;
 mod problem;
 mod route;
 mod tls;
+pub mod trace;
 
 pub use classify::{ClassifyFailure, DefaultClassifier, FailureKind};
 pub use client_ip::{

@@ -7,6 +7,9 @@
 //!   method or `_OTHER`, status code or class, rejection reason), as Prometheus/OpenMetrics text.
 //! - [`AccessLog`]: one JSON (or templated) line per request from a writer thread, with
 //!   redaction, escaping, route exclusion, sampling that keeps every error, and a drop counter.
+//! - [`Tracer`] and [`OtlpExporter`]: a server span per request (client spans per upstream
+//!   attempt come from `gateway-lb`), W3C trace context, ratio sampling, OTLP/HTTP export that
+//!   never blocks a request.
 //! - [`Observer`] ties them together; [`ObserveLayer`] is it as a tower layer. Durations and
 //!   sizes are taken when the response body ends, not when its head is sent.
 //!
@@ -43,6 +46,7 @@ mod layer;
 mod metrics;
 mod observer;
 mod request_id;
+mod trace;
 
 pub use access_log::{AccessLog, AccessLogConfig, LogFormat, LogSink};
 pub use layer::{Observe, ObserveFuture, ObserveLayer};
@@ -51,3 +55,4 @@ pub use observer::{Observation, ObservedBody, Observer};
 /// The metric types [`HttpMetrics`] hands out (`Counter`, `Gauge`, `Family`).
 pub use prometheus_client;
 pub use request_id::{RequestId, RequestIds};
+pub use trace::{ExportStats, OtlpExporter, Tracer};

@@ -18,7 +18,22 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::{AccessLog, HttpMetrics, RequestId, RequestIds, access_log::Entry, metrics::Sample};
+use gateway_core::trace::{AttributeValue, SpanKind, SpanRecord};
+
+use crate::{
+    AccessLog, HttpMetrics, RequestId, RequestIds, Tracer, access_log::Entry, metrics::Sample,
+    trace::ServerSpan,
+};
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
 
 /// Request ids, metrics and the access log together. Clones share everything.
 #[derive(Clone, Debug)]
@@ -31,6 +46,7 @@ struct Inner {
     ids: RequestIds,
     metrics: HttpMetrics,
     log: Option<AccessLog>,
+    tracer: Option<Tracer>,
 }
 
 impl Observer {
@@ -41,18 +57,37 @@ impl Observer {
                 ids,
                 metrics,
                 log: None,
+                tracer: None,
             }),
         }
+    }
+
+    /// Adds tracing: a server span per request, in the request's extensions as an
+    /// [`ActiveTrace`](gateway_core::trace::ActiveTrace) for client spans below.
+    #[must_use]
+    pub fn with_tracing(self, tracer: Tracer) -> Self {
+        let inner = self.take_inner();
+        Self {
+            inner: Arc::new(Inner {
+                tracer: Some(tracer),
+                ..inner
+            }),
+        }
+    }
+
+    fn take_inner(self) -> Inner {
+        Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            ids: shared.ids.clone(),
+            metrics: shared.metrics.clone(),
+            log: None,
+            tracer: shared.tracer.clone(),
+        })
     }
 
     /// Adds an access log.
     #[must_use]
     pub fn with_access_log(self, log: AccessLog) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            ids: shared.ids.clone(),
-            metrics: shared.metrics.clone(),
-            log: None,
-        });
+        let inner = self.take_inner();
         Self {
             inner: Arc::new(Inner {
                 log: Some(log),
@@ -76,6 +111,11 @@ impl Observer {
     pub fn start<B: Body>(&self, req: &mut Request<B>) -> Observation {
         let id = self.inner.ids.assign(req);
         self.inner.metrics.started(req.method());
+        let span = self.inner.tracer.as_ref().map(|t| {
+            let span = t.start(req.headers_mut());
+            req.extensions_mut().insert(t.active(&span));
+            span
+        });
         let headers = self.inner.log.as_ref().map(|log| {
             log.headers()
                 .iter()
@@ -103,7 +143,11 @@ impl Observer {
                 .is_some()
                 .then(|| req.uri().path().to_owned()),
             client_ip: req.extensions().get::<ClientIp>().map(|c| c.ip()),
-            trace_id: trace_id(req.headers().get("traceparent")),
+            trace_id: match &span {
+                Some(s) => Some(format!("{:032x}", s.context.trace_id)),
+                None => trace_id(req.headers().get("traceparent")),
+            },
+            span,
             bytes_in: req.body().size_hint().exact().unwrap_or(0),
             headers: headers.unwrap_or_default(),
             recorded: false,
@@ -143,6 +187,7 @@ pub struct Observation {
     raw_path: Option<String>,
     client_ip: Option<IpAddr>,
     trace_id: Option<String>,
+    span: Option<ServerSpan>,
     bytes_in: u64,
     headers: Vec<(String, String)>,
     /// Recorded already (through its response body).
@@ -213,7 +258,7 @@ impl Observation {
                         .and_then(|p| p.consumer().map(str::to_owned))
                 })
                 .flatten(),
-            path: wanted
+            path: (wanted || self.span.is_some_and(|s| s.context.sampled))
                 .then(|| {
                     parts
                         .extensions
@@ -275,6 +320,53 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         bytes_out,
         rejection: facts.rejection.map(|r| r.reason),
     });
+    if let (Some(span), Some(tracer)) = (obs.span, &inner.tracer)
+        && span.context.sampled
+    {
+        let route = facts.route.as_ref().map(RouteId::as_str);
+        let mut attributes = vec![
+            (
+                "http.request.method",
+                AttributeValue::Str(obs.method.as_str().to_owned()),
+            ),
+            (
+                "http.response.status_code",
+                AttributeValue::Int(i64::from(facts.status)),
+            ),
+            (
+                "network.protocol.version",
+                AttributeValue::Str(protocol_version(obs.version).to_owned()),
+            ),
+        ];
+        if let Some(r) = route {
+            attributes.push(("http.route", AttributeValue::Str(r.to_owned())));
+        }
+        if let Some(p) = &facts.path {
+            attributes.push(("url.path", AttributeValue::Str(p.clone())));
+        }
+        if let Some(ip) = facts.client_ip {
+            attributes.push(("client.address", AttributeValue::Str(ip.to_string())));
+        }
+        if let Some(r) = facts.rejection {
+            attributes.push((
+                "error.type",
+                AttributeValue::Str(r.reason.as_str().to_owned()),
+            ));
+        }
+        tracer.recorder.record(SpanRecord {
+            context: span.context,
+            parent_span_id: span.parent_span_id,
+            name: route.map_or_else(
+                || obs.method.as_str().to_owned(),
+                |r| format!("{} {r}", obs.method),
+            ),
+            kind: SpanKind::Server,
+            start: span.start,
+            end: SystemTime::now(),
+            attributes,
+            error: facts.status >= 500 || !completed,
+        });
+    }
     let Some(log) = &inner.log else { return };
     log.log(&Entry {
         time: Some(obs.time),

@@ -114,6 +114,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         m.log_dropped
             .set(i64::try_from(log.dropped()).unwrap_or(i64::MAX));
     }
+    if let Some(exporter) = &m.exporter {
+        let stats = exporter.stats();
+        m.spans_exported
+            .set(i64::try_from(stats.exported).unwrap_or(i64::MAX));
+        m.spans_dropped
+            .set(i64::try_from(stats.dropped).unwrap_or(i64::MAX));
+    }
     for u in &shared.compiled().upstreams {
         if let Some(b) = &u.breaker {
             let state = match b.handle().state().as_str() {

@@ -92,6 +92,30 @@ pub struct ObserveConfig {
     /// The access log (off when absent).
     #[serde(default)]
     pub access_log: Option<Spanned<AccessLogYaml>>,
+    /// Traces exported over OTLP (off when absent).
+    #[serde(default)]
+    pub tracing: Option<Spanned<TracingYaml>>,
+}
+
+/// Traces.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingYaml {
+    /// The collector's OTLP/HTTP endpoint, `http://host:4318`.
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded (default 1.0); a trusted parent's decision wins.
+    #[serde(default = "default_sample")]
+    pub sample_ratio: f64,
+    /// Continue inbound W3C trace context (default: ignored and removed).
+    #[serde(default)]
+    pub trust_inbound: bool,
+    /// `service.name` (default `gateway`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_service_name() -> String {
+    String::from("gateway")
 }
 
 /// Request ids.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gateway_observe::{
     AccessLog, AccessLogConfig, HttpMetrics, LogFormat, LogSink, MetricsConfig, Observer,
-    RequestIds,
+    OtlpExporter, RequestIds, Tracer,
     prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 use http::HeaderName;
@@ -19,6 +19,15 @@ pub(crate) struct ObservePlan {
     trust_inbound: bool,
     metrics: MetricsConfig,
     log: Option<LogPlan>,
+    tracing: Option<TracePlan>,
+}
+
+#[derive(Clone, Debug)]
+struct TracePlan {
+    endpoint: String,
+    ratio: f64,
+    trust_inbound: bool,
+    service: String,
 }
 
 #[derive(Clone, Debug)]
@@ -113,11 +122,40 @@ pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
             slower_than: l.slower_than.map(|d| d.0),
         }
     });
+    let tracing = o.tracing.as_ref().map(|spanned| {
+        let t = &spanned.value;
+        let ok = t
+            .otlp_endpoint
+            .strip_prefix("http://")
+            .map(|a| a.trim_end_matches('/'))
+            .is_some_and(|a| !a.is_empty() && !a.contains('/') && !a.contains('@'));
+        if !ok {
+            issues.at(
+                spanned,
+                "observe.tracing.otlp_endpoint",
+                "must be http://host:port (OTLP/HTTP; keep the collector on a private network)",
+            );
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            issues.at(
+                spanned,
+                "observe.tracing.sample_ratio",
+                "must be between 0 and 1",
+            );
+        }
+        TracePlan {
+            endpoint: t.otlp_endpoint.clone(),
+            ratio: t.sample_ratio,
+            trust_inbound: t.trust_inbound,
+            service: t.service_name.clone(),
+        }
+    });
     ObservePlan {
         header,
         trust_inbound: o.request_id.trust_inbound,
         metrics,
         log,
+        tracing,
     }
 }
 
@@ -128,6 +166,9 @@ pub(crate) struct GatewayMetrics {
     pub(crate) reload_failures: Counter,
     pub(crate) log_dropped: Gauge,
     pub(crate) breaker_open: Family<Vec<(String, String)>, Gauge>,
+    pub(crate) spans_exported: Gauge,
+    pub(crate) spans_dropped: Gauge,
+    pub(crate) exporter: Option<std::sync::Arc<OtlpExporter>>,
 }
 
 /// Starts the observer (and the access log's writer).
@@ -159,7 +200,21 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
                 "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
             )
             .ok_or_else(none)?,
+        spans_exported: metrics
+            .gauge(
+                "gateway_otlp_spans_exported",
+                "Spans the OTLP collector accepted",
+            )
+            .ok_or_else(none)?,
+        spans_dropped: metrics
+            .gauge(
+                "gateway_otlp_spans_dropped",
+                "Spans dropped (export queue full, or the collector failed)",
+            )
+            .ok_or_else(none)?,
+        exporter: None,
     };
+    let mut extra = extra;
     let ids = RequestIds::new(plan.header.clone()).trust_inbound(plan.trust_inbound);
     let observer = Observer::new(ids, metrics);
     let observer = match &plan.log {
@@ -180,6 +235,18 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
                 slower_than: l.slower_than,
                 ..AccessLogConfig::default()
             })?)
+        }
+    };
+    let observer = match &plan.tracing {
+        None => observer,
+        Some(t) => {
+            let exporter = OtlpExporter::start(&t.endpoint, &t.service, 8192)?;
+            extra.exporter = Some(exporter.clone());
+            observer.with_tracing(
+                Tracer::new(exporter)
+                    .sample_ratio(t.ratio)
+                    .trust_inbound(t.trust_inbound),
+            )
         }
     };
     Ok((observer, extra))

@@ -10,7 +10,12 @@ use std::{
 };
 
 use gateway_breaker::CallPermit;
-use gateway_core::{ClassifyFailure, DefaultClassifier};
+use std::time::SystemTime;
+
+use gateway_core::{
+    ClassifyFailure, DefaultClassifier, Rejection,
+    trace::{ActiveTrace, AttributeValue, SpanKind, SpanRecord, TraceContext},
+};
 use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -47,7 +52,60 @@ pin_project! {
             body_timeout: Option<Duration>,
             permit: Option<(CallPermit, DefaultClassifier)>,
             uploaded: Option<Arc<AtomicBool>>,
+            span: Option<ClientSpan>,
         },
+    }
+}
+
+/// The client span of one upstream attempt, recorded when its response head arrives (or the
+/// attempt fails).
+pub(crate) struct ClientSpan {
+    pub(crate) trace: ActiveTrace,
+    pub(crate) context: TraceContext,
+    pub(crate) start: SystemTime,
+    pub(crate) method: http::Method,
+    pub(crate) endpoint: http::uri::Authority,
+}
+
+impl ClientSpan {
+    fn finish(self, res: &Response<ResponseBody>) {
+        let rejection = res.extensions().get::<Rejection>();
+        let status = res.status().as_u16();
+        let mut attributes = vec![
+            (
+                "http.request.method",
+                AttributeValue::Str(self.method.as_str().to_owned()),
+            ),
+            (
+                "server.address",
+                AttributeValue::Str(self.endpoint.host().to_owned()),
+            ),
+            (
+                "server.port",
+                AttributeValue::Int(i64::from(self.endpoint.port_u16().unwrap_or(0))),
+            ),
+        ];
+        match rejection {
+            // The gateway's own answer: no response came from the upstream.
+            Some(r) => attributes.push((
+                "error.type",
+                AttributeValue::Str(r.reason.as_str().to_owned()),
+            )),
+            None => attributes.push((
+                "http.response.status_code",
+                AttributeValue::Int(i64::from(status)),
+            )),
+        }
+        self.trace.recorder.record(SpanRecord {
+            context: self.context,
+            parent_span_id: Some(self.trace.context.span_id),
+            name: self.method.as_str().to_owned(),
+            kind: SpanKind::Client,
+            start: self.start,
+            end: SystemTime::now(),
+            attributes,
+            error: rejection.is_some() || status >= 500,
+        });
     }
 }
 
@@ -72,6 +130,7 @@ impl ResponseFuture {
         body_timeout: Option<Duration>,
         permit: Option<(CallPermit, DefaultClassifier)>,
         uploaded: Option<Arc<AtomicBool>>,
+        span: Option<ClientSpan>,
     ) -> Self {
         Self {
             state: State::Waiting {
@@ -80,6 +139,7 @@ impl ResponseFuture {
                 body_timeout,
                 permit,
                 uploaded,
+                span,
             },
         }
     }
@@ -109,6 +169,7 @@ impl Future for ResponseFuture {
                 body_timeout,
                 permit,
                 uploaded,
+                span,
             } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
                     let res = match result {
@@ -126,6 +187,9 @@ impl Future for ResponseFuture {
                         }
                     };
                     record(permit.take(), &res);
+                    if let Some(span) = span.take() {
+                        span.finish(&res);
+                    }
                     return Poll::Ready(Ok(res));
                 }
                 if let Some(sleep) = sleep.as_pin_mut() {
@@ -137,10 +201,17 @@ impl Future for ResponseFuture {
                         // Still waiting for the client's body: not the upstream's failure, so
                         // the permit is given back unrecorded.
                         permit.take();
-                        return Poll::Ready(Ok(slow_client_response()));
+                        let res = slow_client_response();
+                        if let Some(span) = span.take() {
+                            span.finish(&res);
+                        }
+                        return Poll::Ready(Ok(res));
                     }
                     let res = timeout_response();
                     record(permit.take(), &res);
+                    if let Some(span) = span.take() {
+                        span.finish(&res);
+                    }
                     return Poll::Ready(Ok(res));
                 }
                 Poll::Pending

@@ -394,6 +394,7 @@ where
         };
         let (mut parts, body) = req.into_parts();
         self.prepare(idx, &mut parts, self.shared.protocol);
+        let span = client_span(&mut parts, &self.shared.endpoints[idx]);
         let shared = &*self.shared;
         let (body, uploaded) = TrackedBody::new(body);
         let fut = self
@@ -406,6 +407,7 @@ where
             shared.body_timeout,
             permit.map(|p| (p, shared.classifier)),
             uploaded,
+            span,
         )
     }
 
@@ -544,6 +546,30 @@ where
             }
         }
     }
+}
+
+/// With a trace on the request: a client span for this attempt, whose context goes upstream in
+/// `traceparent` (an unsampled trace still propagates its context, without a span).
+fn client_span(
+    parts: &mut http::request::Parts,
+    endpoint: &Endpoint,
+) -> Option<super::future::ClientSpan> {
+    let trace = parts.extensions.get::<gateway_core::trace::ActiveTrace>()?;
+    let context = if trace.context.sampled {
+        trace.context.child(gateway_core::trace::new_span_id())
+    } else {
+        trace.context
+    };
+    if let Ok(v) = HeaderValue::from_str(&context.to_traceparent()) {
+        parts.headers.insert("traceparent", v);
+    }
+    trace.context.sampled.then(|| super::future::ClientSpan {
+        trace: trace.clone(),
+        context,
+        start: std::time::SystemTime::now(),
+        method: parts.method.clone(),
+        endpoint: endpoint.authority().clone(),
+    })
 }
 
 /// Builds the response for a failed upstream exchange.
