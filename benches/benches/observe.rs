@@ -86,6 +86,33 @@ fn bench(c: &mut Criterion) {
             black_box(now(res.into_body().collect()).unwrap());
         });
     });
+    // Everything, plus a server span per request exported over OTLP/HTTP to a closed port: the
+    // request side builds the span and queues it; the exporter's failures only drop spans.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let exporter =
+        gateway_observe::OtlpExporter::start(&format!("http://{closed}"), "bench", 8192).unwrap();
+    let log = AccessLog::start(AccessLogConfig {
+        sink: LogSink::File("/dev/null".into()),
+        headers: vec![http::header::USER_AGENT],
+        ..AccessLogConfig::default()
+    })
+    .unwrap();
+    let traced = Observer::new(
+        RequestIds::default(),
+        HttpMetrics::new(&MetricsConfig::default()),
+    )
+    .with_access_log(log)
+    .with_tracing(gateway_observe::Tracer::new(exporter.clone()));
+    let mut svc = ObserveLayer::new(traced).layer(service_fn(app));
+    g.bench_function("everything_with_tracing_exported", |b| {
+        b.iter(|| {
+            let res = now(svc.call(request())).unwrap();
+            black_box(now(res.into_body().collect()).unwrap());
+        });
+    });
     g.finish();
     eprintln!(
         "access log lines dropped during the run: {}",

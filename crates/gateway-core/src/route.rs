@@ -64,3 +64,16 @@ impl NormalizedPath {
         &self.0
     }
 }
+
+/// In a response's extensions: the upstream call that produced it (the last attempt's endpoint
+/// and time to its response head) and how many retries came before. Set by `gateway-lb` (and the
+/// retry count by the stack above it); read by observability.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamCall {
+    /// The endpoint, `host:port` (`https://host:port` over TLS).
+    pub endpoint: Arc<str>,
+    /// From sending the request to the response head (or the failure).
+    pub duration: std::time::Duration,
+    /// Retries before this attempt.
+    pub retries: u32,
+}

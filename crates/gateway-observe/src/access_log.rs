@@ -107,6 +107,9 @@ pub(crate) struct Entry {
     pub(crate) status: u16,
     pub(crate) flags: String,
     pub(crate) reason: Option<&'static str>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) upstream_duration: Option<Duration>,
+    pub(crate) retries: u32,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) duration: Duration,
@@ -255,6 +258,14 @@ fn fields(e: &Entry) -> Vec<(&'static str, Value)> {
         ("status", Value::from(e.status)),
         ("flags", Value::String(e.flags.clone())),
         ("reason", e.reason.map_or(Value::Null, Value::from)),
+        ("upstream", opt(&e.upstream)),
+        (
+            "upstream_duration_ms",
+            e.upstream_duration.map_or(Value::Null, |d| {
+                Value::from((d.as_secs_f64() * 1e6).round() / 1000.0)
+            }),
+        ),
+        ("retries", Value::from(e.retries)),
         ("bytes_in", Value::from(e.bytes_in)),
         ("bytes_out", Value::from(e.bytes_out)),
         ("duration_ms", Value::from((ms * 1000.0).round() / 1000.0)),
@@ -303,6 +314,17 @@ fn json_line(e: &Entry) -> String {
     push_json_str(&mut out, &e.flags);
     key(&mut out, "reason");
     opt(&mut out, e.reason);
+    key(&mut out, "upstream");
+    opt(&mut out, e.upstream.as_deref());
+    key(&mut out, "upstream_duration_ms");
+    match e.upstream_duration {
+        Some(d) => {
+            let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
+        }
+        None => out.push_str("null"),
+    }
+    key(&mut out, "retries");
+    let _ = write!(out, "{}", e.retries);
     key(&mut out, "bytes_in");
     let _ = write!(out, "{}", e.bytes_in);
     key(&mut out, "bytes_out");

@@ -36,6 +36,13 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    server_address: Shared,
+    http_response_status_code: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     http_request_method: Cow<'static, str>,
 }
@@ -94,6 +101,7 @@ pub(crate) struct Sample<'a> {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) rejection: Option<RejectReason>,
+    pub(crate) upstream: Option<&'a gateway_core::UpstreamCall>,
 }
 
 /// The metrics of an HTTP server (OpenTelemetry names, bounded labels). Build one, register extra
@@ -105,6 +113,7 @@ pub struct HttpMetrics {
     request_size: Family<ServerLabels, Histogram, Buckets>,
     response_size: Family<ServerLabels, Histogram, Buckets>,
     active: Family<MethodLabels, Gauge>,
+    client_duration: Family<ClientLabels, Histogram, Buckets>,
     rejections: Family<RejectionLabels, Counter>,
     status_class: bool,
     unmatched: Shared,
@@ -124,7 +133,14 @@ impl HttpMetrics {
         let mut registry = Registry::default();
         let durations = Buckets(config.duration_buckets.iter().copied().collect());
         let sizes = Buckets(SIZE_BUCKETS.into());
-        let duration = Family::new_with_constructor(durations);
+        let duration = Family::new_with_constructor(durations.clone());
+        let client_duration = Family::new_with_constructor(durations);
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Time from sending a request upstream to its response head, for the attempt the client got (OpenTelemetry http.client.request.duration), by endpoint",
+            Unit::Seconds,
+            client_duration.clone(),
+        );
         registry.register_with_unit(
             "http_server_request_duration",
             "Duration of HTTP server requests (OpenTelemetry http.server.request.duration), until the response body ended",
@@ -163,6 +179,7 @@ impl HttpMetrics {
             request_size,
             response_size,
             active,
+            client_duration,
             rejections,
             status_class: config.status_class,
             unmatched: Shared(Arc::from(UNMATCHED)),
@@ -242,6 +259,15 @@ impl HttpMetrics {
             self.response_size
                 .get_or_create(&labels)
                 .observe(s.bytes_out as f64);
+        }
+        if let Some(call) = s.upstream {
+            self.client_duration
+                .get_or_create(&ClientLabels {
+                    server_address: Shared(call.endpoint.clone()),
+                    http_response_status_code: self.status_label(s.status),
+                    http_route: route.clone(),
+                })
+                .observe(call.duration.as_secs_f64());
         }
         if let Some(reason) = s.rejection {
             self.rejections

@@ -202,6 +202,7 @@ impl Drop for Observation {
             return;
         }
         let facts = Facts {
+            upstream: None,
             status: 499,
             rejection: None,
             client_ip: self.client_ip,
@@ -243,6 +244,10 @@ impl Observation {
             .as_ref()
             .is_some_and(|log| log.wants_route(route.as_ref().map(RouteId::as_str)));
         let facts = Facts {
+            upstream: parts
+                .extensions
+                .get::<gateway_core::UpstreamCall>()
+                .cloned(),
             status: parts.status.as_u16(),
             rejection: parts.extensions.get::<Rejection>().copied(),
             client_ip: parts
@@ -285,6 +290,7 @@ impl Observation {
 
 #[derive(Debug)]
 struct Facts {
+    upstream: Option<gateway_core::UpstreamCall>,
     status: u16,
     rejection: Option<Rejection>,
     client_ip: Option<IpAddr>,
@@ -319,6 +325,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         bytes_in: obs.bytes_in,
         bytes_out,
         rejection: facts.rejection.map(|r| r.reason),
+        upstream: facts.upstream.as_ref(),
     });
     if let (Some(span), Some(tracer)) = (obs.span, &inner.tracer)
         && span.context.sampled
@@ -388,6 +395,9 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
             .map(|r| r.flags.to_string())
             .unwrap_or_default(),
         reason: facts.rejection.map(|r| r.reason.as_str()),
+        upstream: facts.upstream.as_ref().map(|u| u.endpoint.to_string()),
+        upstream_duration: facts.upstream.as_ref().map(|u| u.duration),
+        retries: facts.upstream.as_ref().map_or(0, |u| u.retries),
         bytes_in: obs.bytes_in,
         bytes_out,
         duration,

@@ -391,10 +391,17 @@ impl Pipeline {
                 }
             },
         };
-        match sent {
+        let mut res = match sent {
             Ok(res) => res,
             Err(never) => match never {},
+        };
+        // The retry count, for logs: on the upstream call the client finally got.
+        if let Some(gateway_breaker::RetryCount(n)) = res.extensions().get().copied()
+            && let Some(call) = res.extensions_mut().get_mut::<gateway_core::UpstreamCall>()
+        {
+            call.retries = n;
         }
+        res
     }
 
     /// Everything before the upstream call; `Err` is an immediate answer.

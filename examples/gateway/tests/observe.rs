@@ -8,9 +8,9 @@ use gateway_auth::ApiKeyHash;
 use gateway_test::{TestUpstream, get, raw_exchange};
 use support::{addr, start};
 
-fn config(log: &std::path::Path) -> String {
+fn config(log: &std::path::Path, bad: std::net::SocketAddr, good: std::net::SocketAddr) -> String {
     format!(
-        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: health\n    match: {{ path: /healthz }}\n    upstream: up\n  - name: api\n    match: {{ path_prefix: /api }}\n    upstream: up\n    auth: {{ any_of: [api_key] }}\n    rate_limit: {{ by: consumer, rate: 2/h }}\nconsumers:\n  - id: acme\n    api_keys: [\"{}\"]\nobserve:\n  access_log:\n    to: \"{}\"\n    headers: [user-agent, x-api-key]\n    exclude_routes: [health]\n",
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\n  flaky:\n    endpoints: [\"{bad}\", \"{good}\"]\n    retry: {{ attempts: 2, backoff: 1ms, max_backoff: 2ms }}\nroutes:\n  - name: flaky\n    match: {{ path: /flaky }}\n    upstream: flaky\n  - name: health\n    match: {{ path: /healthz }}\n    upstream: up\n  - name: api\n    match: {{ path_prefix: /api }}\n    upstream: up\n    auth: {{ any_of: [api_key] }}\n    rate_limit: {{ by: consumer, rate: 2/h }}\nconsumers:\n  - id: acme\n    api_keys: [\"{}\"]\nobserve:\n  access_log:\n    to: \"{}\"\n    headers: [user-agent, x-api-key]\n    exclude_routes: [health]\n",
         ApiKeyHash::of("acme-key"),
         log.display()
     )
@@ -43,7 +43,9 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     let up = TestUpstream::echo().await;
     let log = std::env::temp_dir().join(format!("gateway-observe-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
-    let gw = start(&config(&log), up.addr());
+    let bad = TestUpstream::status(503, "unavailable").await;
+    let good = TestUpstream::fixed("ok").await;
+    let gw = start(&config(&log, bad.addr(), good.addr()), up.addr());
     let admin = gw.admin_addr().unwrap();
 
     // Request ids: a client's is replaced (not trusted by default), the upstream sees ours.
@@ -81,6 +83,8 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
         );
     }
     assert_eq!(get(addr(&gw), "/healthz").await.status, 200);
+    // Retried once: the 503 endpoint first, then the good one.
+    assert_eq!(get(addr(&gw), "/flaky").await.status, 200);
 
     let res = get(admin, "/metrics").await;
     assert!(
@@ -110,6 +114,17 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     assert_eq!(
         metric(
             text,
+            &format!(
+                r#"http_client_request_duration_seconds_count{{server_address="{}",http_response_status_code="200",http_route="api"}}"#,
+                up.addr()
+            )
+        ),
+        2.0,
+        "upstream time by endpoint"
+    );
+    assert_eq!(
+        metric(
+            text,
             r#"gateway_rejections_total{reason="rate_limited",http_route="api"}"#
         ),
         1.0
@@ -131,14 +146,14 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
                 .lines()
                 .map(str::to_owned)
                 .collect();
-            if lines.len() >= 504 {
+            if lines.len() >= 505 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         lines
     };
-    assert_eq!(lines.len(), 504, "every request but the health check");
+    assert_eq!(lines.len(), 505, "every request but the health check");
     let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(first["request_id"], id.as_str());
     assert_eq!(first["route"], "api");
@@ -148,6 +163,13 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     assert_eq!(first["header.x-api-key"], "[redacted]");
     assert_eq!(first["header.user-agent"], "test\"");
     assert!(!lines.iter().any(|l| l.contains("acme-key")));
+    assert_eq!(first["upstream"], up.addr().to_string());
+    assert!(first["upstream_duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(first["retries"], 0);
+    let flaky: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(flaky["route"], "flaky");
+    assert_eq!(flaky["retries"], 1);
+    assert_eq!(flaky["upstream"], good.addr().to_string());
     let limited: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
     assert_eq!(limited["status"], 429);
     assert_eq!(limited["flags"], "RL");

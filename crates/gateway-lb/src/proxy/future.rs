@@ -13,7 +13,7 @@ use gateway_breaker::CallPermit;
 use std::time::SystemTime;
 
 use gateway_core::{
-    ClassifyFailure, DefaultClassifier, Rejection,
+    ClassifyFailure, DefaultClassifier, Rejection, UpstreamCall,
     trace::{ActiveTrace, AttributeValue, SpanKind, SpanRecord, TraceContext},
 };
 use http::Response;
@@ -53,6 +53,8 @@ pin_project! {
             permit: Option<(CallPermit, DefaultClassifier)>,
             uploaded: Option<Arc<AtomicBool>>,
             span: Option<ClientSpan>,
+            endpoint: Arc<str>,
+            start: tokio::time::Instant,
         },
     }
 }
@@ -131,6 +133,7 @@ impl ResponseFuture {
         permit: Option<(CallPermit, DefaultClassifier)>,
         uploaded: Option<Arc<AtomicBool>>,
         span: Option<ClientSpan>,
+        endpoint: Arc<str>,
     ) -> Self {
         Self {
             state: State::Waiting {
@@ -140,9 +143,20 @@ impl ResponseFuture {
                 permit,
                 uploaded,
                 span,
+                endpoint,
+                start: tokio::time::Instant::now(),
             },
         }
     }
+}
+
+/// Tags a response with the upstream call that produced it.
+fn tag(res: &mut Response<ResponseBody>, endpoint: &Arc<str>, start: tokio::time::Instant) {
+    res.extensions_mut().insert(UpstreamCall {
+        endpoint: endpoint.clone(),
+        duration: start.elapsed(),
+        retries: 0,
+    });
 }
 
 /// Records an exchange's outcome on the endpoint's breaker, when it has one.
@@ -170,9 +184,11 @@ impl Future for ResponseFuture {
                 permit,
                 uploaded,
                 span,
+                endpoint,
+                start,
             } => {
                 if let Poll::Ready(result) = fut.poll(cx) {
-                    let res = match result {
+                    let mut res = match result {
                         Ok((res, on_end)) => {
                             let (mut parts, body) = res.into_parts();
                             strip_hop_by_hop(&mut parts.headers);
@@ -187,6 +203,7 @@ impl Future for ResponseFuture {
                         }
                     };
                     record(permit.take(), &res);
+                    tag(&mut res, endpoint, *start);
                     if let Some(span) = span.take() {
                         span.finish(&res);
                     }
@@ -201,14 +218,16 @@ impl Future for ResponseFuture {
                         // Still waiting for the client's body: not the upstream's failure, so
                         // the permit is given back unrecorded.
                         permit.take();
-                        let res = slow_client_response();
+                        let mut res = slow_client_response();
+                        tag(&mut res, endpoint, *start);
                         if let Some(span) = span.take() {
                             span.finish(&res);
                         }
                         return Poll::Ready(Ok(res));
                     }
-                    let res = timeout_response();
+                    let mut res = timeout_response();
                     record(permit.take(), &res);
+                    tag(&mut res, endpoint, *start);
                     if let Some(span) = span.take() {
                         span.finish(&res);
                     }

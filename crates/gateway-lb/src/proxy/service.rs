@@ -231,6 +231,11 @@ impl UpstreamBuilder {
                             .expect("an authority is a valid header value")
                     })
                     .collect(),
+                endpoint_names: self
+                    .endpoints
+                    .iter()
+                    .map(|e| Arc::from(e.to_string()))
+                    .collect(),
                 endpoints: self.endpoints.into_boxed_slice(),
                 next: AtomicUsize::new(0),
                 request_timeout: self.request_timeout,
@@ -248,6 +253,8 @@ impl UpstreamBuilder {
 
 struct Shared {
     endpoints: Box<[Endpoint]>,
+    /// Each endpoint as shown in `UpstreamCall`, made once.
+    endpoint_names: Box<[Arc<str>]>,
     /// One breaker per endpoint, when configured, and how their outcomes are classified.
     breakers: Option<Arc<[CircuitBreakerHandle]>>,
     classifier: DefaultClassifier,
@@ -408,6 +415,7 @@ where
             permit.map(|p| (p, shared.classifier)),
             uploaded,
             span,
+            shared.endpoint_names[idx].clone(),
         )
     }
 
