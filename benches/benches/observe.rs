@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
         HttpMetrics::new(&MetricsConfig::default()),
     )
     .with_access_log(log)
-    .with_tracing(gateway_observe::Tracer::new(exporter.clone()));
+    .with_tracing(gateway_observe::Tracer::new(exporter));
     let mut svc = ObserveLayer::new(traced).layer(service_fn(app));
     g.bench_function("everything_with_tracing_exported", |b| {
         b.iter(|| {
