@@ -77,6 +77,55 @@ impl TraceContext {
         )
     }
 
+    /// Parses B3 propagation: the single `b3` header (`{trace}-{span}[-{sampled}[-{parent}]]`)
+    /// or the `x-b3-traceid` / `x-b3-spanid` / `x-b3-sampled` headers. 64-bit trace ids are
+    /// widened; anything malformed is `None`.
+    pub fn from_b3(headers: &http::HeaderMap) -> Option<Self> {
+        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+        let (trace, span, sampled) = match get("b3") {
+            Some(single) => {
+                let mut p = single.split('-');
+                let (t, s) = (p.next()?, p.next()?);
+                (t, s, p.next())
+            }
+            None => (
+                get("x-b3-traceid")?,
+                get("x-b3-spanid")?,
+                get("x-b3-sampled"),
+            ),
+        };
+        let hex = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !(trace.len() == 16 || trace.len() == 32)
+            || span.len() != 16
+            || !hex(trace)
+            || !hex(span)
+        {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        let sampled = matches!(sampled, Some("1" | "d" | "true"));
+        (trace_id != 0 && span_id != 0).then_some(Self {
+            trace_id,
+            span_id,
+            sampled,
+        })
+    }
+
+    /// The single-header `b3` value.
+    pub fn to_b3(&self) -> String {
+        format!(
+            "{:032x}-{:016x}-{}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
     /// The context of a child span with id `span_id`.
     #[must_use]
     pub fn child(&self, span_id: u64) -> Self {
@@ -162,7 +211,14 @@ pub struct ActiveTrace {
     pub context: TraceContext,
     /// Where spans go.
     pub recorder: Arc<dyn SpanRecorder>,
+    /// Also propagate B3 (`b3` single header) to upstreams.
+    pub b3: bool,
 }
+
+/// In a request's extensions: whether its inbound trace context may be continued, overriding the
+/// tracer's setting (a server sets it per listener).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustTraceContext(pub bool);
 
 impl fmt::Debug for ActiveTrace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

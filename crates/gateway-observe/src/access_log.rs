@@ -64,6 +64,8 @@ pub struct AccessLogConfig {
     pub sample: f64,
     /// Only requests at least this slow are logged (errors always are).
     pub slower_than: Option<Duration>,
+    /// Only responses with at least this status are logged (0: all).
+    pub min_status: u16,
     /// Lines held for the writer at most; beyond, lines are dropped and counted.
     pub queue: usize,
 }
@@ -78,6 +80,7 @@ impl Default for AccessLogConfig {
             exclude_routes: Vec::new(),
             sample: 1.0,
             slower_than: None,
+            min_status: 0,
             queue: 65_536,
         }
     }
@@ -129,6 +132,7 @@ pub struct AccessLog {
     exclude_routes: Vec<String>,
     sample: f64,
     slower_than: Option<Duration>,
+    min_status: u16,
 }
 
 impl AccessLog {
@@ -182,6 +186,7 @@ impl AccessLog {
             exclude_routes: config.exclude_routes,
             sample: config.sample.clamp(0.0, 1.0),
             slower_than: config.slower_than,
+            min_status: config.min_status,
         })
     }
 
@@ -205,7 +210,7 @@ impl AccessLog {
     }
 
     pub(crate) fn log(&self, e: &Entry) {
-        if !self.wants_route(e.route.as_deref()) {
+        if !self.wants_route(e.route.as_deref()) || e.status < self.min_status {
             return;
         }
         let error = e.status >= 400 || !e.completed;

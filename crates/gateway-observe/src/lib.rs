@@ -44,6 +44,7 @@
 mod access_log;
 mod layer;
 mod metrics;
+mod metrics_export;
 mod observer;
 mod request_id;
 mod trace;
@@ -51,6 +52,7 @@ mod trace;
 pub use access_log::{AccessLog, AccessLogConfig, LogFormat, LogSink};
 pub use layer::{Observe, ObserveFuture, ObserveLayer};
 pub use metrics::{CONTENT_TYPE, DEFAULT_DURATION_BUCKETS, HttpMetrics, MetricsConfig, UNMATCHED};
+pub use metrics_export::{MetricsExportStats, OtlpMetricsExporter};
 pub use observer::{Observation, ObservedBody, Observer};
 /// The metric types [`HttpMetrics`] hands out (`Counter`, `Gauge`, `Family`).
 pub use prometheus_client;

@@ -112,7 +112,11 @@ impl Observer {
         let id = self.inner.ids.assign(req);
         self.inner.metrics.started(req.method());
         let span = self.inner.tracer.as_ref().map(|t| {
-            let span = t.start(req.headers_mut());
+            let trust = req
+                .extensions()
+                .get::<gateway_core::trace::TrustTraceContext>()
+                .map(|t| t.0);
+            let span = t.start(req.headers_mut(), trust);
             req.extensions_mut().insert(t.active(&span));
             span
         });

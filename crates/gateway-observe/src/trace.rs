@@ -29,6 +29,7 @@ pub struct Tracer {
     pub(crate) recorder: Arc<dyn SpanRecorder>,
     ratio: f64,
     trust_inbound: bool,
+    b3: bool,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -48,7 +49,15 @@ impl Tracer {
             recorder,
             ratio: 1.0,
             trust_inbound: false,
+            b3: false,
         }
+    }
+
+    /// Also read B3 context (when trusted, after `traceparent`) and send the `b3` header upstream.
+    #[must_use]
+    pub fn b3(mut self, yes: bool) -> Self {
+        self.b3 = yes;
+        self
     }
 
     /// The share of new traces recorded (0.0 to 1.0); a trusted inbound parent's decision is
@@ -60,8 +69,10 @@ impl Tracer {
     }
 
     /// Continue the client's trace (its `traceparent`), for a gateway behind your own services.
-    /// Untrusted (the default), inbound `traceparent`/`tracestate` are ignored and removed, and
-    /// every request starts a new trace.
+    /// Untrusted (the default), inbound `traceparent`, `tracestate`, `baggage` and B3 headers are
+    /// ignored and removed, and every request starts a new trace. A request's
+    /// [`TrustTraceContext`](gateway_core::trace::TrustTraceContext) extension overrides this
+    /// (per listener).
     #[must_use]
     pub fn trust_inbound(mut self, yes: bool) -> Self {
         self.trust_inbound = yes;
@@ -69,15 +80,27 @@ impl Tracer {
     }
 
     /// Starts the server span of a request with these headers.
-    pub(crate) fn start(&self, headers: &mut http::HeaderMap) -> ServerSpan {
-        let parent = if self.trust_inbound {
+    pub(crate) fn start(&self, headers: &mut http::HeaderMap, trust: Option<bool>) -> ServerSpan {
+        let parent = if trust.unwrap_or(self.trust_inbound) {
             headers
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .and_then(TraceContext::parse)
+                .or_else(|| self.b3.then(|| TraceContext::from_b3(headers)).flatten())
         } else {
-            headers.remove("traceparent");
-            headers.remove("tracestate");
+            for h in [
+                "traceparent",
+                "tracestate",
+                "baggage",
+                "b3",
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "x-b3-parentspanid",
+                "x-b3-sampled",
+                "x-b3-flags",
+            ] {
+                headers.remove(h);
+            }
             None
         };
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
@@ -97,6 +120,7 @@ impl Tracer {
         ActiveTrace {
             context: span.context,
             recorder: self.recorder.clone(),
+            b3: self.b3,
         }
     }
 }
@@ -147,12 +171,7 @@ impl OtlpExporter {
     ///
     /// When the endpoint is not `http://host:port`, or the thread cannot start.
     pub fn start(endpoint: &str, service_name: &str, queue: usize) -> std::io::Result<Arc<Self>> {
-        let authority = endpoint
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/') && !a.contains('@'))
-            .ok_or_else(|| std::io::Error::other("the OTLP endpoint must be http://host:port"))?
-            .to_owned();
+        let authority = authority(endpoint)?;
         let (tx, rx) = mpsc::sync_channel::<SpanRecord>(queue.max(1));
         let stats = Arc::new(Counters::default());
         let counters = stats.clone();
@@ -173,7 +192,7 @@ impl OtlpExporter {
                         }
                     }
                     let n = batch.len() as u64;
-                    match post(&authority, &encode(&service, &batch)) {
+                    match post(&authority, "/v1/traces", &encode(&service, &batch)) {
                         Ok(()) => counters.exported.fetch_add(n, Ordering::Relaxed),
                         Err(e) => {
                             tracing::debug!(error = %e, spans = n, "OTLP export failed; spans dropped");
@@ -202,8 +221,18 @@ impl SpanRecorder for OtlpExporter {
     }
 }
 
+/// The `host:port` of an `http://host:port` OTLP endpoint.
+pub(crate) fn authority(endpoint: &str) -> std::io::Result<String> {
+    endpoint
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/') && !a.contains('@'))
+        .map(str::to_owned)
+        .ok_or_else(|| std::io::Error::other("the OTLP endpoint must be http://host:port"))
+}
+
 /// One blocking POST with short timeouts; `Ok` on a 2xx answer.
-fn post(authority: &str, body: &str) -> std::io::Result<()> {
+pub(crate) fn post(authority: &str, path: &str, body: &str) -> std::io::Result<()> {
     let addr: SocketAddr = authority
         .to_socket_addrs()?
         .next()
@@ -213,7 +242,7 @@ fn post(authority: &str, body: &str) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(
         s,
-        "POST /v1/traces HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut head = [0u8; 12];

@@ -300,3 +300,25 @@ async fn sampling_keeps_every_error_and_templates_escape() {
         "successes sampled out"
     );
 }
+
+#[tokio::test]
+async fn a_status_floor_and_excluded_routes_filter_lines() {
+    let (o, rx) = log(AccessLogConfig {
+        min_status: 400,
+        exclude_routes: vec![String::from("a")],
+        ..AccessLogConfig::default()
+    });
+    call(&o, Method::GET, "/missing", &[]).await;
+    call(&o, Method::POST, "/a", &[]).await; // 429 on an excluded route
+    let v: serde_json::Value = serde_json::from_str(&next(&rx)).unwrap();
+    assert_eq!(v["status"], 404);
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    let (o, rx) = log(AccessLogConfig {
+        min_status: 400,
+        ..AccessLogConfig::default()
+    });
+    call(&o, Method::GET, "/a", &[]).await;
+    call(&o, Method::POST, "/a", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&next(&rx)).unwrap();
+    assert_eq!(v["status"], 429, "the 200 was below the floor");
+}

@@ -131,6 +131,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             m.breaker_open
                 .get_or_create(&vec![(String::from("upstream"), u.name.clone())])
                 .set(state);
+            let counts = b.handle().metrics();
+            for (to, n) in [
+                ("open", counts.opened),
+                ("half_open", counts.half_opened),
+                ("closed", counts.closed),
+            ] {
+                m.breaker_transitions
+                    .get_or_create(&vec![
+                        (String::from("upstream"), u.name.clone()),
+                        (String::from("to"), String::from(to)),
+                    ])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
     (

@@ -39,6 +39,8 @@ use crate::{
 pub struct Compiled {
     /// Public listener addresses.
     pub listeners: Vec<SocketAddr>,
+    /// Each public listener's `trust_trace_context` (by position in `listeners`).
+    pub(crate) trust_trace: Vec<Option<bool>>,
     /// Each public listener's TLS settings (by position in `listeners`).
     pub(crate) tls: Vec<Option<Arc<crate::tls::ListenerTls>>>,
     /// Admin listener address.
@@ -415,6 +417,11 @@ impl Compiled {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
         Ok(Arc::new(Self {
             listeners: config.listeners.iter().map(|l| l.value.bind).collect(),
+            trust_trace: config
+                .listeners
+                .iter()
+                .map(|l| l.value.trust_trace_context)
+                .collect(),
             tls,
             admin: config.admin.as_ref().map(|a| a.bind),
             workers,

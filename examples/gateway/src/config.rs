@@ -112,6 +112,9 @@ pub struct TracingYaml {
     /// `service.name` (default `gateway`).
     #[serde(default = "default_service_name")]
     pub service_name: String,
+    /// Also read (when trusted) and send B3 (`b3`) context.
+    #[serde(default)]
+    pub b3: bool,
 }
 
 fn default_service_name() -> String {
@@ -153,6 +156,12 @@ pub struct MetricsYaml {
     /// Label status codes by class (`2xx`).
     #[serde(default)]
     pub status_class: bool,
+    /// Also push the metrics to this OTLP/HTTP collector (`http://host:4318`).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// How often to push (default 10s).
+    #[serde(default)]
+    pub otlp_interval: Option<HumanDuration>,
 }
 
 /// The access log.
@@ -180,6 +189,9 @@ pub struct AccessLogYaml {
     /// Log successful requests only when at least this slow.
     #[serde(default)]
     pub slower_than: Option<HumanDuration>,
+    /// Log only responses with at least this status (e.g. 400 for errors only).
+    #[serde(default)]
+    pub min_status: u16,
 }
 
 fn default_log_to() -> String {
@@ -634,6 +646,9 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Continue inbound trace context on this listener (default: `observe.tracing.trust_inbound`).
+    #[serde(default)]
+    pub trust_trace_context: Option<bool>,
 }
 
 /// A listener's TLS settings.

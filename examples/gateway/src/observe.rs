@@ -18,12 +18,14 @@ pub(crate) struct ObservePlan {
     header: HeaderName,
     trust_inbound: bool,
     metrics: MetricsConfig,
+    metrics_push: Option<(String, Duration)>,
     log: Option<LogPlan>,
     tracing: Option<TracePlan>,
 }
 
 #[derive(Clone, Debug)]
 struct TracePlan {
+    b3: bool,
     endpoint: String,
     ratio: f64,
     trust_inbound: bool,
@@ -39,6 +41,7 @@ struct LogPlan {
     exclude_routes: Vec<String>,
     sample: f64,
     slower_than: Option<Duration>,
+    min_status: u16,
 }
 
 fn header_names(field: &str, names: &[String], issues: &mut Issues) -> Vec<HeaderName> {
@@ -54,6 +57,12 @@ fn header_names(field: &str, names: &[String], issues: &mut Issues) -> Vec<Heade
             },
         )
         .collect()
+}
+
+fn gateway_observe_endpoint_ok(e: &str) -> bool {
+    e.strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .is_some_and(|a| !a.is_empty() && !a.contains('/') && !a.contains('@'))
 }
 
 pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
@@ -120,16 +129,12 @@ pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
             exclude_routes: l.exclude_routes.clone(),
             sample: l.sample,
             slower_than: l.slower_than.map(|d| d.0),
+            min_status: l.min_status,
         }
     });
     let tracing = o.tracing.as_ref().map(|spanned| {
         let t = &spanned.value;
-        let ok = t
-            .otlp_endpoint
-            .strip_prefix("http://")
-            .map(|a| a.trim_end_matches('/'))
-            .is_some_and(|a| !a.is_empty() && !a.contains('/') && !a.contains('@'));
-        if !ok {
+        if !gateway_observe_endpoint_ok(&t.otlp_endpoint) {
             issues.at(
                 spanned,
                 "observe.tracing.otlp_endpoint",
@@ -144,16 +149,36 @@ pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
             );
         }
         TracePlan {
+            b3: t.b3,
             endpoint: t.otlp_endpoint.clone(),
             ratio: t.sample_ratio,
             trust_inbound: t.trust_inbound,
             service: t.service_name.clone(),
         }
     });
+    let metrics_push = o.metrics.otlp_endpoint.as_ref().map(|e| {
+        if gateway_observe_endpoint_ok(e) {
+            (
+                e.clone(),
+                o.metrics
+                    .otlp_interval
+                    .map_or(Duration::from_secs(10), |d| {
+                        d.0.max(Duration::from_millis(100))
+                    }),
+            )
+        } else {
+            issues.nowhere(
+                "observe.metrics.otlp_endpoint",
+                "must be http://host:port (OTLP/HTTP)",
+            );
+            (e.clone(), Duration::from_secs(10))
+        }
+    });
     ObservePlan {
         header,
         trust_inbound: o.request_id.trust_inbound,
         metrics,
+        metrics_push,
         log,
         tracing,
     }
@@ -166,6 +191,7 @@ pub(crate) struct GatewayMetrics {
     pub(crate) reload_failures: Counter,
     pub(crate) log_dropped: Gauge,
     pub(crate) breaker_open: Family<Vec<(String, String)>, Gauge>,
+    pub(crate) breaker_transitions: Family<Vec<(String, String)>, Gauge>,
     pub(crate) spans_exported: Gauge,
     pub(crate) spans_dropped: Gauge,
     pub(crate) exporter: Option<std::sync::Arc<OtlpExporter>>,
@@ -200,6 +226,12 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
                 "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
             )
             .ok_or_else(none)?,
+        breaker_transitions: metrics
+            .gauge_family(
+                "gateway_upstream_breaker_transitions",
+                "Circuit breaker transitions per upstream and target state, since start (monotonic)",
+            )
+            .ok_or_else(none)?,
         spans_exported: metrics
             .gauge(
                 "gateway_otlp_spans_exported",
@@ -215,6 +247,9 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
         exporter: None,
     };
     let mut extra = extra;
+    if let Some((endpoint, every)) = &plan.metrics_push {
+        gateway_observe::OtlpMetricsExporter::start(endpoint, "gateway", *every, metrics.clone())?;
+    }
     let ids = RequestIds::new(plan.header.clone()).trust_inbound(plan.trust_inbound);
     let observer = Observer::new(ids, metrics);
     let observer = match &plan.log {
@@ -233,6 +268,7 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
                 exclude_routes: l.exclude_routes.clone(),
                 sample: l.sample,
                 slower_than: l.slower_than,
+                min_status: l.min_status,
                 ..AccessLogConfig::default()
             })?)
         }
@@ -244,6 +280,7 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
             extra.exporter = Some(exporter.clone());
             observer.with_tracing(
                 Tracer::new(exporter)
+                    .b3(t.b3)
                     .sample_ratio(t.ratio)
                     .trust_inbound(t.trust_inbound),
             )

@@ -414,6 +414,8 @@ pub(crate) struct TunnelHold {
 struct TlsFacts {
     cert: Option<gateway_core::ClientCertificate>,
     required_sni: Option<crate::tls::RequiredSni>,
+    /// The listener's `trust_trace_context`.
+    trust_trace: Option<gateway_core::trace::TrustTraceContext>,
 }
 
 async fn accept_loop(
@@ -468,6 +470,10 @@ async fn accept_loop(
             tls = Some(next.clone());
         }
         let idle = compiled.limits.idle_timeout.0;
+        let trust_trace = (compiled.listeners.get(position) == Some(&bind))
+            .then(|| compiled.trust_trace.get(position).copied().flatten())
+            .flatten()
+            .map(gateway_core::trace::TrustTraceContext);
         let handshake_timeout = compiled.limits.header_read_timeout.0;
         let shutdown = shared.shutdown_signal();
         let slot = slot.clone();
@@ -486,7 +492,13 @@ async fn accept_loop(
                         generation.builder.clone(),
                         shutdown,
                         idle,
-                        (TlsFacts::default(), hold),
+                        (
+                            TlsFacts {
+                                trust_trace,
+                                ..TlsFacts::default()
+                            },
+                            hold,
+                        ),
                     )
                     .await;
                 }
@@ -502,6 +514,7 @@ async fn accept_loop(
                                     .peer_certificates()
                                     .and_then(|chain| chain.first())
                                     .map(|c| gateway_core::ClientCertificate::new(c.as_ref())),
+                                trust_trace,
                                 required_sni: tls.client_auth.then(|| {
                                     crate::tls::RequiredSni(Arc::from(
                                         session.server_name().unwrap_or_default(),
@@ -597,6 +610,9 @@ async fn serve_connection<S>(
         // Each request takes the configuration current when it arrives and keeps it to the end.
         let generation = slot.load();
         let pipeline = generation.pipeline.clone();
+        if let Some(trust) = tls.trust_trace {
+            req.extensions_mut().insert(trust);
+        }
         let observation = generation.observer.start(&mut req);
         svc_activity.started.fetch_add(1, Ordering::Relaxed);
         let answering = Answering {

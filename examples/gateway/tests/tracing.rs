@@ -152,13 +152,13 @@ async fn untrusted_context_is_replaced_and_a_dead_collector_only_drops_spans() {
         .local_addr()
         .unwrap();
     let yaml = format!(
-        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: all\n    upstream: up\nobserve:\n  tracing: {{ otlp_endpoint: \"http://{dead}\" }}\n"
+        "listeners:\n  - bind: 127.0.0.1:0\n  - bind: 127.0.0.1:0\n    trust_trace_context: true\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: all\n    upstream: up\nobserve:\n  tracing: {{ otlp_endpoint: \"http://{dead}\", b3: true }}\n"
     );
     let gw = start(&yaml, up.addr());
     for _ in 0..20 {
         let res = raw_exchange(
             addr(&gw),
-            b"GET / HTTP/1.1\r\nhost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: vendor=x\r\nconnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: vendor=x\r\nbaggage: user=alice\r\nx-b3-traceid: 463ac35c9f6413ad\r\nconnection: close\r\n\r\n",
         )
         .await;
         assert!(
@@ -173,7 +173,41 @@ async fn untrusted_context_is_replaced_and_a_dead_collector_only_drops_spans() {
         "a new trace: {sent}"
     );
     assert!(seen.get("tracestate").is_none());
-    // Every span is eventually counted as dropped (20 server + 20 client).
+    assert!(seen.get("baggage").is_none() && seen.get("x-b3-traceid").is_none());
+    // B3 goes out too, with the same ids.
+    let b3 = seen["b3"].to_str().unwrap();
+    assert!(
+        sent.contains(&b3[..32]) && sent.contains(&b3[33..49]),
+        "{sent} {b3}"
+    );
+    // The second listener trusts inbound context: its trace continues (B3 accepted as well).
+    let trusted = gw.listen_addrs()[1];
+    raw_exchange(
+        trusted,
+        b"GET / HTTP/1.1\r\nhost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nbaggage: user=alice\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let seen = up.last_request().headers;
+    assert!(
+        seen["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(seen["baggage"], "user=alice");
+    raw_exchange(
+        trusted,
+        b"GET / HTTP/1.1\r\nhost: x\r\nb3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let seen = up.last_request().headers;
+    assert!(
+        seen["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains("80f198ee56343ba864fe8b2a57d3eff7")
+    );
+    // Every span is eventually counted as dropped (22 server + 22 client).
     let dropped = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let text = get(gw.admin_addr().unwrap(), "/metrics")
@@ -194,4 +228,63 @@ async fn untrusted_context_is_replaced_and_a_dead_collector_only_drops_spans() {
     })
     .await;
     assert!(dropped.is_ok(), "the drops are counted");
+}
+
+#[tokio::test]
+async fn metrics_are_pushed_over_otlp_too() {
+    let batches = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = batches.clone();
+    let collector = TestUpstream::start(move |req: http::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/metrics");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).expect("OTLP JSON"));
+            http::Response::new(gateway_test::full("{}"))
+        }
+    })
+    .await;
+    let up = TestUpstream::fixed("ok").await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: all\n    upstream: up\nobserve:\n  metrics: {{ otlp_endpoint: \"http://{}\", otlp_interval: 100ms }}\n",
+        collector.addr()
+    );
+    let gw = start(&yaml, up.addr());
+    for _ in 0..3 {
+        assert_eq!(get(addr(&gw), "/x").await.status, 200);
+    }
+    // Wait for a push that includes the three requests.
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let pushed = batches.lock().unwrap().clone();
+            for b in pushed.iter().rev() {
+                let metrics = &b["resourceMetrics"][0]["scopeMetrics"][0]["metrics"];
+                let Some(h) = metrics
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["name"] == "http.server.request.duration")
+                else {
+                    continue;
+                };
+                let point = &h["histogram"]["dataPoints"][0];
+                if point["count"] == "3" {
+                    return point.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a push with the three requests");
+    assert_eq!(found["bucketCounts"].as_array().unwrap().len(), 15);
+    let route = found["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "http.route")
+        .unwrap();
+    assert_eq!(route["value"]["stringValue"], "all");
 }

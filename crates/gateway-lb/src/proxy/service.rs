@@ -571,6 +571,20 @@ fn client_span(
     if let Ok(v) = HeaderValue::from_str(&context.to_traceparent()) {
         parts.headers.insert("traceparent", v);
     }
+    if trace.b3 {
+        for h in [
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-flags",
+        ] {
+            parts.headers.remove(h);
+        }
+        if let Ok(v) = HeaderValue::from_str(&context.to_b3()) {
+            parts.headers.insert("b3", v);
+        }
+    }
     trace.context.sampled.then(|| super::future::ClientSpan {
         trace: trace.clone(),
         context,
