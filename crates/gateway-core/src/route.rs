@@ -77,3 +77,26 @@ pub struct UpstreamCall {
     /// Retries before this attempt.
     pub retries: u32,
 }
+
+/// In a response's extensions: what rate limiting decided for its request (for metrics and
+/// logs, without knowing the rate-limiting crate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateLimitDecision {
+    /// Within every limit.
+    Allowed,
+    /// Refused (`429`).
+    Limited,
+    /// Over a limit, let through by shadow mode.
+    ShadowLimited,
+}
+
+impl RateLimitDecision {
+    /// `allowed`, `limited` or `shadow_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::ShadowLimited => "shadow_limited",
+        }
+    }
+}

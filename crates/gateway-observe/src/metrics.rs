@@ -43,6 +43,12 @@ struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     http_request_method: Cow<'static, str>,
 }
@@ -102,6 +108,7 @@ pub(crate) struct Sample<'a> {
     pub(crate) bytes_out: u64,
     pub(crate) rejection: Option<RejectReason>,
     pub(crate) upstream: Option<&'a gateway_core::UpstreamCall>,
+    pub(crate) rate_limit: Option<gateway_core::RateLimitDecision>,
 }
 
 /// The metrics of an HTTP server (OpenTelemetry names, bounded labels). Build one, register extra
@@ -114,6 +121,7 @@ pub struct HttpMetrics {
     response_size: Family<ServerLabels, Histogram, Buckets>,
     active: Family<MethodLabels, Gauge>,
     client_duration: Family<ClientLabels, Histogram, Buckets>,
+    rate_limit: Family<DecisionLabels, Counter>,
     rejections: Family<RejectionLabels, Counter>,
     status_class: bool,
     unmatched: Shared,
@@ -167,6 +175,12 @@ impl HttpMetrics {
             "HTTP server requests in flight (http.server.active_requests)",
             active.clone(),
         );
+        let rate_limit = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions by route: allowed, limited, shadow_limited",
+            rate_limit.clone(),
+        );
         let rejections = Family::<RejectionLabels, Counter>::default();
         registry.register(
             "gateway_rejections",
@@ -180,6 +194,7 @@ impl HttpMetrics {
             response_size,
             active,
             client_duration,
+            rate_limit,
             rejections,
             status_class: config.status_class,
             unmatched: Shared(Arc::from(UNMATCHED)),
@@ -268,6 +283,14 @@ impl HttpMetrics {
                     http_route: route.clone(),
                 })
                 .observe(call.duration.as_secs_f64());
+        }
+        if let Some(d) = s.rate_limit {
+            self.rate_limit
+                .get_or_create(&DecisionLabels {
+                    decision: Cow::Borrowed(d.as_str()),
+                    http_route: route.clone(),
+                })
+                .inc();
         }
         if let Some(reason) = s.rejection {
             self.rejections

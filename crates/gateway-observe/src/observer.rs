@@ -207,6 +207,7 @@ impl Drop for Observation {
         }
         let facts = Facts {
             upstream: None,
+            rate_limit: None,
             status: 499,
             rejection: None,
             client_ip: self.client_ip,
@@ -252,6 +253,10 @@ impl Observation {
                 .extensions
                 .get::<gateway_core::UpstreamCall>()
                 .cloned(),
+            rate_limit: parts
+                .extensions
+                .get::<gateway_core::RateLimitDecision>()
+                .copied(),
             status: parts.status.as_u16(),
             rejection: parts.extensions.get::<Rejection>().copied(),
             client_ip: parts
@@ -295,6 +300,7 @@ impl Observation {
 #[derive(Debug)]
 struct Facts {
     upstream: Option<gateway_core::UpstreamCall>,
+    rate_limit: Option<gateway_core::RateLimitDecision>,
     status: u16,
     rejection: Option<Rejection>,
     client_ip: Option<IpAddr>,
@@ -330,6 +336,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         bytes_out,
         rejection: facts.rejection.map(|r| r.reason),
         upstream: facts.upstream.as_ref(),
+        rate_limit: facts.rate_limit,
     });
     if let (Some(span), Some(tracer)) = (obs.span, &inner.tracer)
         && span.context.sampled
@@ -402,6 +409,9 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         upstream: facts.upstream.as_ref().map(|u| u.endpoint.to_string()),
         upstream_duration: facts.upstream.as_ref().map(|u| u.duration),
         retries: facts.upstream.as_ref().map_or(0, |u| u.retries),
+        rate_limit: facts
+            .rate_limit
+            .map(gateway_core::RateLimitDecision::as_str),
         bytes_in: obs.bytes_in,
         bytes_out,
         duration,

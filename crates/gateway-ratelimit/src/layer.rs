@@ -485,6 +485,12 @@ impl Headers {
             res.headers_mut().insert(name, value);
         }
         if let Some(report) = self.report {
+            res.extensions_mut()
+                .insert(match (report.allowed, report.shadow_refused) {
+                    (false, _) => gateway_core::RateLimitDecision::Limited,
+                    (true, true) => gateway_core::RateLimitDecision::ShadowLimited,
+                    (true, false) => gateway_core::RateLimitDecision::Allowed,
+                });
             res.extensions_mut().insert(report);
         }
     }

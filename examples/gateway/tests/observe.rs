@@ -114,6 +114,20 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     assert_eq!(
         metric(
             text,
+            r#"gateway_ratelimit_decisions_total{decision="allowed",http_route="api"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            text,
+            r#"gateway_ratelimit_decisions_total{decision="limited",http_route="api"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            text,
             &format!(
                 r#"http_client_request_duration_seconds_count{{server_address="{}",http_response_status_code="200",http_route="api"}}"#,
                 up.addr()
@@ -166,6 +180,7 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     assert_eq!(first["upstream"], up.addr().to_string());
     assert!(first["upstream_duration_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(first["retries"], 0);
+    assert_eq!(first["rate_limit"], "allowed");
     let flaky: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(flaky["route"], "flaky");
     assert_eq!(flaky["retries"], 1);
@@ -173,5 +188,6 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     let limited: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
     assert_eq!(limited["status"], 429);
     assert_eq!(limited["flags"], "RL");
+    assert_eq!(limited["rate_limit"], "limited");
     let _ = std::fs::remove_file(&log);
 }
