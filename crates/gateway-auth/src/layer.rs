@@ -141,10 +141,26 @@ impl RequireAuthLayer {
     }
 }
 
-/// The provider outcomes combined; on success the principal (if any) is in the extensions.
+/// The provider outcomes combined; on success the principal (if any) is in the extensions. A
+/// refusal carries the [`AuthFailureReason`](gateway_core::AuthFailureReason) the audit log got.
 fn decide<ResBody: From<String>>(
     cfg: &Config,
     parts: &mut http::request::Parts,
+) -> Result<(), Response<ResBody>> {
+    let last = std::cell::Cell::new(None);
+    decide_audited(cfg, parts, &last).map_err(|mut res| {
+        if let Some((provider, reason)) = last.get() {
+            res.extensions_mut()
+                .insert(gateway_core::AuthFailureReason { provider, reason });
+        }
+        res
+    })
+}
+
+fn decide_audited<ResBody: From<String>>(
+    cfg: &Config,
+    parts: &mut http::request::Parts,
+    last: &std::cell::Cell<Option<(&'static str, &'static str)>>,
 ) -> Result<(), Response<ResBody>> {
     if cfg.cors_preflight
         && parts.method == http::Method::OPTIONS
@@ -186,7 +202,8 @@ fn decide<ResBody: From<String>>(
             }
         }
     }
-    let audit = |reason: &str, provider: &str| {
+    let audit = |reason: &'static str, provider: &'static str| {
+        last.set(Some((provider, reason)));
         let ip = parts.extensions.get::<ClientIp>().map(ClientIp::ip);
         let route = parts
             .extensions
@@ -245,7 +262,7 @@ fn check_rules<ResBody: From<String>>(
     cfg: &Config,
     parts: &http::request::Parts,
     principal: Option<&Principal>,
-    audit: &dyn Fn(&str, &str),
+    audit: &dyn Fn(&'static str, &'static str),
 ) -> Result<(), Response<ResBody>> {
     let Some(rules) = &cfg.rules else {
         return Ok(());

@@ -60,7 +60,7 @@ pub use client_ip::{
     TrustedProxies, TrustedProxiesError,
 };
 pub use path::{PathError, normalize_path};
-pub use principal::{AuthMethod, Principal};
+pub use principal::{AuthFailureReason, AuthMethod, Principal};
 pub use problem::{PROBLEM_JSON, Problem, ProblemValue, RejectReason, Rejection, ResponseFlags};
 pub use route::{NormalizedPath, RateLimitDecision, RouteId, UpstreamCall};
 pub use tls::ClientCertificate;

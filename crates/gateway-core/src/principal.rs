@@ -141,3 +141,14 @@ impl Principal {
         self.scopes.iter().any(|s| s == scope)
     }
 }
+
+/// In a refusal's extensions: why authentication or authorization failed, in words from a fixed
+/// set (`unknown key`, `expired token`, `missing role`, ...), for metrics and logs. Never holds
+/// the credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AuthFailureReason {
+    /// The provider or check (`api_key`, `jwt`, `roles`, `rules`, ...).
+    pub provider: &'static str,
+    /// The reason.
+    pub reason: &'static str,
+}

@@ -114,6 +114,7 @@ pub(crate) struct Entry {
     pub(crate) upstream_duration: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) rate_limit: Option<&'static str>,
+    pub(crate) auth_failure: Option<&'static str>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) duration: Duration,
@@ -273,6 +274,10 @@ fn fields(e: &Entry) -> Vec<(&'static str, Value)> {
         ),
         ("retries", Value::from(e.retries)),
         ("rate_limit", e.rate_limit.map_or(Value::Null, Value::from)),
+        (
+            "auth_failure",
+            e.auth_failure.map_or(Value::Null, Value::from),
+        ),
         ("bytes_in", Value::from(e.bytes_in)),
         ("bytes_out", Value::from(e.bytes_out)),
         ("duration_ms", Value::from((ms * 1000.0).round() / 1000.0)),
@@ -334,6 +339,8 @@ fn json_line(e: &Entry) -> String {
     let _ = write!(out, "{}", e.retries);
     key(&mut out, "rate_limit");
     opt(&mut out, e.rate_limit);
+    key(&mut out, "auth_failure");
+    opt(&mut out, e.auth_failure);
     key(&mut out, "bytes_in");
     let _ = write!(out, "{}", e.bytes_in);
     key(&mut out, "bytes_out");

@@ -43,6 +43,13 @@ struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    provider: Cow<'static, str>,
+    reason: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: Cow<'static, str>,
     http_route: Shared,
@@ -109,6 +116,7 @@ pub(crate) struct Sample<'a> {
     pub(crate) rejection: Option<RejectReason>,
     pub(crate) upstream: Option<&'a gateway_core::UpstreamCall>,
     pub(crate) rate_limit: Option<gateway_core::RateLimitDecision>,
+    pub(crate) auth_failure: Option<gateway_core::AuthFailureReason>,
 }
 
 /// The metrics of an HTTP server (OpenTelemetry names, bounded labels). Build one, register extra
@@ -122,6 +130,7 @@ pub struct HttpMetrics {
     active: Family<MethodLabels, Gauge>,
     client_duration: Family<ClientLabels, Histogram, Buckets>,
     rate_limit: Family<DecisionLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
     rejections: Family<RejectionLabels, Counter>,
     status_class: bool,
     unmatched: Shared,
@@ -181,6 +190,12 @@ impl HttpMetrics {
             "Rate-limit decisions by route: allowed, limited, shadow_limited",
             rate_limit.clone(),
         );
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "gateway_auth_failures",
+            "Refused authentications and authorizations by provider and reason",
+            auth_failures.clone(),
+        );
         let rejections = Family::<RejectionLabels, Counter>::default();
         registry.register(
             "gateway_rejections",
@@ -195,6 +210,7 @@ impl HttpMetrics {
             active,
             client_duration,
             rate_limit,
+            auth_failures,
             rejections,
             status_class: config.status_class,
             unmatched: Shared(Arc::from(UNMATCHED)),
@@ -283,6 +299,15 @@ impl HttpMetrics {
                     http_route: route.clone(),
                 })
                 .observe(call.duration.as_secs_f64());
+        }
+        if let Some(f) = s.auth_failure {
+            self.auth_failures
+                .get_or_create(&AuthLabels {
+                    provider: Cow::Borrowed(f.provider),
+                    reason: Cow::Borrowed(f.reason),
+                    http_route: route.clone(),
+                })
+                .inc();
         }
         if let Some(d) = s.rate_limit {
             self.rate_limit

@@ -208,6 +208,7 @@ impl Drop for Observation {
         let facts = Facts {
             upstream: None,
             rate_limit: None,
+            auth_failure: None,
             status: 499,
             rejection: None,
             client_ip: self.client_ip,
@@ -257,6 +258,10 @@ impl Observation {
                 .extensions
                 .get::<gateway_core::RateLimitDecision>()
                 .copied(),
+            auth_failure: parts
+                .extensions
+                .get::<gateway_core::AuthFailureReason>()
+                .copied(),
             status: parts.status.as_u16(),
             rejection: parts.extensions.get::<Rejection>().copied(),
             client_ip: parts
@@ -301,6 +306,7 @@ impl Observation {
 struct Facts {
     upstream: Option<gateway_core::UpstreamCall>,
     rate_limit: Option<gateway_core::RateLimitDecision>,
+    auth_failure: Option<gateway_core::AuthFailureReason>,
     status: u16,
     rejection: Option<Rejection>,
     client_ip: Option<IpAddr>,
@@ -337,6 +343,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         rejection: facts.rejection.map(|r| r.reason),
         upstream: facts.upstream.as_ref(),
         rate_limit: facts.rate_limit,
+        auth_failure: facts.auth_failure,
     });
     if let (Some(span), Some(tracer)) = (obs.span, &inner.tracer)
         && span.context.sampled
@@ -409,6 +416,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         upstream: facts.upstream.as_ref().map(|u| u.endpoint.to_string()),
         upstream_duration: facts.upstream.as_ref().map(|u| u.duration),
         retries: facts.upstream.as_ref().map_or(0, |u| u.retries),
+        auth_failure: facts.auth_failure.map(|f| f.reason),
         rate_limit: facts
             .rate_limit
             .map(gateway_core::RateLimitDecision::as_str),

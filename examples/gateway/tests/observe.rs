@@ -114,6 +114,13 @@ async fn metrics_logs_and_request_ids_through_the_gateway() {
     assert_eq!(
         metric(
             text,
+            r#"gateway_auth_failures_total{provider="any",reason="no credential",http_route="api"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            text,
             r#"gateway_ratelimit_decisions_total{decision="allowed",http_route="api"}"#
         ),
         2.0
