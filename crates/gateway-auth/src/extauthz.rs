@@ -63,7 +63,9 @@ use std::{
     time::Duration,
 };
 
-use gateway_core::{NormalizedPath, Principal, Problem, RejectReason, ResponseFlags};
+use gateway_core::{
+    NormalizedPath, Principal, Problem, RejectReason, ResponseFlags, trace::CONTEXT_HEADERS,
+};
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -395,21 +397,10 @@ fn header_text(v: &http::HeaderValue) -> String {
     out
 }
 
-/// Headers that differ on every request (ids, trace context): sent to the decision point, but
-/// left out of the cache key, or no decision would ever be reused.
-const VOLATILE_HEADERS: &[&str] = &[
-    "x-request-id",
-    "request-id",
-    "x-correlation-id",
-    "traceparent",
-    "tracestate",
-    "baggage",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-];
+/// Request-id headers: like trace context ([`CONTEXT_HEADERS`]), they differ on every request, so
+/// they are sent to the decision point but left out of the cache key, or no decision would ever
+/// be reused.
+const REQUEST_ID_HEADERS: &[&str] = &["x-request-id", "request-id", "x-correlation-id"];
 
 /// The SHA-256 of the input without its volatile headers.
 fn cache_key(mut input: Value) -> [u8; 32] {
@@ -418,7 +409,7 @@ fn cache_key(mut input: Value) -> [u8; 32] {
         .and_then(|i| i.get_mut("headers"))
         .and_then(Value::as_object_mut)
     {
-        for h in VOLATILE_HEADERS {
+        for h in REQUEST_ID_HEADERS.iter().chain(CONTEXT_HEADERS) {
             headers.remove(*h);
         }
     }

@@ -26,6 +26,20 @@ use std::{
     time::SystemTime,
 };
 
+/// The headers that carry trace context: W3C Trace Context and Baggage, and B3 (single and
+/// multiple headers). A gateway that does not trust a client's context removes them all.
+pub const CONTEXT_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
 /// A position in a trace: the trace, the current span, and whether it is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TraceContext {

@@ -159,24 +159,10 @@ impl Observer {
     }
 }
 
-/// The 32 hex digits of a well-formed W3C `traceparent`'s trace id.
+/// The trace id of a well-formed W3C `traceparent`, as 32 hex digits.
 fn trace_id(v: Option<&HeaderValue>) -> Option<String> {
-    let s = v?.to_str().ok()?;
-    let mut parts = s.split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    (version == "00"
-        && parts.next().is_none()
-        && hex(trace, 32)
-        && hex(span, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0'))
-    .then(|| trace.to_owned())
+    let ctx = gateway_core::trace::TraceContext::parse(v?.to_str().ok()?)?;
+    Some(format!("{:032x}", ctx.trace_id))
 }
 
 /// One request being observed; see [`Observer::start`].

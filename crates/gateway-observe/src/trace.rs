@@ -88,18 +88,8 @@ impl Tracer {
                 .and_then(TraceContext::parse)
                 .or_else(|| self.b3.then(|| TraceContext::from_b3(headers)).flatten())
         } else {
-            for h in [
-                "traceparent",
-                "tracestate",
-                "baggage",
-                "b3",
-                "x-b3-traceid",
-                "x-b3-spanid",
-                "x-b3-parentspanid",
-                "x-b3-sampled",
-                "x-b3-flags",
-            ] {
-                headers.remove(h);
+            for h in gateway_core::trace::CONTEXT_HEADERS {
+                headers.remove(*h);
             }
             None
         };
