@@ -32,7 +32,9 @@ use tokio::{
     task::JoinHandle,
 };
 
+pub mod pki;
 pub mod redis;
+pub use pki::TestCa;
 pub use redis::{TestRedis, silent_listener};
 
 /// The error type of test bodies.

@@ -4,89 +4,25 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use gateway::{Compiled, Config, RunningGateway};
 use gateway_auth::ApiKeyHash;
-use gateway_test::TestUpstream;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use gateway_test::{TestCa, TestUpstream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_cert::der::Decode;
 
-/// A directory of generated PEM files, removed on drop.
-struct Pki {
-    dir: PathBuf,
-    ca: Issuer<'static, KeyPair>,
-    ca_der: CertificateDer<'static>,
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A client identity: chain and key.
 struct ClientId(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-impl Pki {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "gateway-tls-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test ca"));
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            dir,
-            ca_der: cert.der().clone(),
-            ca: Issuer::new(params, key),
-        }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    /// Writes `{file}.pem` and `{file}.key` for a server certificate with these DNS names.
-    fn server(&self, file: &str, names: &[&str]) {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
-    }
-
-    /// A client certificate with a URI SAN.
-    fn client(&self, uri: &str) -> ClientId {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        ClientId(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-    }
+/// A client certificate with a URI SAN, from `ca`.
+fn client(ca: &TestCa, uri: &str) -> ClientId {
+    let (chain, key) = ca.client_uri(uri);
+    ClientId(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        PrivateKeyDer::Pkcs8(key.into()),
+    )
 }
 
 fn start_tls(yaml: &str, upstream: SocketAddr) -> RunningGateway {
@@ -96,7 +32,7 @@ fn start_tls(yaml: &str, upstream: SocketAddr) -> RunningGateway {
     gateway::start(compiled).expect("gateway starts")
 }
 
-fn config(pki: &Pki, tls_extra: &str, top_extra: &str) -> String {
+fn config(pki: &TestCa, tls_extra: &str, top_extra: &str) -> String {
     format!(
         "listeners:\n  - bind: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: \"{a}.pem\", key: \"{a}.key\" }}\n        - {{ cert: \"{b}.pem\", key: \"{b}.key\" }}\n{tls_extra}workers: 1\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n{top_extra}  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n",
         a = pki.path("a"),
@@ -107,14 +43,14 @@ fn config(pki: &Pki, tls_extra: &str, top_extra: &str) -> String {
 /// Connects with `sni`, optionally presenting `id` and limiting the client to TLS 1.2.
 async fn connect(
     gw: SocketAddr,
-    pki: &Pki,
+    pki: &TestCa,
     sni: &str,
     id: Option<&ClientId>,
     tls12_only: bool,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
+    roots.add(CertificateDer::from(pki.der().to_vec())).unwrap();
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
         &[&rustls::version::TLS12]
     } else {
@@ -177,9 +113,9 @@ fn served_names(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) ->
 
 #[tokio::test]
 async fn certificates_are_chosen_by_sni_and_requests_are_proxied_as_https() {
-    let pki = Pki::new("sni");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test", "*.wild.test"]);
+    let pki = TestCa::new("sni");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test", "*.wild.test"]);
     let up = TestUpstream::echo().await;
     let gw = start_tls(&config(&pki, "", ""), up.addr());
     let addr = gw.listen_addrs()[0];
@@ -211,9 +147,9 @@ async fn certificates_are_chosen_by_sni_and_requests_are_proxied_as_https() {
 
 #[tokio::test]
 async fn alpn_negotiates_h2_and_the_version_floor_holds() {
-    let pki = Pki::new("alpn");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test"]);
+    let pki = TestCa::new("alpn");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
     let up = TestUpstream::fixed("ok").await;
     let gw = start_tls(&config(&pki, "      min_version: \"1.3\"\n", ""), up.addr());
     let addr = gw.listen_addrs()[0];
@@ -251,7 +187,7 @@ async fn alpn_negotiates_h2_and_the_version_floor_holds() {
     );
 }
 
-fn mtls_config(pki: &Pki, mode: &str) -> String {
+fn mtls_config(pki: &TestCa, mode: &str) -> String {
     config(
         pki,
         &format!(
@@ -267,7 +203,7 @@ fn mtls_config(pki: &Pki, mode: &str) -> String {
 
 /// Whether a connection with `id` is refused: the handshake fails, or the connection ends
 /// without an answer (TLS 1.3 clients learn of a refused certificate only after the handshake).
-async fn refused(addr: SocketAddr, pki: &Pki, id: Option<&ClientId>) -> bool {
+async fn refused(addr: SocketAddr, pki: &TestCa, id: Option<&ClientId>) -> bool {
     match connect(addr, pki, "a.test", id, false, &[]).await {
         Err(_) => true,
         Ok(tls) => exchange(tls, "a.test", "/")
@@ -278,16 +214,16 @@ async fn refused(addr: SocketAddr, pki: &Pki, id: Option<&ClientId>) -> bool {
 
 #[tokio::test]
 async fn required_client_certificates_become_principals() {
-    let pki = Pki::new("mtls");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test"]);
-    let clients = Pki::new("clients");
+    let pki = TestCa::new("mtls");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let clients = TestCa::new("clients");
     std::fs::copy(clients.path("ca.pem"), pki.path("clients-ca.pem")).unwrap();
     let up = TestUpstream::fixed("ok").await;
     let gw = start_tls(&mtls_config(&pki, "required"), up.addr());
     let addr = gw.listen_addrs()[0];
 
-    let acme = clients.client("spiffe://test/acme");
+    let acme = client(&clients, "spiffe://test/acme");
     let tls = connect(addr, &pki, "a.test", Some(&acme), false, &[])
         .await
         .unwrap();
@@ -297,7 +233,7 @@ async fn required_client_certificates_become_principals() {
         "mapped to acme, who has the role: {res}"
     );
 
-    let other = clients.client("spiffe://test/other");
+    let other = client(&clients, "spiffe://test/other");
     let tls = connect(addr, &pki, "a.test", Some(&other), false, &[])
         .await
         .unwrap();
@@ -309,7 +245,7 @@ async fn required_client_certificates_become_principals() {
 
     // No certificate, or one from another CA: no request gets through.
     assert!(refused(addr, &pki, None).await);
-    let stranger = Pki::new("stranger").client("spiffe://test/acme");
+    let stranger = client(&TestCa::new("stranger"), "spiffe://test/acme");
     assert!(refused(addr, &pki, Some(&stranger)).await);
 
     // The handshake was for a.test: a request for b.test on it is misdirected.
@@ -323,10 +259,10 @@ async fn required_client_certificates_become_principals() {
 
 #[tokio::test]
 async fn optional_client_certificates_leave_the_decision_to_routes() {
-    let pki = Pki::new("optional");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test"]);
-    let clients = Pki::new("optional-clients");
+    let pki = TestCa::new("optional");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
+    let clients = TestCa::new("optional-clients");
     std::fs::copy(clients.path("ca.pem"), pki.path("clients-ca.pem")).unwrap();
     let up = TestUpstream::fixed("ok").await;
     let gw = start_tls(&mtls_config(&pki, "optional"), up.addr());
@@ -341,7 +277,7 @@ async fn optional_client_certificates_leave_the_decision_to_routes() {
         .unwrap();
     let res = exchange(tls, "a.test", "/orders/1").await.unwrap();
     assert!(res.starts_with("HTTP/1.1 401"), "{res}");
-    let acme = clients.client("spiffe://test/acme");
+    let acme = client(&clients, "spiffe://test/acme");
     let tls = connect(addr, &pki, "a.test", Some(&acme), false, &[])
         .await
         .unwrap();
@@ -351,9 +287,9 @@ async fn optional_client_certificates_leave_the_decision_to_routes() {
 
 #[tokio::test]
 async fn renewed_certificates_are_served_after_a_reload() {
-    let pki = Pki::new("rotate");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test"]);
+    let pki = TestCa::new("rotate");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
     let up = TestUpstream::fixed("ok").await;
     let file = pki.path("gateway.yaml");
     std::fs::write(
@@ -370,7 +306,7 @@ async fn renewed_certificates_are_served_after_a_reload() {
         .unwrap();
     assert!(served_names(&tls).iter().all(|n| !n.contains("renewed")));
     // The renewed certificate for a.test also covers renewed.a.test.
-    pki.server("a", &["a.test", "renewed.a.test"]);
+    pki.leaf("a", &["a.test", "renewed.a.test"]);
     let report = gw.reload().unwrap();
     assert!(report.restart_required.is_empty(), "{report:?}");
     let tls = connect(addr, &pki, "a.test", None, false, &[])
@@ -396,9 +332,9 @@ async fn renewed_certificates_are_served_after_a_reload() {
 
 #[test]
 fn bad_tls_files_name_the_field() {
-    let pki = Pki::new("bad");
-    pki.server("a", &["a.test"]);
-    pki.server("b", &["b.test"]);
+    let pki = TestCa::new("bad");
+    pki.leaf("a", &["a.test"]);
+    pki.leaf("b", &["b.test"]);
     let check = |yaml: String| {
         let yaml = yaml.replace("{UPSTREAM}", "127.0.0.1:1");
         Config::parse(&yaml, "tls.yaml")

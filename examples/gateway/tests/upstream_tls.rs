@@ -3,95 +3,22 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
-use gateway_test::get;
+use gateway_test::{TestCa, get};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::{addr, start};
 
-/// A CA writing PEM files into a temp directory, removed on drop.
-struct Ca {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
-
-impl Drop for Ca {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "gateway-uptls-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} ca"));
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            dir,
-            der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn path(&self, f: &str) -> String {
-        self.dir.join(f).display().to_string()
-    }
-
-    /// A leaf for `names` (DNS names, or IP addresses), as (chain, key) and written to
-    /// `{file}.pem` / `{file}.key`.
-    fn leaf(
-        &self,
-        file: &str,
-        names: &[&str],
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*n).try_into().unwrap()),
-            })
-            .collect();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.path(&format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{file}.key")), key.serialize_pem()).unwrap();
-        (
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-    }
-}
-
 /// An HTTPS upstream answering `sni=… client=… version=…`; with `clients`, client certificates
 /// from that CA are required.
-async fn https_upstream(ca: &Ca, clients: Option<&Ca>) -> SocketAddr {
+async fn https_upstream(ca: &TestCa, clients: Option<&TestCa>) -> SocketAddr {
     let (chain, key) = ca.leaf("server", &["orders.internal"]);
+    let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(key.into());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -100,7 +27,9 @@ async fn https_upstream(ca: &Ca, clients: Option<&Ca>) -> SocketAddr {
         None => builder.with_no_client_auth(),
         Some(clients) => {
             let mut roots = rustls::RootCertStore::empty();
-            roots.add(clients.der.clone()).unwrap();
+            roots
+                .add(CertificateDer::from(clients.der().to_vec()))
+                .unwrap();
             builder.with_client_cert_verifier(
                 rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
@@ -155,7 +84,7 @@ fn config(up: SocketAddr, protocol: &str, tls: &str) -> String {
 
 #[tokio::test]
 async fn https_upstreams_are_verified_with_sni_and_alpn() {
-    let ca = Ca::new("server");
+    let ca = TestCa::new("server");
     let up = https_upstream(&ca, None).await;
     let tls = format!(
         "    tls: {{ ca_file: \"{}\", server_name: orders.internal }}\n",
@@ -195,8 +124,8 @@ async fn https_upstreams_are_verified_with_sni_and_alpn() {
 
 #[tokio::test]
 async fn upstream_mtls_presents_the_configured_certificate() {
-    let ca = Ca::new("server");
-    let clients = Ca::new("clients");
+    let ca = TestCa::new("server");
+    let clients = TestCa::new("clients");
     clients.leaf("gateway", &["gateway.internal"]);
     let up = https_upstream(&ca, Some(&clients)).await;
     let base = format!(
@@ -233,7 +162,7 @@ async fn upstream_mtls_presents_the_configured_certificate() {
 
 #[test]
 fn bad_upstream_tls_blocks_name_the_field() {
-    let ca = Ca::new("bad");
+    let ca = TestCa::new("bad");
     ca.leaf("a", &["a.internal"]);
     ca.leaf("b", &["b.internal"]);
     let check = |endpoint: &str, tls: &str| {
