@@ -622,23 +622,24 @@ fn compile_rules(field: &str, a: &AuthConfig, issues: &mut Issues) -> Rules {
 /// A policy decision point reached through a `gateway-lb` upstream: one pool per worker thread
 /// (each worker is its own runtime, and a connection is driven by the runtime that made it).
 struct UpstreamPolicy {
-    id: u64,
     endpoint: Endpoint,
     path: http::uri::PathAndQuery,
     timeout: Duration,
 }
 
-static NEXT_POLICY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 thread_local! {
-    static POLICY_CLIENTS: std::cell::RefCell<Vec<(u64, Upstream<Full<Bytes>>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker's clients to decision points, by endpoint and timeout: shared by every route
+    /// (and every reloaded configuration) that asks the same decision point, so reloads do not
+    /// add clients.
+    static POLICY_CLIENTS: std::cell::RefCell<Vec<((Endpoint, Duration), Upstream<Full<Bytes>>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl PolicyClient for UpstreamPolicy {
     fn query(&self, body: String) -> PolicyFuture {
         let client = POLICY_CLIENTS.with(|c| {
             let mut c = c.borrow_mut();
-            if let Some((_, up)) = c.iter().find(|(id, _)| *id == self.id) {
+            let key = (self.endpoint.clone(), self.timeout);
+            if let Some((_, up)) = c.iter().find(|(k, _)| *k == key) {
                 return up.clone();
             }
             let up = Upstream::builder([self.endpoint.clone()])
@@ -648,7 +649,7 @@ impl PolicyClient for UpstreamPolicy {
                 .forwarded(false)
                 .via(None)
                 .build::<Full<Bytes>>();
-            c.push((self.id, up.clone()));
+            c.push((key, up.clone()));
             up
         });
         let req = http::Request::post(http::Uri::from(self.path.clone()))
@@ -767,7 +768,6 @@ pub(crate) fn compile_ext_authz(
         );
     }
     let client = UpstreamPolicy {
-        id: NEXT_POLICY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         endpoint,
         path,
         timeout,

@@ -360,3 +360,43 @@ async fn a_watched_file_reloads_when_it_changes() {
     let status = admin(&gw, "GET", "/config", "").await;
     assert!(status.contains("\"watching\":true"), "{status}");
 }
+
+#[tokio::test]
+async fn reloads_reuse_the_connections_to_a_decision_point() {
+    let one = TestUpstream::fixed("one").await;
+    let two = TestUpstream::fixed("two").await;
+    let pdp = TestUpstream::start(|_req: http::Request<hyper::body::Incoming>| async move {
+        http::Response::new(full(r#"{"result": true}"#))
+    })
+    .await;
+    let file = TempConfig::new("pdp");
+    let route = format!(
+        "    auth:\n      optional: true\n      ext_authz: {{ url: \"http://{}/allow\" }}\n",
+        pdp.addr()
+    );
+    file.write(&version(false, one.addr(), two.addr(), &route, ""));
+    let gw = start_from(&file);
+    let c = client();
+    for i in 0..6 {
+        let res = send(
+            &c,
+            http::Request::get(format!("http://{}/x", addr(&gw)))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        // Reloaded with a change elsewhere: the routes (and their decision point) are rebuilt.
+        file.write(&format!(
+            "{}# reload {i}\n",
+            version(i % 2 == 0, one.addr(), two.addr(), &route, "")
+        ));
+        gw.reload().unwrap();
+    }
+    assert_eq!(pdp.requests().len(), 6);
+    assert!(
+        pdp.connections() <= 2,
+        "one pooled connection per worker across reloads, not one per reload: {}",
+        pdp.connections()
+    );
+}
