@@ -631,8 +631,11 @@ thread_local! {
     /// Each worker's clients to decision points, by endpoint and timeout: shared by every route
     /// (and every reloaded configuration) that asks the same decision point, so reloads do not
     /// add clients.
-    static POLICY_CLIENTS: std::cell::RefCell<Vec<((Endpoint, Duration), Upstream<Full<Bytes>>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POLICY_CLIENTS: std::cell::RefCell<PolicyClients> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Clients by (endpoint, timeout).
+type PolicyClients = Vec<((Endpoint, Duration), Upstream<Full<Bytes>>)>;
 
 impl PolicyClient for UpstreamPolicy {
     fn query(&self, body: String) -> PolicyFuture {
