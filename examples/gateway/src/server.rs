@@ -28,7 +28,7 @@ use hyper_util::{
 };
 use pin_project_lite::pin_project;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::{Semaphore, mpsc, watch},
 };
@@ -548,8 +548,6 @@ async fn accept_loop(
 /// Per-connection activity, for the idle timeout.
 #[derive(Debug, Default)]
 struct Activity {
-    /// Bumped on every read or write that moved bytes.
-    ticks: AtomicU64,
     /// Requests whose response has not been produced yet.
     in_flight: AtomicUsize,
     /// Requests received.
@@ -600,10 +598,7 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(CountingIo {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(stream);
     let svc_activity = activity.clone();
     let tunnel_shutdown = shutdown.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -649,7 +644,7 @@ async fn serve_connection<S>(
     tokio::pin!(conn);
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
-    let mut last_ticks = 0;
+    let mut last_started = 0;
     let mut closing = false;
     let mut idle_closing = false;
     loop {
@@ -671,8 +666,12 @@ async fn serve_connection<S>(
                 return;
             }
             () = idle.as_mut() => {
-                let ticks = activity.ticks.load(Ordering::Relaxed);
-                let quiet = ticks == last_ticks && activity.in_flight.load(Ordering::Relaxed) == 0;
+                // Idle means no request in flight and none begun since the last check. Bytes
+                // alone do not count: HTTP/2 PINGs, or a HEADERS frame dribbled one byte at a
+                // time, must not hold a connection open forever.
+                let started = activity.started.load(Ordering::Relaxed);
+                let quiet =
+                    started == last_started && activity.in_flight.load(Ordering::Relaxed) == 0;
                 if idle_closing && quiet {
                     // The peer did not finish the graceful close (an HTTP/2 client that never
                     // answers the GOAWAY ping, say): drop the connection.
@@ -687,7 +686,7 @@ async fn serve_connection<S>(
                         conn.as_mut().graceful_shutdown();
                     }
                 }
-                last_ticks = ticks;
+                last_started = started;
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
         }
@@ -720,70 +719,5 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-pin_project! {
-    /// A socket that counts reads and writes that moved bytes.
-    struct CountingIo<S> {
-        #[pin]
-        inner: S,
-        activity: Arc<Activity>,
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for CountingIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let res = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for CountingIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write(cx, data);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.ticks.fetch_add(1, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }

@@ -234,3 +234,38 @@ async fn resets_of_accepted_requests_close_the_connection_too() {
     );
     gate.open();
 }
+
+#[tokio::test]
+async fn pings_alone_do_not_keep_a_connection_open() {
+    // Bytes moving is not activity: a client that only sends PINGs (or dribbles a header block)
+    // is closed after the idle timeout like a silent one.
+    let up = TestUpstream::fixed("ok").await;
+    let gw = start(&simple("limits: { idle_timeout: 1s }\n"), up.addr());
+    let s = connect(addr(&gw)).await;
+    let (mut r, mut w) = s.into_split();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 4096];
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                read = r.read(&mut buf) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        return;
+                    }
+                }
+                _ = tick.tick() => {
+                    const PING: u8 = 0x6;
+                    if w.write_all(&frame(PING, 0, 0, &[7; 8])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was closed despite the PINGs"
+    );
+    assert!(up.requests().is_empty());
+}
