@@ -1,4 +1,4 @@
-//! An RFC 9111 shared cache for tower API gateways — in progress.
+//! An RFC 9111 shared cache for tower API gateways (in progress).
 //!
 //! What exists: [`policy`], the cache's decisions as pure functions, tested section by section:
 //! storability for a shared cache (§3, with §3.5 for requests with `Authorization`, `Set-Cookie`
@@ -9,8 +9,20 @@
 //! `must-revalidate`/`proxy-revalidate`/`s-maxage`, `stale-while-revalidate` and
 //! `stale-if-error` from RFC 5861).
 //!
-//! Not built yet: the `CacheLayer` (keys, `Vary` variants, conditional revalidation, coalescing,
-//! streaming storage, invalidation), the memory and Redis stores, purge, and the gateway's
-//! `cache` block.
+//! [`CacheLayer`] puts that policy in front of any tower HTTP service, over a [`CacheStore`]
+//! ([`MemoryStore`]: bounded by total size, oldest first out): `GET` and `HEAD` looked up
+//! (`HEAD` from a stored `GET`), `Vary` variants with normalized values, fresh hits with `Age`
+//! and `Cache-Status`, conditional revalidation (`304` refreshes the stored headers),
+//! `stale-if-error`, `only-if-cached`, invalidation of the target URI and a same-host
+//! `Location`/`Content-Location` by unsafe methods. Only responses with a declared length within
+//! the body cap are buffered and stored; everything else streams through untouched.
+//!
+//! Not built yet: a background refresh for `stale-while-revalidate` (within the window such entries
+//! are served stale; after it they are revalidated), request coalescing, storing while streaming, keys with
+//! sorted/filtered queries or principals, unkeyed-header stripping, `CDN-Cache-Control`, range
+//! requests, the Redis store, purge by key/prefix/tag, and the gateway's `cache` block.
 
+mod layer;
 pub mod policy;
+
+pub use layer::{Cache, CacheBody, CacheLayer, CacheStore, Entry, MemoryStore};

@@ -1,0 +1,568 @@
+//! [`CacheLayer`]: a shared cache in front of any tower HTTP service, with an in-memory store.
+//!
+//! Per request: `GET` and `HEAD` are looked up (a `HEAD` is answered from a stored `GET`);
+//! a fresh variant is served with `Age` and `Cache-Status: gateway; hit`; a stale one is
+//! revalidated with `If-None-Match` / `If-Modified-Since` (a `304` refreshes the stored headers
+//! and the stored body is served), or served stale when the origin fails and `stale-if-error`
+//! allows it; a miss goes to the service and is stored when [`CachePolicy::storable`] says so
+//! and its body is within the size cap. Unsafe methods invalidate the target URI (and a
+//! same-host `Location` / `Content-Location`) when their answer is not an error. Variants follow
+//! `Vary`, with header values normalized.
+//!
+//! ```
+//! use std::{convert::Infallible, sync::{Arc, atomic::{AtomicUsize, Ordering}}};
+//! use bytes::Bytes;
+//! use gateway_cache::{CacheLayer, MemoryStore};
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let counter = calls.clone();
+//! let origin = service_fn(move |_req: Request<Full<Bytes>>| {
+//!     counter.fetch_add(1, Ordering::Relaxed);
+//!     async {
+//!         Ok::<_, Infallible>(
+//!             Response::builder()
+//!                 .header("cache-control", "max-age=60")
+//!                 .body(Full::new(Bytes::from("hello")))
+//!                 .unwrap(),
+//!         )
+//!     }
+//! });
+//! let mut svc = CacheLayer::new(MemoryStore::new(64 << 20)).layer(origin);
+//! for _ in 0..3 {
+//!     let req = Request::get("http://example.com/greeting").body(Full::default()).unwrap();
+//!     let res = svc.ready().await.unwrap().call(req).await.unwrap();
+//!     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "hello");
+//! }
+//! assert_eq!(calls.load(Ordering::Relaxed), 1, "two hits");
+//! # }
+//! ```
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::policy::{CacheControl, CachePolicy, Reuse, Storable, Timing, reuse};
+
+/// A stored response.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    timing: Timing,
+    lifetime: Duration,
+    /// The request header values its `Vary` names, normalized.
+    vary: Vec<(HeaderName, String)>,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 32)
+                .sum::<usize>()
+            + 128
+    }
+}
+
+/// Where entries live.
+pub trait CacheStore: Send + Sync + 'static {
+    /// The variants stored under `key`.
+    fn get(&self, key: &str) -> Vec<Entry>;
+    /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.
+    fn put(&self, key: &str, entry: Entry);
+    /// Removes every variant under `key`.
+    fn remove(&self, key: &str);
+}
+
+/// An in-memory store bounded by total size (bodies and headers); when full, the oldest
+/// insertions go first.
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Mem>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Mem {
+    map: HashMap<String, Vec<Entry>>,
+    order: std::collections::VecDeque<String>,
+    size: usize,
+}
+
+impl MemoryStore {
+    /// A store holding at most `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Mem::default()),
+            capacity,
+        }
+    }
+
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).size
+    }
+}
+
+impl CacheStore for MemoryStore {
+    fn get(&self, key: &str) -> Vec<Entry> {
+        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.map.get(key).cloned().unwrap_or_default()
+    }
+
+    fn put(&self, key: &str, entry: Entry) {
+        let weight = entry.weight();
+        if weight > self.capacity {
+            return;
+        }
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let variants = m.map.entry(key.to_owned()).or_default();
+        let mut freed = 0;
+        variants.retain(|v| {
+            let same = v.vary == entry.vary;
+            if same {
+                freed += v.weight();
+            }
+            !same
+        });
+        variants.push(entry);
+        m.size = m.size - freed + weight;
+        m.order.push_back(key.to_owned());
+        while m.size > self.capacity {
+            let Some(oldest) = m.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = m.map.remove(&oldest) {
+                m.size -= gone.iter().map(Entry::weight).sum::<usize>();
+            }
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gone) = m.map.remove(key) {
+            m.size -= gone.iter().map(Entry::weight).sum::<usize>();
+        }
+    }
+}
+
+/// A shared cache in front of a service; see the [crate docs](crate).
+#[derive(Clone)]
+pub struct CacheLayer {
+    store: Arc<dyn CacheStore>,
+    policy: Arc<CachePolicy>,
+    max_body: usize,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("policy", &self.policy)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// A cache over `store` with the default policy and a 1 MiB body cap.
+    pub fn new(store: impl CacheStore) -> Self {
+        Self {
+            store: Arc::new(store),
+            policy: Arc::new(CachePolicy::default()),
+            max_body: 1 << 20,
+        }
+    }
+
+    /// The storage and freshness policy.
+    #[must_use]
+    pub fn policy(mut self, policy: CachePolicy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Responses with larger bodies are passed through, not stored.
+    #[must_use]
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cache {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`CacheLayer`].
+#[derive(Clone, Debug)]
+pub struct Cache<S> {
+    inner: S,
+    layer: CacheLayer,
+}
+
+/// The cache key: scheme, host and path with query (the method is not part of it: `HEAD` is
+/// answered from `GET`).
+fn key<B>(req: &Request<B>) -> String {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+        .unwrap_or_default();
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{pq}")
+}
+
+/// A request header's value as `Vary` compares it: every field line joined, whitespace around
+/// commas and at the ends removed, case kept.
+fn vary_value(headers: &HeaderMap, name: &HeaderName) -> String {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|f| HeaderName::from_bytes(f.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect()
+}
+
+fn status_header<B>(res: &mut Response<B>, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().append("cache-status", v);
+    }
+}
+
+fn serve<B>(entry: &Entry, head: bool, now: SystemTime, status: &str) -> Response<CacheBody<B>> {
+    let mut res = Response::new(CacheBody::cached(if head {
+        Bytes::new()
+    } else {
+        entry.body.clone()
+    }));
+    *res.status_mut() = entry.status;
+    *res.headers_mut() = entry.headers.clone();
+    res.headers_mut().insert(
+        header::AGE,
+        HeaderValue::from(entry.timing.current_age(now).as_secs()),
+    );
+    status_header(&mut res, status);
+    res
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The body of a [`Cache`] response: a stored body, or the origin's streamed through.
+    #[derive(Debug)]
+    pub struct CacheBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    #[derive(Debug)]
+    enum Inner<B> {
+        Cached { #[pin] body: Full<Bytes> },
+        Origin { #[pin] body: B },
+    }
+}
+
+impl<B> CacheBody<B> {
+    fn cached(bytes: Bytes) -> Self {
+        Self {
+            inner: Inner::Cached {
+                body: Full::new(bytes),
+            },
+        }
+    }
+
+    fn origin(body: B) -> Self {
+        Self {
+            inner: Inner::Origin { body },
+        }
+    }
+
+    /// Whether the body comes from the cache.
+    pub fn is_cached(&self) -> bool {
+        matches!(self.inner, Inner::Cached { .. })
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.project().inner.project() {
+            InnerProj::Cached { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            InnerProj::Origin { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Cached { body } => body.is_end_stream(),
+            Inner::Origin { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.inner {
+            Inner::Cached { body } => body.size_hint(),
+            Inner::Origin { body } => body.size_hint(),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let layer = self.layer.clone();
+        Box::pin(handle(layer, inner, req))
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    layer: CacheLayer,
+    mut inner: S,
+    mut req: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, Infallible>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>,
+    ReqBody: Default,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let method = req.method().clone();
+    let key = key(&req);
+    let now = SystemTime::now();
+    if method != Method::GET && method != Method::HEAD {
+        let res = inner.call(req).await?.map(|body| CacheBody::origin(body));
+        // Unsafe methods invalidate what they may have changed (RFC 9111 §4.4).
+        if !method.is_safe() && (res.status().is_success() || res.status().is_redirection()) {
+            layer.store.remove(&key);
+            let host_prefix = key.split('/').take(3).collect::<Vec<_>>().join("/");
+            for h in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(target) = res.headers().get(&h).and_then(|v| v.to_str().ok()) {
+                    let same_host = if target.starts_with('/') {
+                        Some(format!("{host_prefix}{target}"))
+                    } else {
+                        target
+                            .starts_with(&format!("{host_prefix}/"))
+                            .then(|| target.to_owned())
+                    };
+                    if let Some(k) = same_host {
+                        layer.store.remove(&k);
+                    }
+                }
+            }
+        }
+        return Ok(res);
+    }
+    let head = method == Method::HEAD;
+    let req_cc = CacheControl::parse(req.headers());
+    let stored = layer.store.get(&key).into_iter().find(|e| {
+        e.vary
+            .iter()
+            .all(|(name, value)| vary_value(req.headers(), name) == *value)
+    });
+    let mut revalidating = None;
+    if let Some(entry) = stored {
+        let res_cc = CacheControl::parse(&entry.headers);
+        let age = entry.timing.current_age(now);
+        match reuse(&req_cc, req.headers(), &res_cc, entry.lifetime, age) {
+            Reuse::Fresh | Reuse::StaleWhileRevalidate => {
+                return Ok(serve(&entry, head, now, "gateway; hit"));
+            }
+            Reuse::Revalidate { stale_if_error } => {
+                if let Some(etag) = entry.headers.get(header::ETAG) {
+                    req.headers_mut()
+                        .insert(header::IF_NONE_MATCH, etag.clone());
+                } else if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
+                    req.headers_mut()
+                        .insert(header::IF_MODIFIED_SINCE, lm.clone());
+                }
+                revalidating = Some((entry, stale_if_error));
+            }
+        }
+    }
+    if req_cc.only_if_cached {
+        let mut res = Response::new(CacheBody::cached(Bytes::new()));
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        status_header(&mut res, "gateway; fwd=miss; detail=only-if-cached");
+        return Ok(res);
+    }
+    // HEAD misses are forwarded as they are; only GET answers are stored.
+    let mut probe = Request::new(());
+    *probe.uri_mut() = req.uri().clone();
+    *probe.headers_mut() = req.headers().clone();
+    let fwd = if revalidating.is_some() {
+        "stale"
+    } else {
+        "miss"
+    };
+    let sent_at = SystemTime::now();
+    let res = inner.call(req).await?;
+    let received_at = SystemTime::now();
+    if let Some((entry, stale_if_error)) = revalidating {
+        if res.status() == StatusCode::NOT_MODIFIED {
+            // Refresh the stored headers from the 304 (RFC 9111 §4.3.4) and serve the body.
+            let mut fresh = entry;
+            for (name, value) in res.headers() {
+                if name != header::CONTENT_LENGTH {
+                    fresh.headers.insert(name.clone(), value.clone());
+                }
+            }
+            fresh.timing = Timing::of(&res, sent_at, received_at);
+            let as_stored = Response::from_parts(
+                {
+                    let mut p = Response::new(()).into_parts().0;
+                    p.status = fresh.status;
+                    p.headers = fresh.headers.clone();
+                    p
+                },
+                (),
+            );
+            fresh.lifetime = layer
+                .policy
+                .freshness_lifetime(&as_stored)
+                .unwrap_or_default();
+            layer.store.put(&key, fresh.clone());
+            return Ok(serve(
+                &fresh,
+                head,
+                received_at,
+                "gateway; hit; fwd=stale; fwd-status=304",
+            ));
+        }
+        if res.status().is_server_error() && stale_if_error {
+            return Ok(serve(
+                &entry,
+                head,
+                received_at,
+                "gateway; hit; fwd=stale; detail=stale-if-error",
+            ));
+        }
+    }
+    // Stored only with a declared length within the cap: anything else streams through.
+    let declared = res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .or_else(|| {
+            res.body()
+                .size_hint()
+                .exact()
+                .and_then(|n| usize::try_from(n).ok())
+        });
+    let lifetime = layer.policy.freshness_lifetime(&res);
+    let storable = !head
+        && layer.policy.storable(&probe, &res) == Storable::Yes
+        && declared.is_some_and(|n| n <= layer.max_body)
+        && lifetime.is_some();
+    let Some(lifetime) = lifetime.filter(|_| storable) else {
+        let mut out = res.map(|body| CacheBody::origin(body));
+        status_header(&mut out, &format!("gateway; fwd={fwd}"));
+        return Ok(out);
+    };
+    let (parts, body) = res.into_parts();
+    let body = match Limited::new(body, layer.max_body).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            // The origin failed mid-body (or sent more than it declared): not stored.
+            let mut r = Response::new(CacheBody::cached(Bytes::new()));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            status_header(&mut r, "gateway; fwd=miss; detail=origin-body-failed");
+            return Ok(r);
+        }
+    };
+    let mut out = Response::from_parts(parts, CacheBody::cached(body.clone()));
+    let names = vary_names(out.headers());
+    layer.store.put(
+        &key,
+        Entry {
+            status: out.status(),
+            headers: out.headers().clone(),
+            body,
+            timing: Timing::of(&out, sent_at, received_at),
+            lifetime,
+            vary: names
+                .iter()
+                .map(|n| (n.clone(), vary_value(probe.headers(), n)))
+                .collect(),
+        },
+    );
+    status_header(&mut out, &format!("gateway; fwd={fwd}; stored"));
+    Ok(out)
+}

@@ -1,0 +1,317 @@
+//! The cache layer in front of a scripted origin: hits and misses, §3.5 `Authorization`,
+//! `Set-Cookie`, `Vary`, revalidation with `304`, `stale-if-error`, invalidation by unsafe
+//! methods, `HEAD` from `GET`, the body cap and `only-if-cached`.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use gateway_cache::{CacheBody, CacheLayer, MemoryStore};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+/// What the origin saw and answers: per request, a function of the request.
+#[derive(Clone, Default)]
+struct Origin {
+    seen: Arc<Mutex<Vec<(Method, String, HeaderMap)>>>,
+}
+
+type Answer = fn(&Request<Full<Bytes>>, usize) -> Response<Full<Bytes>>;
+
+#[allow(clippy::type_complexity)] // the impl Service type, spelled once
+fn cache(
+    answer: Answer,
+) -> (
+    impl Service<Request<Full<Bytes>>, Response = Response<CacheBody<Full<Bytes>>>, Error = Infallible>
+    + Clone,
+    Origin,
+) {
+    let origin = Origin::default();
+    let seen = origin.seen.clone();
+    let svc = service_fn(move |req: Request<Full<Bytes>>| {
+        let n = {
+            let mut s = seen.lock().unwrap();
+            s.push((
+                req.method().clone(),
+                req.uri().to_string(),
+                req.headers().clone(),
+            ));
+            s.len()
+        };
+        let res = answer(&req, n);
+        async move { Ok::<_, Infallible>(res) }
+    });
+    (
+        CacheLayer::new(MemoryStore::new(1 << 20))
+            .max_body(1024)
+            .layer(svc),
+        origin,
+    )
+}
+
+fn ok(cc: &str, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("cache-control", cc)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+async fn send<S>(
+    svc: &mut S,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes)
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<CacheBody<Full<Bytes>>>,
+            Error = Infallible,
+        >,
+{
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://example.com{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(b.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn calls(o: &Origin) -> usize {
+    o.seen.lock().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_the_cache_with_age_and_cache_status() {
+    let (mut svc, origin) = cache(|_, n| ok("max-age=60", if n == 1 { "first" } else { "second" }));
+    let (_, h, body) = send(&mut svc, Method::GET, "/a", &[]).await;
+    assert_eq!(body, "first");
+    assert_eq!(h["cache-status"], "gateway; fwd=miss; stored");
+    let (_, h, body) = send(&mut svc, Method::GET, "/a", &[]).await;
+    assert_eq!(body, "first");
+    assert_eq!(h["cache-status"], "gateway; hit");
+    assert!(h.contains_key("age"));
+    // HEAD is answered from the stored GET.
+    let (status, _, body) = send(&mut svc, Method::HEAD, "/a", &[]).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    assert_eq!(calls(&origin), 1);
+    // Another path is another entry; the query is part of the key.
+    send(&mut svc, Method::GET, "/a?x=1", &[]).await;
+    assert_eq!(calls(&origin), 2);
+}
+
+#[tokio::test]
+async fn requests_with_authorization_share_only_what_the_origin_allows() {
+    let (mut svc, origin) = cache(|req, _| {
+        if req.uri().path() == "/public" {
+            ok("public, max-age=60", "shared")
+        } else {
+            ok("max-age=60", "alice's")
+        }
+    });
+    let bearer = [("authorization", "Bearer alice")];
+    send(&mut svc, Method::GET, "/mine", &bearer).await;
+    let (_, h, _) = send(&mut svc, Method::GET, "/mine", &[]).await;
+    assert!(
+        h["cache-status"].to_str().unwrap().contains("fwd=miss"),
+        "never stored"
+    );
+    assert_eq!(calls(&origin), 2);
+    send(&mut svc, Method::GET, "/public", &bearer).await;
+    let (_, h, _) = send(&mut svc, Method::GET, "/public", &[]).await;
+    assert_eq!(h["cache-status"], "gateway; hit");
+}
+
+#[tokio::test]
+async fn cookies_private_and_vary_star_are_never_stored() {
+    let (mut svc, origin) = cache(|req, _| match req.uri().path() {
+        "/cookie" => Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("set-cookie", "session=secret")
+            .body(Full::default())
+            .unwrap(),
+        "/account/x.css" => ok("private, max-age=60", "your account"),
+        _ => Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("vary", "*")
+            .body(Full::default())
+            .unwrap(),
+    });
+    for path in ["/cookie", "/account/x.css", "/star"] {
+        send(&mut svc, Method::GET, path, &[]).await;
+        let (_, h, _) = send(&mut svc, Method::GET, path, &[]).await;
+        assert!(
+            h["cache-status"].to_str().unwrap().contains("fwd=miss"),
+            "{path}"
+        );
+    }
+    assert_eq!(calls(&origin), 6);
+}
+
+#[tokio::test]
+async fn vary_keeps_a_variant_per_normalized_header_value() {
+    let (mut svc, origin) = cache(|req, _| {
+        let enc = req
+            .headers()
+            .get("accept-encoding")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Encoding")
+            .body(Full::new(Bytes::from(enc)))
+            .unwrap()
+    });
+    let (_, _, gzip) = send(
+        &mut svc,
+        Method::GET,
+        "/v",
+        &[("accept-encoding", "gzip, br")],
+    )
+    .await;
+    let (_, _, none) = send(&mut svc, Method::GET, "/v", &[]).await;
+    assert_eq!(
+        (gzip.as_ref(), none.as_ref()),
+        (&b"gzip, br"[..], &b"none"[..])
+    );
+    // Whitespace differences are the same variant.
+    let (_, h, body) = send(
+        &mut svc,
+        Method::GET,
+        "/v",
+        &[("accept-encoding", "gzip,br")],
+    )
+    .await;
+    assert_eq!(h["cache-status"], "gateway; hit");
+    assert_eq!(body, "gzip, br");
+    let (_, h, _) = send(&mut svc, Method::GET, "/v", &[]).await;
+    assert_eq!(h["cache-status"], "gateway; hit");
+    assert_eq!(calls(&origin), 2);
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_and_served_on_errors_when_allowed() {
+    let (mut svc, origin) = cache(|req, n| match (req.uri().path(), n) {
+        ("/etag", _)
+            if req
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"") =>
+        {
+            Response::builder()
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=0")
+                .body(Full::default())
+                .unwrap()
+        }
+        ("/etag", _) => Response::builder()
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=0")
+            .body(Full::new(Bytes::from_static(b"body v1")))
+            .unwrap(),
+        ("/sie", _) if req.headers().contains_key("x-first") => {
+            ok("max-age=0, stale-if-error=600", "kept")
+        }
+        ("/sie", _) => Response::builder()
+            .status(503)
+            .body(Full::default())
+            .unwrap(),
+        _ => ok("max-age=0, must-revalidate, stale-if-error=600", "strict"),
+    });
+    send(&mut svc, Method::GET, "/etag", &[]).await;
+    let (status, h, body) = send(&mut svc, Method::GET, "/etag", &[]).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"body v1"[..]));
+    assert!(
+        h["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("fwd-status=304")
+    );
+    let seen = origin.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[1].2["if-none-match"], "\"v1\"",
+        "a conditional request"
+    );
+
+    send(&mut svc, Method::GET, "/sie", &[("x-first", "1")]).await;
+    let (status, h, body) = send(&mut svc, Method::GET, "/sie", &[]).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"kept"[..]));
+    assert!(
+        h["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("stale-if-error")
+    );
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_the_target_and_its_location() {
+    let (mut svc, origin) = cache(|req, _| {
+        if req.method() == Method::POST {
+            Response::builder()
+                .status(201)
+                .header("location", "/items/2")
+                .body(Full::default())
+                .unwrap()
+        } else {
+            ok("max-age=60", "item")
+        }
+    });
+    send(&mut svc, Method::GET, "/items", &[]).await;
+    send(&mut svc, Method::GET, "/items/2", &[]).await;
+    send(&mut svc, Method::POST, "/items", &[]).await;
+    let (_, h, _) = send(&mut svc, Method::GET, "/items", &[]).await;
+    assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
+    let (_, h, _) = send(&mut svc, Method::GET, "/items/2", &[]).await;
+    assert!(
+        h["cache-status"].to_str().unwrap().contains("fwd=miss"),
+        "the Location too"
+    );
+    assert_eq!(calls(&origin), 5);
+}
+
+#[tokio::test]
+async fn large_bodies_pass_through_and_only_if_cached_never_reaches_the_origin() {
+    let (mut svc, origin) = cache(|_, _| {
+        ok(
+            "max-age=60",
+            std::str::from_utf8(&[b'x'; 2048])
+                .unwrap()
+                .to_owned()
+                .leak(),
+        )
+    });
+    let (_, _, body) = send(&mut svc, Method::GET, "/big", &[]).await;
+    assert_eq!(body.len(), 2048, "served whole");
+    let (_, h, _) = send(&mut svc, Method::GET, "/big", &[]).await;
+    assert!(
+        h["cache-status"].to_str().unwrap().contains("fwd=miss"),
+        "over the cap: not stored"
+    );
+    let (status, _, _) = send(
+        &mut svc,
+        Method::GET,
+        "/absent",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(calls(&origin), 2);
+}
