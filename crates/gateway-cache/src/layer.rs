@@ -55,7 +55,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -93,6 +93,23 @@ pub trait CacheStore: Send + Sync + 'static {
     fn put(&self, key: &str, entry: Entry);
     /// Removes every variant under `key`.
     fn remove(&self, key: &str);
+    /// Removes every entry whose key starts with `prefix`; returns how many keys went.
+    fn purge_prefix(&self, prefix: &str) -> usize;
+    /// Removes every entry tagged `tag` by its `Surrogate-Key` (or `Cache-Tag`) header; returns
+    /// how many keys went.
+    fn purge_tag(&self, tag: &str) -> usize;
+}
+
+fn tagged(entry: &Entry, tag: &str) -> bool {
+    ["surrogate-key", "cache-tag"].iter().any(|h| {
+        entry
+            .headers
+            .get_all(*h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([' ', ',']))
+            .any(|t| t == tag)
+    })
 }
 
 /// An in-memory store bounded by total size (bodies and headers); when full, the oldest
@@ -165,6 +182,32 @@ impl CacheStore for MemoryStore {
             m.size -= gone.iter().map(Entry::weight).sum::<usize>();
         }
     }
+
+    fn purge_prefix(&self, prefix: &str) -> usize {
+        self.purge_where(|key, _| key.starts_with(prefix))
+    }
+
+    fn purge_tag(&self, tag: &str) -> usize {
+        self.purge_where(|_, variants| variants.iter().any(|e| tagged(e, tag)))
+    }
+}
+
+impl MemoryStore {
+    fn purge_where(&self, doomed: impl Fn(&str, &[Entry]) -> bool) -> usize {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<String> = m
+            .map
+            .iter()
+            .filter(|(k, v)| doomed(k, v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            if let Some(gone) = m.map.remove(k) {
+                m.size -= gone.iter().map(Entry::weight).sum::<usize>();
+            }
+        }
+        keys.len()
+    }
 }
 
 /// A shared cache in front of a service; see the [crate docs](crate).
@@ -199,6 +242,20 @@ impl CacheLayer {
     pub fn policy(mut self, policy: CachePolicy) -> Self {
         self.policy = Arc::new(policy);
         self
+    }
+
+    /// The store (for purges).
+    pub fn store(&self) -> &Arc<dyn CacheStore> {
+        &self.store
+    }
+
+    /// A cache over a store shared with other layers (one store for every route, say).
+    pub fn shared(store: Arc<dyn CacheStore>) -> Self {
+        Self {
+            store,
+            policy: Arc::new(CachePolicy::default()),
+            max_body: 1 << 20,
+        }
     }
 
     /// Responses with larger bodies are passed through, not stored.
@@ -306,7 +363,7 @@ pin_project_lite::pin_project! {
     #[project = InnerProj]
     #[derive(Debug)]
     enum Inner<B> {
-        Cached { #[pin] body: Full<Bytes> },
+        Cached { data: Option<Bytes> },
         Origin { #[pin] body: B },
     }
 }
@@ -315,7 +372,7 @@ impl<B> CacheBody<B> {
     fn cached(bytes: Bytes) -> Self {
         Self {
             inner: Inner::Cached {
-                body: Full::new(bytes),
+                data: (!bytes.is_empty()).then_some(bytes),
             },
         }
     }
@@ -329,6 +386,14 @@ impl<B> CacheBody<B> {
     /// Whether the body comes from the cache.
     pub fn is_cached(&self) -> bool {
         matches!(self.inner, Inner::Cached { .. })
+    }
+
+    /// The body as one of two types: the cached bytes, or the origin's body.
+    pub fn either<C>(self, cached: impl FnOnce(Bytes) -> C, origin: impl FnOnce(B) -> C) -> C {
+        match self.inner {
+            Inner::Cached { data } => cached(data.unwrap_or_default()),
+            Inner::Origin { body } => origin(body),
+        }
     }
 }
 
@@ -345,21 +410,25 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Cached { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            InnerProj::Cached { data } => {
+                Poll::Ready(data.take().map(|d| Ok(http_body::Frame::data(d))))
+            }
             InnerProj::Origin { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Cached { body } => body.is_end_stream(),
+            Inner::Cached { data } => data.is_none(),
             Inner::Origin { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.inner {
-            Inner::Cached { body } => body.size_hint(),
+            Inner::Cached { data } => {
+                http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Inner::Origin { body } => body.size_hint(),
         }
     }
@@ -395,11 +464,50 @@ where
 async fn handle<S, ReqBody, ResBody>(
     layer: CacheLayer,
     mut inner: S,
-    mut req: Request<ReqBody>,
+    req: Request<ReqBody>,
 ) -> Result<Response<CacheBody<ResBody>>, Infallible>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>,
-    ReqBody: Default,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(layer
+        .serve(req, |req| async move {
+            match inner.call(req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        })
+        .await)
+}
+
+impl CacheLayer {
+    /// The cache around one origin call, for servers that drive requests themselves (the
+    /// reference gateway): `origin` is called at most once, with the request (conditional
+    /// when revalidating), unless the cache answers.
+    pub async fn serve<ReqBody, ResBody, F, Fut>(
+        &self,
+        req: Request<ReqBody>,
+        origin: F,
+    ) -> Response<CacheBody<ResBody>>
+    where
+        F: FnOnce(Request<ReqBody>) -> Fut,
+        Fut: Future<Output = Response<ResBody>>,
+        ResBody: Body<Data = Bytes>,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        serve_with(self, req, origin).await
+    }
+}
+
+async fn serve_with<ReqBody, ResBody, F, Fut>(
+    layer: &CacheLayer,
+    mut req: Request<ReqBody>,
+    origin: F,
+) -> Response<CacheBody<ResBody>>
+where
+    F: FnOnce(Request<ReqBody>) -> Fut,
+    Fut: Future<Output = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -407,7 +515,7 @@ where
     let key = key(&req);
     let now = SystemTime::now();
     if method != Method::GET && method != Method::HEAD {
-        let res = inner.call(req).await?.map(|body| CacheBody::origin(body));
+        let res = origin(req).await.map(|body| CacheBody::origin(body));
         // Unsafe methods invalidate what they may have changed (RFC 9111 §4.4).
         if !method.is_safe() && (res.status().is_success() || res.status().is_redirection()) {
             layer.store.remove(&key);
@@ -427,7 +535,7 @@ where
                 }
             }
         }
-        return Ok(res);
+        return res;
     }
     let head = method == Method::HEAD;
     let req_cc = CacheControl::parse(req.headers());
@@ -442,7 +550,7 @@ where
         let age = entry.timing.current_age(now);
         match reuse(&req_cc, req.headers(), &res_cc, entry.lifetime, age) {
             Reuse::Fresh | Reuse::StaleWhileRevalidate => {
-                return Ok(serve(&entry, head, now, "gateway; hit"));
+                return serve(&entry, head, now, "gateway; hit");
             }
             Reuse::Revalidate { stale_if_error } => {
                 if let Some(etag) = entry.headers.get(header::ETAG) {
@@ -460,7 +568,7 @@ where
         let mut res = Response::new(CacheBody::cached(Bytes::new()));
         *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         status_header(&mut res, "gateway; fwd=miss; detail=only-if-cached");
-        return Ok(res);
+        return res;
     }
     // HEAD misses are forwarded as they are; only GET answers are stored.
     let mut probe = Request::new(());
@@ -472,7 +580,7 @@ where
         "miss"
     };
     let sent_at = SystemTime::now();
-    let res = inner.call(req).await?;
+    let res = origin(req).await;
     let received_at = SystemTime::now();
     if let Some((entry, stale_if_error)) = revalidating {
         if res.status() == StatusCode::NOT_MODIFIED {
@@ -498,20 +606,20 @@ where
                 .freshness_lifetime(&as_stored)
                 .unwrap_or_default();
             layer.store.put(&key, fresh.clone());
-            return Ok(serve(
+            return serve(
                 &fresh,
                 head,
                 received_at,
                 "gateway; hit; fwd=stale; fwd-status=304",
-            ));
+            );
         }
         if res.status().is_server_error() && stale_if_error {
-            return Ok(serve(
+            return serve(
                 &entry,
                 head,
                 received_at,
                 "gateway; hit; fwd=stale; detail=stale-if-error",
-            ));
+            );
         }
     }
     // Stored only with a declared length within the cap: anything else streams through.
@@ -534,7 +642,7 @@ where
     let Some(lifetime) = lifetime.filter(|_| storable) else {
         let mut out = res.map(|body| CacheBody::origin(body));
         status_header(&mut out, &format!("gateway; fwd={fwd}"));
-        return Ok(out);
+        return out;
     };
     let (parts, body) = res.into_parts();
     let body = match Limited::new(body, layer.max_body).collect().await {
@@ -544,7 +652,7 @@ where
             let mut r = Response::new(CacheBody::cached(Bytes::new()));
             *r.status_mut() = StatusCode::BAD_GATEWAY;
             status_header(&mut r, "gateway; fwd=miss; detail=origin-body-failed");
-            return Ok(r);
+            return r;
         }
     };
     let mut out = Response::from_parts(parts, CacheBody::cached(body.clone()));
@@ -564,5 +672,5 @@ where
         },
     );
     status_header(&mut out, &format!("gateway; fwd={fwd}; stored"));
-    Ok(out)
+    out
 }

@@ -14,7 +14,9 @@
 //! (`HEAD` from a stored `GET`), `Vary` variants with normalized values, fresh hits with `Age`
 //! and `Cache-Status`, conditional revalidation (`304` refreshes the stored headers),
 //! `stale-if-error`, `only-if-cached`, invalidation of the target URI and a same-host
-//! `Location`/`Content-Location` by unsafe methods. Only responses with a declared length within
+//! `Location`/`Content-Location` by unsafe methods, and purges by key prefix or by
+//! `Surrogate-Key`/`Cache-Tag` tag. [`CacheLayer::serve`] runs the cache around one origin call
+//! for servers that do not use tower. Only responses with a declared length within
 //! the body cap are buffered and stored; everything else streams through untouched.
 //!
 //! Not built yet: a background refresh for `stale-while-revalidate` (within the window such entries

@@ -315,3 +315,34 @@ async fn large_bodies_pass_through_and_only_if_cached_never_reaches_the_origin()
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(calls(&origin), 2);
 }
+
+#[tokio::test]
+async fn purges_by_key_prefix_and_tag() {
+    let store = std::sync::Arc::new(MemoryStore::new(1 << 20));
+    let origin = service_fn(|req: Request<Full<Bytes>>| async move {
+        let tag = if req.uri().path().starts_with("/products") {
+            "products"
+        } else {
+            "other"
+        };
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .header("surrogate-key", format!("all {tag}"))
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+    });
+    let mut svc = CacheLayer::shared(store.clone()).layer(origin);
+    for p in ["/products/1", "/products/2", "/users/1", "/users/2"] {
+        send(&mut svc, Method::GET, p, &[]).await;
+    }
+    use gateway_cache::CacheStore;
+    assert_eq!(store.purge_tag("products"), 2);
+    assert_eq!(store.purge_prefix("http://example.com/users/1"), 1);
+    let (_, h, _) = send(&mut svc, Method::GET, "/users/2", &[]).await;
+    assert_eq!(h["cache-status"], "gateway; hit", "untouched");
+    let (_, h, _) = send(&mut svc, Method::GET, "/products/1", &[]).await;
+    assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
+    assert_eq!(store.purge_tag("all"), 2);
+}
