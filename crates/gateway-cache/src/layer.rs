@@ -496,13 +496,32 @@ impl CacheLayer {
         ResBody: Body<Data = Bytes>,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        serve_with(self, req, origin).await
+        serve_with(self, req, None, origin).await
+    }
+
+    /// Like [`CacheLayer::serve`], with entries kept apart per `scope` (the caller's identity on
+    /// routes whose answers depend on who asks): one caller's stored answer is never served to
+    /// another. Invalidations and purges by prefix reach every scope.
+    pub async fn serve_scoped<ReqBody, ResBody, F, Fut>(
+        &self,
+        req: Request<ReqBody>,
+        scope: &str,
+        origin: F,
+    ) -> Response<CacheBody<ResBody>>
+    where
+        F: FnOnce(Request<ReqBody>) -> Fut,
+        Fut: Future<Output = Response<ResBody>>,
+        ResBody: Body<Data = Bytes>,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        serve_with(self, req, Some(scope), origin).await
     }
 }
 
 async fn serve_with<ReqBody, ResBody, F, Fut>(
     layer: &CacheLayer,
     mut req: Request<ReqBody>,
+    scope: Option<&str>,
     origin: F,
 ) -> Response<CacheBody<ResBody>>
 where
@@ -512,14 +531,25 @@ where
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let method = req.method().clone();
-    let key = key(&req);
+    let unscoped = key(&req);
+    // A scope goes after a `#` (never part of a request target), so a prefix purge of the URL
+    // reaches every scope.
+    let key = match scope {
+        Some(s) => format!("{unscoped}#{}", s.replace('#', "%23")),
+        None => unscoped.clone(),
+    };
     let now = SystemTime::now();
     if method != Method::GET && method != Method::HEAD {
         let res = origin(req).await.map(|body| CacheBody::origin(body));
         // Unsafe methods invalidate what they may have changed (RFC 9111 §4.4).
         if !method.is_safe() && (res.status().is_success() || res.status().is_redirection()) {
-            layer.store.remove(&key);
-            let host_prefix = key.split('/').take(3).collect::<Vec<_>>().join("/");
+            // Every scope's copy goes.
+            let forget = |k: &str| {
+                layer.store.remove(k);
+                layer.store.purge_prefix(&format!("{k}#"));
+            };
+            forget(&unscoped);
+            let host_prefix = unscoped.split('/').take(3).collect::<Vec<_>>().join("/");
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(target) = res.headers().get(&h).and_then(|v| v.to_str().ok()) {
                     let same_host = if target.starts_with('/') {
@@ -530,7 +560,7 @@ where
                             .then(|| target.to_owned())
                     };
                     if let Some(k) = same_host {
-                        layer.store.remove(&k);
+                        forget(&k);
                     }
                 }
             }

@@ -60,6 +60,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ratelimit", get(ratelimit))
         .route("/config", get(config))
         .route("/metrics", get(metrics))
+        .route("/cache/purge", post(purge))
         .route("/config/reload", post(reload))
         .fallback(|| async {
             let res: axum::http::Response<String> = Problem::new(StatusCode::NOT_FOUND)
@@ -105,6 +106,44 @@ async fn require_token(
         axum::http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
     );
     res
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Purge {
+    /// An exact URL (`http://host/path?query`): every caller's copy.
+    #[serde(default)]
+    url: Option<String>,
+    /// Every URL starting with this.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// Every entry tagged this by its `Surrogate-Key` / `Cache-Tag`.
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+/// `POST /cache/purge` with one of `{"url"}`, `{"prefix"}`, `{"tag"}`: the number of URLs purged.
+async fn purge(State(shared): State<Arc<Shared>>, Json(body): Json<Purge>) -> Response {
+    use gateway_cache::CacheStore;
+    let store = shared.compiled().cache_store.clone();
+    let purged = match (body.url, body.prefix, body.tag) {
+        (Some(url), None, None) => {
+            let before = store.size();
+            store.remove(&url);
+            let scoped = store.purge_prefix(&format!("{url}#"));
+            usize::from(store.size() != before) + scoped
+        }
+        (None, Some(prefix), None) if !prefix.is_empty() => store.purge_prefix(&prefix),
+        (None, None, Some(tag)) if !tag.is_empty() => store.purge_tag(&tag),
+        _ => {
+            return admin_problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give exactly one of a non-empty \"url\", \"prefix\" or \"tag\"",
+            );
+        }
+    };
+    tracing::info!(purged, "cache purged through the admin API");
+    Json(serde_json::json!({ "purged": purged })).into_response()
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

@@ -17,6 +17,7 @@ struct RouteLimits<'a> {
     config: &'a Config,
     tiers: &'a TierLimits,
     state: &'a LimitState,
+    cache_store: &'a Arc<gateway_cache::MemoryStore>,
 }
 
 use crate::{
@@ -63,6 +64,8 @@ pub struct Compiled {
     pub drain_timeout: Duration,
     /// Where rate-limit state lives (shared by every route and worker).
     pub limit_state: LimitState,
+    /// The HTTP cache's store (kept by a reload when `cache` is unchanged).
+    pub cache_store: Arc<gateway_cache::MemoryStore>,
     /// The authentication providers (kept by a reload when unchanged: JWK sets stay fetched).
     pub(crate) providers: Arc<Providers>,
     /// The configuration document as JSON, to compare on reload and show (redacted) on the admin
@@ -348,6 +351,12 @@ impl Compiled {
             }));
         }
 
+        let cache_store = match previous {
+            Some(p) if same(&["cache"]) => p.cache_store.clone(),
+            _ => Arc::new(gateway_cache::MemoryStore::new(
+                usize::try_from(config.cache.max_size.0).unwrap_or(usize::MAX),
+            )),
+        };
         let limit_state = match previous {
             Some(p) if same(&["state"]) => p.limit_state.clone(),
             _ => compile_state(config, &mut issues),
@@ -367,6 +376,7 @@ impl Compiled {
                 config,
                 tiers: &tiers,
                 state: &limit_state,
+                cache_store: &cache_store,
             };
             if let Some(route) = compile_route(i, spanned, &upstreams, &limits, &mut issues) {
                 routes.push(route);
@@ -432,6 +442,7 @@ impl Compiled {
             trusted,
             drain_timeout: config.shutdown.drain_timeout.0,
             limit_state,
+            cache_store,
             providers,
             admin_token,
             observe,
@@ -639,6 +650,32 @@ fn compile_route(
         .ip_filter
         .as_ref()
         .map(|f| compile_ip_filter(&field, f, issues));
+    let cache = rc.cache.as_ref().map(|c| {
+        let v = &c.value;
+        let policy = gateway_cache::policy::CachePolicy {
+            default_ttl: v.default_ttl.map(|d| d.0),
+            ttl_floor: v.ttl_floor.map_or(Duration::ZERO, |d| d.0),
+            ttl_ceiling: v.ttl_ceiling.map_or(Duration::from_secs(86_400), |d| d.0),
+            ..gateway_cache::policy::CachePolicy::default()
+        };
+        if policy.ttl_floor > policy.ttl_ceiling {
+            issues.at(
+                c,
+                format!("{field}.cache"),
+                "ttl_floor is above ttl_ceiling",
+            );
+        }
+        let store: Arc<dyn gateway_cache::CacheStore> = limits.cache_store.clone();
+        (
+            gateway_cache::CacheLayer::shared(store)
+                .policy(policy)
+                .max_body(
+                    v.max_body
+                        .map_or(1 << 20, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
+                ),
+            v.shared,
+        )
+    });
     let mut upgrades = Vec::new();
     for u in &rc.upgrades {
         let lower = u.trim().to_ascii_lowercase();
@@ -680,6 +717,7 @@ fn compile_route(
         ext_authz,
         ip_filter,
         upgrades,
+        cache,
         order: i,
     })
 }

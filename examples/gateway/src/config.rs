@@ -73,10 +73,57 @@ pub struct Config {
     /// Request ids, metrics and the access log (read at start).
     #[serde(default)]
     pub observe: ObserveConfig,
+    /// The HTTP cache's store, shared by every route with a `cache` block.
+    #[serde(default)]
+    pub cache: CacheStoreConfig,
     /// The document as plain JSON (no positions): what a reload compares to decide which state
     /// survives, and what the admin API shows (redacted).
     #[serde(skip)]
     pub source: serde_json::Value,
+}
+
+/// The HTTP cache's store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheStoreConfig {
+    /// Bytes of bodies and headers held at most (default 256MiB); oldest entries go first.
+    #[serde(default = "default_cache_size")]
+    pub max_size: ByteSize,
+}
+
+impl Default for CacheStoreConfig {
+    fn default() -> Self {
+        Self {
+            max_size: default_cache_size(),
+        }
+    }
+}
+
+fn default_cache_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+/// A route's HTTP cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// Freshness for storable answers without their own (default: not stored unless the
+    /// heuristic applies).
+    #[serde(default)]
+    pub default_ttl: Option<HumanDuration>,
+    /// Freshness is at least this.
+    #[serde(default)]
+    pub ttl_floor: Option<HumanDuration>,
+    /// Freshness is at most this (default 1 day).
+    #[serde(default)]
+    pub ttl_ceiling: Option<HumanDuration>,
+    /// Larger bodies pass through uncached (default 1MiB).
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+    /// On routes with `auth`: share entries between callers (default: each caller has their
+    /// own, keyed by the principal).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// Request ids, metrics and the access log.
@@ -1114,6 +1161,9 @@ pub struct RouteConfig {
     /// Rate limits and quotas for this route.
     #[serde(default)]
     pub rate_limit: Option<Spanned<RateLimitConfig>>,
+    /// A shared HTTP cache (RFC 9111) in front of this route's upstream.
+    #[serde(default)]
+    pub cache: Option<Spanned<RouteCacheConfig>>,
     /// Authentication and roles for this route.
     #[serde(default)]
     pub auth: Option<Spanned<AuthConfig>>,

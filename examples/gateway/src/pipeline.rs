@@ -298,9 +298,20 @@ impl Pipeline {
             .get::<UpgradeRequest>()
             .and_then(|u| upgrade_protocol(&u.0))
             .filter(|p| route.upgrades.contains(p));
-        let mut res = match upgrade {
-            Some(_) => self.tunnel(route.upstream, req).await,
-            None => self.forward(route.upstream, req).await,
+        let mut res = match (upgrade, &route.cache) {
+            (Some(_), _) => self.tunnel(route.upstream, req).await,
+            (None, Some((cache, shared))) => {
+                let upstream = route.upstream;
+                let origin = |req| self.forward(upstream, req);
+                // Answers for an authenticated caller are that caller's: kept apart unless the
+                // route says they are the same for everyone.
+                let res = match principal.as_ref().filter(|_| !shared) {
+                    Some(p) => cache.serve_scoped(req, p.subject(), origin).await,
+                    None => cache.serve(req, origin).await,
+                };
+                res.map(|body| body.either(ResponseBody::full, |origin| origin))
+            }
+            (None, None) => self.forward(route.upstream, req).await,
         };
         // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
         // charged, so it carries the rate-limit headers.

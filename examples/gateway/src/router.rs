@@ -110,6 +110,8 @@ pub struct Route {
     pub ip_filter: Option<gateway_auth::IpFilterLayer>,
     /// `Upgrade` protocols proxied (lower case); empty: upgrades are not proxied.
     pub upgrades: Vec<String>,
+    /// The HTTP cache, and whether its entries are shared between callers.
+    pub cache: Option<(gateway_cache::CacheLayer, bool)>,
     /// Position in the configuration file.
     pub order: usize,
 }
@@ -585,6 +587,7 @@ mod tests {
             ext_authz: None,
             ip_filter: None,
             upgrades: Vec::new(),
+            cache: None,
             order,
         }
     }

@@ -1,0 +1,143 @@
+//! The HTTP cache through the real gateway: hits, `HEAD` from `GET`, invalidation by unsafe
+//! methods, per-caller entries on authenticated routes, admin purges, and a cache that survives
+//! a reload.
+
+mod support;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use gateway_auth::ApiKeyHash;
+use gateway_test::{TestUpstream, raw_exchange};
+use support::addr;
+
+async fn origin() -> (TestUpstream, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = n.clone();
+    let up = TestUpstream::start(move |req: http::Request<hyper::body::Incoming>| {
+        let i = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let who = req
+            .headers()
+            .get("x-api-key")
+            .map_or("nobody", |_| "leaked")
+            .to_owned();
+        async move {
+            let mut res = http::Response::new(gateway_test::full(format!("answer {i} for {who}")));
+            res.headers_mut().insert(
+                "cache-control",
+                http::HeaderValue::from_static("max-age=60"),
+            );
+            res.headers_mut()
+                .insert("surrogate-key", http::HeaderValue::from_static("orders"));
+            res
+        }
+    })
+    .await;
+    (up, n)
+}
+
+fn config(up: std::net::SocketAddr) -> String {
+    format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{up}\"]\nroutes:\n  - name: mine\n    match: {{ path_prefix: /mine }}\n    upstream: up\n    auth: {{ any_of: [api_key] }}\n    cache: {{}}\n  - name: orders\n    upstream: up\n    cache: {{ max_body: 64KiB }}\nconsumers:\n  - id: acme\n    api_keys: [\"{}\"]\n  - id: bob\n    api_keys: [\"{}\"]\n",
+        ApiKeyHash::of("acme-key"),
+        ApiKeyHash::of("bob-key"),
+    )
+}
+
+async fn request(gw: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> String {
+    raw_exchange(
+        gw,
+        format!("{method} {path} HTTP/1.1\r\nhost: shop\r\ncontent-length: 0\r\n{extra}connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+}
+
+fn body(res: &str) -> &str {
+    res.split("\r\n\r\n").nth(1).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_gateway_caches_invalidates_keeps_callers_apart_and_purges() {
+    let (up, calls) = origin().await;
+    let file = std::env::temp_dir().join(format!("gateway-cache-{}.yaml", std::process::id()));
+    std::fs::write(&file, config(up.addr())).unwrap();
+    let name = file.display().to_string();
+    let compiled = gateway::Compiled::new(&gateway::Config::load(&file).unwrap(), &name).unwrap();
+    let gw = gateway::start(compiled).unwrap();
+    gw.set_config_file(&file);
+    let a = addr(&gw);
+
+    let first = request(a, "GET", "/orders/1", "").await;
+    assert!(
+        first.contains("cache-status: gateway; fwd=miss; stored"),
+        "{first}"
+    );
+    let second = request(a, "GET", "/orders/1", "").await;
+    assert!(second.contains("cache-status: gateway; hit"), "{second}");
+    assert_eq!(body(&first), body(&second));
+    assert!(second.contains("\r\nage: "));
+    let head = request(a, "HEAD", "/orders/1", "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "hits never reach the upstream"
+    );
+
+    // An unsafe method on the URL invalidates it.
+    request(a, "POST", "/orders/1", "").await;
+    let after = request(a, "GET", "/orders/1", "").await;
+    assert!(after.contains("fwd=miss"), "{after}");
+
+    // Authenticated callers each have their own entries, and keys never reach the upstream.
+    let acme = request(a, "GET", "/mine", "x-api-key: acme-key\r\n").await;
+    let bob = request(a, "GET", "/mine", "x-api-key: bob-key\r\n").await;
+    assert_ne!(body(&acme), body(&bob), "bob is not served acme's answer");
+    assert!(body(&acme).ends_with("for nobody"), "{acme}");
+    let acme_again = request(a, "GET", "/mine", "x-api-key: acme-key\r\n").await;
+    assert_eq!(body(&acme), body(&acme_again));
+    assert!(acme_again.contains("cache-status: gateway; hit"));
+    let anonymous = request(a, "GET", "/mine", "").await;
+    assert!(
+        anonymous.starts_with("HTTP/1.1 401"),
+        "the cache sits behind auth: {anonymous}"
+    );
+
+    // The cache survives a reload that leaves `cache` alone.
+    std::fs::write(&file, format!("{}# touched\n", config(up.addr()))).unwrap();
+    gw.reload().unwrap();
+    assert!(
+        request(a, "GET", "/orders/1", "")
+            .await
+            .contains("gateway; hit")
+    );
+
+    // Purges through the admin API: by tag, then by prefix.
+    let admin = gw.admin_addr().unwrap();
+    let purge = |json: &'static str| {
+        raw_exchange(
+            admin,
+            format!("POST /cache/purge HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}", json.len())
+                .into_bytes()
+                .leak(),
+        )
+    };
+    let res = purge(r#"{"tag": "orders"}"#).await;
+    assert!(
+        res.contains("\"purged\":3"),
+        "orders/1 and both callers' /mine: {res}"
+    );
+    assert!(
+        request(a, "GET", "/orders/1", "")
+            .await
+            .contains("fwd=miss")
+    );
+    let res = purge(r#"{"prefix": "http://shop/orders"}"#).await;
+    assert!(res.contains("\"purged\":1"), "{res}");
+    let res = purge(r#"{}"#).await;
+    assert!(res.starts_with("HTTP/1.1 422"), "{res}");
+    let _ = std::fs::remove_file(&file);
+}
