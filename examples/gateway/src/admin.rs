@@ -122,19 +122,14 @@ struct Purge {
     tag: Option<String>,
 }
 
-/// `POST /cache/purge` with one of `{"url"}`, `{"prefix"}`, `{"tag"}`: the number of URLs purged.
+/// `POST /cache/purge` with one of `{"url"}`, `{"prefix"}`, `{"tag"}`: the number of URLs purged
+/// here; with `state.redis` the purge is also published to every other instance.
 async fn purge(State(shared): State<Arc<Shared>>, Json(body): Json<Purge>) -> Response {
-    use gateway_cache::CacheStore;
-    let store = shared.compiled().cache_store.clone();
-    let purged = match (body.url, body.prefix, body.tag) {
-        (Some(url), None, None) => {
-            let before = store.size();
-            store.remove(&url);
-            let scoped = store.purge_prefix(&format!("{url}#"));
-            usize::from(store.size() != before) + scoped
-        }
-        (None, Some(prefix), None) if !prefix.is_empty() => store.purge_prefix(&prefix),
-        (None, None, Some(tag)) if !tag.is_empty() => store.purge_tag(&tag),
+    use crate::purge::Purge as P;
+    let purge = match (body.url, body.prefix, body.tag) {
+        (Some(url), None, None) if !url.is_empty() => P::Url(url),
+        (None, Some(prefix), None) if !prefix.is_empty() => P::Prefix(prefix),
+        (None, None, Some(tag)) if !tag.is_empty() => P::Tag(tag),
         _ => {
             return admin_problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -142,8 +137,20 @@ async fn purge(State(shared): State<Arc<Shared>>, Json(body): Json<Purge>) -> Re
             );
         }
     };
-    tracing::info!(purged, "cache purged through the admin API");
-    Json(serde_json::json!({ "purged": purged })).into_response()
+    let purged = purge.apply(&shared.compiled().cache_store);
+    let shared_with_others = match crate::purge::publish(&shared, &purge).await {
+        Ok(()) => crate::purge::channel(&shared.compiled()).is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the purge was applied here but not published to other instances");
+            false
+        }
+    };
+    tracing::info!(
+        purged,
+        shared_with_others,
+        "cache purged through the admin API"
+    );
+    Json(serde_json::json!({ "purged": purged, "published": shared_with_others })).into_response()
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

@@ -28,6 +28,7 @@ pub mod config;
 mod demo;
 mod observe;
 mod pipeline;
+mod purge;
 pub mod ratelimit;
 mod reload;
 pub mod router;

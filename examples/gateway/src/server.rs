@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) observer: gateway_observe::Observer,
     /// The gateway's own metrics.
     pub(crate) metrics: crate::observe::GatewayMetrics,
+    /// This process among instances sharing state (for the purge channel).
+    pub(crate) instance: u64,
     shutdown: watch::Sender<bool>,
     /// Set once every worker has drained: the admin listener stops then, so `/readyz` answers
     /// `draining` for the whole drain.
@@ -199,6 +201,7 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         reload: crate::reload::ReloadState::default(),
         observer,
         metrics,
+        instance: crate::purge::instance_id(),
         shutdown,
     });
 
@@ -239,6 +242,7 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         }
         None => None,
     };
+    crate::purge::subscribe(&shared);
     tracing::info!(listeners = ?listen, admin = ?admin, workers, "gateway started");
     Ok(RunningGateway {
         listen,

@@ -141,3 +141,126 @@ async fn the_gateway_caches_invalidates_keeps_callers_apart_and_purges() {
     assert!(res.starts_with("HTTP/1.1 422"), "{res}");
     let _ = std::fs::remove_file(&file);
 }
+
+/// A gateway process (the real binary), killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_purge_through_one_instance_reaches_every_instance() {
+    let redis = gateway_test::TestRedis::start().await;
+    let (up, _) = origin().await;
+    let dir = std::env::temp_dir().join(format!("gw-purge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut procs = Vec::new();
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        let (port, admin) = (free_port(), free_port());
+        let yaml = format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  bind: 127.0.0.1:{admin}\nworkers: 1\nstate:\n  redis: \"{}\"\n  prefix: \"{}\"\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n  - name: orders\n    upstream: up\n    cache: {{}}\n",
+            redis.url(),
+            redis.prefix(),
+            up.addr()
+        );
+        let file = dir.join(format!("gw{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        procs.push(Process(
+            std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .arg("--config")
+                .arg(&file)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        instances.push((
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], admin)),
+        ));
+    }
+    // Wait until all three listen and have subscribed to the purge channel.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{}cache-purge", redis.prefix());
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let subs: (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let listening = futures_ready(&instances).await;
+            if subs.1 == 3 && listening {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "three instances up and subscribed");
+    for (public, _) in &instances {
+        request(*public, "GET", "/orders/9", "").await;
+        assert!(
+            request(*public, "GET", "/orders/9", "")
+                .await
+                .contains("gateway; hit")
+        );
+    }
+    let admin = instances[0].1;
+    let json = r#"{"url": "http://shop/orders/9"}"#;
+    let res = raw_exchange(
+        admin,
+        format!("POST /cache/purge HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}", json.len()).as_bytes(),
+    )
+    .await;
+    assert!(res.contains("\"published\":true"), "{res}");
+    // Every instance misses now (the others apply the purge as it arrives).
+    for (i, (public, _)) in instances.iter().enumerate() {
+        let purged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if request(
+                    *public,
+                    "GET",
+                    "/orders/9",
+                    "cache-control: only-if-cached\r\n",
+                )
+                .await
+                .starts_with("HTTP/1.1 504")
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(purged.is_ok(), "instance {i} still serves the purged entry");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn futures_ready(instances: &[(std::net::SocketAddr, std::net::SocketAddr)]) -> bool {
+    for (public, admin) in instances {
+        if tokio::net::TcpStream::connect(public).await.is_err()
+            || tokio::net::TcpStream::connect(admin).await.is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
