@@ -216,6 +216,39 @@ pub struct CacheLayer {
     store: Arc<dyn CacheStore>,
     policy: Arc<CachePolicy>,
     max_body: usize,
+    inflight: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<()>>>>,
+    coalesce_wait: Duration,
+}
+
+/// The first miss for a key: others wait for it until this is dropped.
+struct Leader {
+    inflight: Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<()>>>>,
+    key: String,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        // Dropping the sender wakes every follower.
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl CacheLayer {
+    /// Becomes the leader for `key`, or gets a receiver that closes when the leader is done.
+    fn join(&self, key: &str) -> Result<Leader, tokio::sync::watch::Receiver<()>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(key) {
+            return Err(tx.subscribe());
+        }
+        map.insert(key.to_owned(), tokio::sync::watch::channel(()).0);
+        Ok(Leader {
+            inflight: self.inflight.clone(),
+            key: key.to_owned(),
+        })
+    }
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -234,6 +267,8 @@ impl CacheLayer {
             store: Arc::new(store),
             policy: Arc::new(CachePolicy::default()),
             max_body: 1 << 20,
+            inflight: Arc::default(),
+            coalesce_wait: Duration::from_secs(5),
         }
     }
 
@@ -255,7 +290,17 @@ impl CacheLayer {
             store,
             policy: Arc::new(CachePolicy::default()),
             max_body: 1 << 20,
+            inflight: Arc::default(),
+            coalesce_wait: Duration::from_secs(5),
         }
+    }
+
+    /// Concurrent misses for one key send one request to the origin; the others wait for its
+    /// answer at most this long (default 5s), then go to the origin themselves.
+    #[must_use]
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.coalesce_wait = wait;
+        self
     }
 
     /// Responses with larger bodies are passed through, not stored.
@@ -569,11 +614,41 @@ where
     }
     let head = method == Method::HEAD;
     let req_cc = CacheControl::parse(req.headers());
-    let stored = layer.store.get(&key).into_iter().find(|e| {
-        e.vary
-            .iter()
-            .all(|(name, value)| vary_value(req.headers(), name) == *value)
-    });
+    let lookup = |req: &Request<ReqBody>| {
+        layer.store.get(&key).into_iter().find(|e| {
+            e.vary
+                .iter()
+                .all(|(name, value)| vary_value(req.headers(), name) == *value)
+        })
+    };
+    let mut stored = lookup(&req);
+    // Coalescing: while one miss for this key is at the origin, the others wait for its answer
+    // (bounded) and look again. Keys are per scope, so this never crosses callers.
+    let mut _leader = None;
+    if stored.is_none() && !req_cc.only_if_cached {
+        match layer.join(&key) {
+            Ok(leader) => _leader = Some(leader),
+            Err(mut done) => {
+                let _ = tokio::time::timeout(layer.coalesce_wait, done.changed()).await;
+                stored = lookup(&req);
+                if let Some(entry) = &stored {
+                    let res_cc = CacheControl::parse(&entry.headers);
+                    let age = entry.timing.current_age(SystemTime::now());
+                    if matches!(
+                        reuse(&req_cc, req.headers(), &res_cc, entry.lifetime, age),
+                        Reuse::Fresh | Reuse::StaleWhileRevalidate
+                    ) {
+                        return serve(
+                            entry,
+                            head,
+                            SystemTime::now(),
+                            "gateway; hit; detail=coalesced",
+                        );
+                    }
+                }
+            }
+        }
+    }
     let mut revalidating = None;
     if let Some(entry) = stored {
         let res_cc = CacheControl::parse(&entry.headers);

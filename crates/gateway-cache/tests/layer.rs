@@ -346,3 +346,46 @@ async fn purges_by_key_prefix_and_tag() {
     assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
     assert_eq!(store.purge_tag("all"), 2);
 }
+
+#[tokio::test]
+async fn concurrent_misses_for_one_key_make_one_origin_request() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    let origin = service_fn(move |_req: Request<Full<Bytes>>| {
+        let (g, c) = (g.clone(), c.clone());
+        async move {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            g.notified().await;
+            Ok::<_, Infallible>(ok("max-age=60", "once"))
+        }
+    });
+    let svc = CacheLayer::new(MemoryStore::new(1 << 20)).layer(origin);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let mut svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            send(&mut svc, Method::GET, "/hot", &[]).await
+        }));
+    }
+    // Let every request reach the cache, then let the origin answer.
+    while calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_waiters();
+    let mut coalesced = 0;
+    for t in tasks {
+        let (status, h, body) = t.await.unwrap();
+        assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"once"[..]));
+        coalesced += usize::from(h["cache-status"].to_str().unwrap().contains("coalesced"));
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one origin request"
+    );
+    assert_eq!(coalesced, 19);
+}
