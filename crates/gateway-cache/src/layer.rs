@@ -330,7 +330,9 @@ pub struct Cache<S> {
 }
 
 /// The cache key: scheme, host and path with query (the method is not part of it: `HEAD` is
-/// answered from `GET`).
+/// answered from `GET`). The scheme is the request target's, else `https` when the connection is
+/// TLS ([`gateway_core::ConnectionInfo`]), else `http`: an answer cached for one scheme is never
+/// served on the other.
 fn key<B>(req: &Request<B>) -> String {
     let host = req
         .uri()
@@ -343,7 +345,14 @@ fn key<B>(req: &Request<B>) -> String {
                 .map(str::to_ascii_lowercase)
         })
         .unwrap_or_default();
-    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let tls = req
+        .extensions()
+        .get::<gateway_core::ConnectionInfo>()
+        .is_some_and(|c| c.tls);
+    let scheme = req
+        .uri()
+        .scheme_str()
+        .unwrap_or(if tls { "https" } else { "http" });
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     format!("{scheme}://{host}{pq}")
 }

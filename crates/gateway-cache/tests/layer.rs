@@ -389,3 +389,23 @@ async fn concurrent_misses_for_one_key_make_one_origin_request() {
     );
     assert_eq!(coalesced, 19);
 }
+
+#[tokio::test]
+async fn answers_cached_over_tls_are_not_served_over_plain_http() {
+    let (mut svc, origin) = cache(|_, n| ok("max-age=60", if n == 1 { "tls" } else { "plain" }));
+    let over = |tls: bool| {
+        let mut req = Request::get("/page")
+            .header("host", "shop")
+            .body(Full::default())
+            .unwrap();
+        req.extensions_mut().insert(
+            gateway_core::ConnectionInfo::new("127.0.0.1:1".parse().unwrap()).with_tls(tls),
+        );
+        req
+    };
+    let res = svc.ready().await.unwrap().call(over(true)).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "tls");
+    let res = svc.ready().await.unwrap().call(over(false)).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "plain");
+    assert_eq!(calls(&origin), 2);
+}
