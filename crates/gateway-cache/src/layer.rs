@@ -86,18 +86,23 @@ impl Entry {
 }
 
 /// Where entries live.
+/// A boxed future of a store operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where entries live. Operations never fail: a store that cannot answer reports a miss (and
+/// drops a write), so the cache degrades to the origin, never to an error.
 pub trait CacheStore: Send + Sync + 'static {
     /// The variants stored under `key`.
-    fn get(&self, key: &str) -> Vec<Entry>;
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<Entry>>;
     /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.
-    fn put(&self, key: &str, entry: Entry);
+    fn put<'a>(&'a self, key: &'a str, entry: Entry) -> StoreFuture<'a, ()>;
     /// Removes every variant under `key`.
-    fn remove(&self, key: &str);
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
     /// Removes every entry whose key starts with `prefix`; returns how many keys went.
-    fn purge_prefix(&self, prefix: &str) -> usize;
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, usize>;
     /// Removes every entry tagged `tag` by its `Surrogate-Key` (or `Cache-Tag`) header; returns
     /// how many keys went.
-    fn purge_tag(&self, tag: &str) -> usize;
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, usize>;
 }
 
 fn tagged(entry: &Entry, tag: &str) -> bool {
@@ -143,12 +148,38 @@ impl MemoryStore {
 }
 
 impl CacheStore for MemoryStore {
-    fn get(&self, key: &str) -> Vec<Entry> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<Entry>> {
+        Box::pin(std::future::ready(MemoryStore::get(self, key)))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, entry: Entry) -> StoreFuture<'a, ()> {
+        MemoryStore::put(self, key, entry);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        MemoryStore::remove(self, key);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, usize> {
+        Box::pin(std::future::ready(MemoryStore::purge_prefix(self, prefix)))
+    }
+
+    fn purge_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, usize> {
+        Box::pin(std::future::ready(MemoryStore::purge_tag(self, tag)))
+    }
+}
+
+impl MemoryStore {
+    /// The variants stored under `key`.
+    pub fn get(&self, key: &str) -> Vec<Entry> {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         m.map.get(key).cloned().unwrap_or_default()
     }
 
-    fn put(&self, key: &str, entry: Entry) {
+    /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.
+    pub fn put(&self, key: &str, entry: Entry) {
         let weight = entry.weight();
         if weight > self.capacity {
             return;
@@ -176,23 +207,24 @@ impl CacheStore for MemoryStore {
         }
     }
 
-    fn remove(&self, key: &str) {
+    /// Removes every variant under `key`.
+    pub fn remove(&self, key: &str) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(gone) = m.map.remove(key) {
             m.size -= gone.iter().map(Entry::weight).sum::<usize>();
         }
     }
 
-    fn purge_prefix(&self, prefix: &str) -> usize {
+    /// Removes every entry whose key starts with `prefix`; returns how many keys went.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
         self.purge_where(|key, _| key.starts_with(prefix))
     }
 
-    fn purge_tag(&self, tag: &str) -> usize {
+    /// Removes every entry tagged `tag`; returns how many keys went.
+    pub fn purge_tag(&self, tag: &str) -> usize {
         self.purge_where(|_, variants| variants.iter().any(|e| tagged(e, tag)))
     }
-}
 
-impl MemoryStore {
     fn purge_where(&self, doomed: impl Fn(&str, &[Entry]) -> bool) -> usize {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let keys: Vec<String> = m
@@ -598,11 +630,11 @@ where
         // Unsafe methods invalidate what they may have changed (RFC 9111 §4.4).
         if !method.is_safe() && (res.status().is_success() || res.status().is_redirection()) {
             // Every scope's copy goes.
-            let forget = |k: &str| {
-                layer.store.remove(k);
-                layer.store.purge_prefix(&format!("{k}#"));
+            let forget = |k: String| async move {
+                layer.store.remove(&k).await;
+                layer.store.purge_prefix(&format!("{k}#")).await;
             };
-            forget(&unscoped);
+            forget(unscoped.clone()).await;
             let host_prefix = unscoped.split('/').take(3).collect::<Vec<_>>().join("/");
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(target) = res.headers().get(&h).and_then(|v| v.to_str().ok()) {
@@ -614,7 +646,7 @@ where
                             .then(|| target.to_owned())
                     };
                     if let Some(k) = same_host {
-                        forget(&k);
+                        forget(k).await;
                     }
                 }
             }
@@ -623,14 +655,14 @@ where
     }
     let head = method == Method::HEAD;
     let req_cc = CacheControl::parse(req.headers());
-    let lookup = |req: &Request<ReqBody>| {
-        layer.store.get(&key).into_iter().find(|e| {
+    let lookup = |found: Vec<Entry>, headers: &HeaderMap| {
+        found.into_iter().find(|e| {
             e.vary
                 .iter()
-                .all(|(name, value)| vary_value(req.headers(), name) == *value)
+                .all(|(name, value)| vary_value(headers, name) == *value)
         })
     };
-    let mut stored = lookup(&req);
+    let mut stored = lookup(layer.store.get(&key).await, req.headers());
     // Coalescing: while one miss for this key is at the origin, the others wait for its answer
     // (bounded) and look again. Keys are per scope, so this never crosses callers.
     let mut _leader = None;
@@ -639,7 +671,7 @@ where
             Ok(leader) => _leader = Some(leader),
             Err(mut done) => {
                 let _ = tokio::time::timeout(layer.coalesce_wait, done.changed()).await;
-                stored = lookup(&req);
+                stored = lookup(layer.store.get(&key).await, req.headers());
                 if let Some(entry) = &stored {
                     let res_cc = CacheControl::parse(&entry.headers);
                     let age = entry.timing.current_age(SystemTime::now());
@@ -719,7 +751,7 @@ where
                 .policy
                 .freshness_lifetime(&as_stored)
                 .unwrap_or_default();
-            layer.store.put(&key, fresh.clone());
+            layer.store.put(&key, fresh.clone()).await;
             return serve(
                 &fresh,
                 head,
@@ -771,20 +803,23 @@ where
     };
     let mut out = Response::from_parts(parts, CacheBody::cached(body.clone()));
     let names = vary_names(out.headers());
-    layer.store.put(
-        &key,
-        Entry {
-            status: out.status(),
-            headers: out.headers().clone(),
-            body,
-            timing: Timing::of(&out, sent_at, received_at),
-            lifetime,
-            vary: names
-                .iter()
-                .map(|n| (n.clone(), vary_value(probe.headers(), n)))
-                .collect(),
-        },
-    );
+    layer
+        .store
+        .put(
+            &key,
+            Entry {
+                status: out.status(),
+                headers: out.headers().clone(),
+                body,
+                timing: Timing::of(&out, sent_at, received_at),
+                lifetime,
+                vary: names
+                    .iter()
+                    .map(|n| (n.clone(), vary_value(probe.headers(), n)))
+                    .collect(),
+            },
+        )
+        .await;
     status_header(&mut out, &format!("gateway; fwd={fwd}; stored"));
     out
 }

@@ -28,4 +28,4 @@
 mod layer;
 pub mod policy;
 
-pub use layer::{Cache, CacheBody, CacheLayer, CacheStore, Entry, MemoryStore};
+pub use layer::{Cache, CacheBody, CacheLayer, CacheStore, Entry, MemoryStore, StoreFuture};

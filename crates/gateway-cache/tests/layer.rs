@@ -337,7 +337,6 @@ async fn purges_by_key_prefix_and_tag() {
     for p in ["/products/1", "/products/2", "/users/1", "/users/2"] {
         send(&mut svc, Method::GET, p, &[]).await;
     }
-    use gateway_cache::CacheStore;
     assert_eq!(store.purge_tag("products"), 2);
     assert_eq!(store.purge_prefix("http://example.com/users/1"), 1);
     let (_, h, _) = send(&mut svc, Method::GET, "/users/2", &[]).await;

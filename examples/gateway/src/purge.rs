@@ -10,7 +10,6 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use gateway_cache::CacheStore;
 
 use crate::server::Shared;
 
