@@ -11,7 +11,7 @@ use std::sync::{
 
 use gateway_auth::ApiKeyHash;
 use gateway_test::{TestUpstream, raw_exchange};
-use support::addr;
+use support::{addr, free_ports};
 
 async fn origin() -> (TestUpstream, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
@@ -152,14 +152,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_purge_through_one_instance_reaches_every_instance() {
     let redis = gateway_test::TestRedis::start().await;
@@ -168,8 +160,9 @@ async fn a_purge_through_one_instance_reaches_every_instance() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut procs = Vec::new();
     let mut instances = Vec::new();
+    let ports = free_ports(6);
     for i in 0..3 {
-        let (port, admin) = (free_port(), free_port());
+        let (port, admin) = (ports[2 * i], ports[2 * i + 1]);
         let yaml = format!(
             "listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  bind: 127.0.0.1:{admin}\nworkers: 1\nstate:\n  redis: \"{}\"\n  prefix: \"{}\"\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n  - name: orders\n    upstream: up\n    cache: {{}}\n",
             redis.url(),

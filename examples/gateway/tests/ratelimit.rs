@@ -11,7 +11,7 @@ use std::{
 
 use gateway_test::{TestRedis, TestUpstream, get, raw_exchange};
 use http::StatusCode;
-use support::{addr, simple, start};
+use support::{addr, free_ports, simple, start};
 
 #[tokio::test]
 async fn a_route_limit_refuses_with_429_and_reports_headers() {
@@ -339,14 +339,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_ready(addr: SocketAddr) {
     // Readiness polling: the process binds its listener shortly after starting.
     for _ in 0..200 {
@@ -374,8 +366,8 @@ async fn three_gateway_processes_share_one_global_limit_and_reload_on_sighup() {
             up.addr()
         )
     };
-    for i in 0..3 {
-        let port = free_port();
+    let ports = free_ports(3);
+    for (i, port) in ports.into_iter().enumerate() {
         let yaml = yaml(port, "");
         let file = dir.0.join(format!("gw{i}.yaml"));
         std::fs::write(&file, yaml).unwrap();

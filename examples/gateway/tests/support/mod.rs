@@ -25,3 +25,13 @@ pub fn simple(extra: &str) -> String {
 pub fn addr(gw: &RunningGateway) -> SocketAddr {
     gw.listen_addrs()[0]
 }
+
+/// `n` distinct free ports (all bound at once, then released), for gateway processes.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
