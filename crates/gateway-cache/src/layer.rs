@@ -64,13 +64,13 @@ use crate::policy::{CacheControl, CachePolicy, Reuse, Storable, Timing, reuse};
 /// A stored response.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    timing: Timing,
-    lifetime: Duration,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) timing: Timing,
+    pub(crate) lifetime: Duration,
     /// The request header values its `Vary` names, normalized.
-    vary: Vec<(HeaderName, String)>,
+    pub(crate) vary: Vec<(HeaderName, String)>,
 }
 
 impl Entry {
@@ -91,7 +91,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where entries live. Operations never fail: a store that cannot answer reports a miss (and
 /// drops a write), so the cache degrades to the origin, never to an error.
-pub trait CacheStore: Send + Sync + 'static {
+pub trait CacheStore: Send + Sync + std::fmt::Debug + 'static {
     /// The variants stored under `key`.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<Entry>>;
     /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.

@@ -16,16 +16,21 @@
 //! `stale-if-error`, `only-if-cached`, invalidation of the target URI and a same-host
 //! `Location`/`Content-Location` by unsafe methods, and purges by key prefix or by
 //! `Surrogate-Key`/`Cache-Tag` tag. [`CacheLayer::serve`] runs the cache around one origin call
-//! for servers that do not use tower. Concurrent misses for one key are coalesced: one request
+//! for servers that do not use tower. With the `redis` feature, [`RedisStore`] keeps entries in
+//! Redis, shared by every instance (a Redis failure is a miss). Concurrent misses for one key are coalesced: one request
 //! goes to the origin, the others wait for its answer (bounded by `coalesce_wait`). Only responses with a declared length within
 //! the body cap are buffered and stored; everything else streams through untouched.
 //!
 //! Not built yet: a background refresh for `stale-while-revalidate` (within the window such entries
 //! are served stale; after it they are revalidated), storing while streaming, keys with
-//! sorted/filtered queries or principals, unkeyed-header stripping, `CDN-Cache-Control`, range
-//! requests, the Redis store, purge by key/prefix/tag, and the gateway's `cache` block.
+//! sorted/filtered queries, unkeyed-header stripping, `CDN-Cache-Control`, range
+//! requests.
 
 mod layer;
 pub mod policy;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 pub use layer::{Cache, CacheBody, CacheLayer, CacheStore, Entry, MemoryStore, StoreFuture};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;

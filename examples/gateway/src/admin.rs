@@ -137,7 +137,8 @@ async fn purge(State(shared): State<Arc<Shared>>, Json(body): Json<Purge>) -> Re
             );
         }
     };
-    let purged = purge.apply(&shared.compiled().cache_store);
+    let store = shared.compiled().cache_store.clone();
+    let purged = purge.apply(&*store).await;
     let shared_with_others = match crate::purge::publish(&shared, &purge).await {
         Ok(()) => crate::purge::channel(&shared.compiled()).is_some(),
         Err(e) => {

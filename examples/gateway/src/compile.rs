@@ -17,7 +17,7 @@ struct RouteLimits<'a> {
     config: &'a Config,
     tiers: &'a TierLimits,
     state: &'a LimitState,
-    cache_store: &'a Arc<gateway_cache::MemoryStore>,
+    cache_store: &'a Arc<dyn gateway_cache::CacheStore>,
 }
 
 use crate::{
@@ -65,7 +65,7 @@ pub struct Compiled {
     /// Where rate-limit state lives (shared by every route and worker).
     pub limit_state: LimitState,
     /// The HTTP cache's store (kept by a reload when `cache` is unchanged).
-    pub cache_store: Arc<gateway_cache::MemoryStore>,
+    pub cache_store: Arc<dyn gateway_cache::CacheStore>,
     /// The authentication providers (kept by a reload when unchanged: JWK sets stay fetched).
     pub(crate) providers: Arc<Providers>,
     /// The configuration document as JSON, to compare on reload and show (redacted) on the admin
@@ -352,10 +352,15 @@ impl Compiled {
         }
 
         let cache_store = match previous {
-            Some(p) if same(&["cache"]) => p.cache_store.clone(),
-            _ => Arc::new(gateway_cache::MemoryStore::new(
-                usize::try_from(config.cache.max_size.0).unwrap_or(usize::MAX),
-            )),
+            // A Redis store also depends on `state` (its URL, prefix and timeout).
+            Some(p)
+                if same(&["cache"])
+                    && (config.cache.store == crate::config::CacheStoreKind::Memory
+                        || same(&["state"])) =>
+            {
+                p.cache_store.clone()
+            }
+            _ => cache_store(config, &mut issues),
         };
         let limit_state = match previous {
             Some(p) if same(&["state"]) => p.limit_state.clone(),
@@ -665,7 +670,7 @@ fn compile_route(
                 "ttl_floor is above ttl_ceiling",
             );
         }
-        let store: Arc<dyn gateway_cache::CacheStore> = limits.cache_store.clone();
+        let store = limits.cache_store.clone();
         (
             gateway_cache::CacheLayer::shared(store)
                 .policy(policy)
@@ -720,6 +725,37 @@ fn compile_route(
         cache,
         order: i,
     })
+}
+
+/// The HTTP cache's store: in memory, or in `state.redis` (keys under `{state.prefix}cache:`).
+fn cache_store(config: &Config, issues: &mut Issues) -> Arc<dyn gateway_cache::CacheStore> {
+    let memory = || -> Arc<dyn gateway_cache::CacheStore> {
+        Arc::new(gateway_cache::MemoryStore::new(
+            usize::try_from(config.cache.max_size.0).unwrap_or(usize::MAX),
+        ))
+    };
+    if config.cache.store == crate::config::CacheStoreKind::Memory {
+        return memory();
+    }
+    let Some(url) = &config.state.redis else {
+        issues.nowhere("cache.store", "`redis` needs `state.redis`");
+        return memory();
+    };
+    let prefix = format!(
+        "{}cache:",
+        config.state.prefix.as_deref().unwrap_or("gateway:rl:")
+    );
+    let timeout = config
+        .state
+        .timeout
+        .map_or(Duration::from_millis(50), |d| d.0);
+    match gateway_cache::RedisStore::new(&url.value, &prefix, timeout) {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            issues.at(url, "state.redis", e);
+            memory()
+        }
+    }
 }
 
 /// Every file the configuration names (certificates, keys, CA bundles, the admin token): a

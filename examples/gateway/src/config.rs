@@ -87,14 +87,30 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct CacheStoreConfig {
     /// Bytes of bodies and headers held at most (default 256MiB); oldest entries go first.
+    /// (In-memory store only.)
     #[serde(default = "default_cache_size")]
     pub max_size: ByteSize,
+    /// `memory` (default: per instance) or `redis` (in `state.redis`, shared by every instance).
+    #[serde(default)]
+    pub store: CacheStoreKind,
+}
+
+/// Where cache entries live.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStoreKind {
+    /// In this process.
+    #[default]
+    Memory,
+    /// In `state.redis`, shared by every instance.
+    Redis,
 }
 
 impl Default for CacheStoreConfig {
     fn default() -> Self {
         Self {
             max_size: default_cache_size(),
+            store: CacheStoreKind::Memory,
         }
     }
 }

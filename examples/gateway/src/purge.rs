@@ -26,16 +26,16 @@ pub(crate) enum Purge {
 }
 
 impl Purge {
-    /// Applies the purge to this instance's store; how many URLs went.
-    pub(crate) fn apply(&self, store: &gateway_cache::MemoryStore) -> usize {
+    /// Applies the purge to this instance's store; how many URLs went (for a URL: its scoped
+    /// copies, plus one for the shared copy, which is removed whether or not it was there).
+    pub(crate) async fn apply(&self, store: &dyn gateway_cache::CacheStore) -> usize {
         match self {
             Self::Url(url) => {
-                let before = store.size();
-                store.remove(url);
-                usize::from(store.size() != before) + store.purge_prefix(&format!("{url}#"))
+                store.remove(url).await;
+                1 + store.purge_prefix(&format!("{url}#")).await
             }
-            Self::Prefix(p) => store.purge_prefix(p),
-            Self::Tag(t) => store.purge_tag(t),
+            Self::Prefix(p) => store.purge_prefix(p).await,
+            Self::Tag(t) => store.purge_tag(t).await,
         }
     }
 }
@@ -146,7 +146,8 @@ async fn listen(weak: Weak<Shared>) {
                         continue;
                     }
                     let Some(shared) = weak.upgrade() else { return };
-                    let purged = m.purge.apply(&shared.compiled().cache_store);
+                    let store = shared.compiled().cache_store.clone();
+                    let purged = m.purge.apply(&*store).await;
                     tracing::info!(purged, "applied a cache purge from another instance");
                 }
                 tracing::warn!(

@@ -257,3 +257,37 @@ async fn futures_ready(instances: &[(std::net::SocketAddr, std::net::SocketAddr)
     }
     true
 }
+
+#[tokio::test]
+async fn with_a_redis_store_instances_share_entries() {
+    let redis = gateway_test::TestRedis::start().await;
+    let (up, calls) = origin().await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nstate:\n  redis: \"{}\"\n  prefix: \"{}\"\n  timeout: 2s\ncache:\n  store: redis\nupstreams:\n  up:\n    endpoints: [\"{{UPSTREAM}}\"]\nroutes:\n  - name: orders\n    upstream: up\n    cache: {{}}\n",
+        redis.url(),
+        redis.prefix()
+    );
+    let one = support::start(&yaml, up.addr());
+    let two = support::start(&yaml, up.addr());
+    let first = request(addr(&one), "GET", "/orders/5", "").await;
+    assert!(first.contains("fwd=miss; stored"), "{first}");
+    let second = request(addr(&two), "GET", "/orders/5", "").await;
+    assert!(
+        second.contains("cache-status: gateway; hit"),
+        "the other instance hits: {second}"
+    );
+    assert_eq!(body(&first), body(&second));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Without state.redis, `store: redis` is refused.
+    let e = gateway::Config::parse(
+        "listeners:\n  - bind: 127.0.0.1:0\ncache:\n  store: redis\n",
+        "gw.yaml",
+    )
+    .and_then(|c| gateway::Compiled::new(&c, "gw.yaml"))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cache.store") && e.contains("state.redis"),
+        "{e}"
+    );
+}
