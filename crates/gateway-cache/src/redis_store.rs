@@ -22,7 +22,8 @@ use tokio::sync::OnceCell;
 
 use crate::{CacheStore, Entry, StoreFuture, policy::Timing};
 
-/// A cache store in Redis; see the [module docs](self).
+/// A cache store in Redis, shared by every instance using it: each URL's variants in one key with
+/// an expiry, tag sets for purges, and every failure a miss (never a failed request).
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
