@@ -653,6 +653,13 @@ where
         }
         return res;
     }
+    // Range requests go to the origin untouched: this cache neither stores partial content nor
+    // cuts ranges out of stored bodies.
+    if req.headers().contains_key(header::RANGE) {
+        let mut res = origin(req).await.map(|body| CacheBody::origin(body));
+        status_header(&mut res, "gateway; fwd=bypass; detail=range");
+        return res;
+    }
     let head = method == Method::HEAD;
     let req_cc = CacheControl::parse(req.headers());
     let lookup = |found: Vec<Entry>, headers: &HeaderMap| {

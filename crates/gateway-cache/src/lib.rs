@@ -23,8 +23,9 @@
 //!
 //! Not built yet: a background refresh for `stale-while-revalidate` (within the window such entries
 //! are served stale; after it they are revalidated), storing while streaming, keys with
-//! sorted/filtered queries, unkeyed-header stripping, `CDN-Cache-Control`, range
-//! requests.
+//! sorted/filtered queries, unkeyed-header stripping, `CDN-Cache-Control`, ranges
+//! served from stored bodies (requests with `Range` bypass the cache, and `206` is never
+//! stored).
 
 mod layer;
 pub mod policy;

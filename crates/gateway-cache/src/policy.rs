@@ -163,8 +163,9 @@ pub enum Storable {
 const HEURISTIC: &[u16] = &[200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Final statuses this cache understands (for `must-understand`, and what it stores at all).
+/// Not `206`: this cache does not combine partial content, so it never stores any.
 const UNDERSTOOD: &[u16] = &[
-    200, 203, 204, 206, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
 ];
 
 /// The shared-cache policy knobs.

@@ -408,3 +408,32 @@ async fn answers_cached_over_tls_are_not_served_over_plain_http() {
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "plain");
     assert_eq!(calls(&origin), 2);
 }
+
+#[tokio::test]
+async fn range_requests_bypass_the_cache_and_partial_content_is_never_stored() {
+    let (mut svc, origin) = cache(|req, _| {
+        if req.headers().contains_key("range") {
+            Response::builder()
+                .status(206)
+                .header("cache-control", "max-age=60")
+                .header("content-range", "bytes 0-1/10")
+                .body(Full::new(Bytes::from_static(b"ab")))
+                .unwrap()
+        } else {
+            ok("max-age=60", "abcdefghij")
+        }
+    });
+    let (status, h, body) = send(&mut svc, Method::GET, "/file", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::PARTIAL_CONTENT, &b"ab"[..])
+    );
+    assert!(h["cache-status"].to_str().unwrap().contains("bypass"));
+    let (status, _, body) = send(&mut svc, Method::GET, "/file", &[]).await;
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"abcdefghij"[..]),
+        "never the partial"
+    );
+    assert_eq!(calls(&origin), 2);
+}
