@@ -5,11 +5,9 @@
 
 use std::{
     convert::Infallible,
-    future::{Future, ready},
+    future::ready,
     hint::black_box,
-    pin::pin,
     sync::Arc,
-    task::{Context, Poll, Waker},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -22,20 +20,13 @@ use aws_lc_rs::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway_auth::{ApiKeyAuth, ApiKeyHash, Consumer, JwtAuth, RequireAuthLayer, StaticApiKeys};
+use gateway_benches::now;
 use http::{Request, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use tower::{Layer, Service, service_fn};
 
 const HMAC: &[u8] = b"a benchmark secret of at least 32 bytes";
-
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the benchmarked services answer at once"),
-    }
-}
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

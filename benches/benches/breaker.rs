@@ -2,27 +2,13 @@
 //!
 //! Run with `cargo bench -p gateway-benches --bench breaker`.
 
-use std::{
-    convert::Infallible,
-    future::{Future, ready},
-    hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
+use std::{convert::Infallible, future::ready, hint::black_box};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use gateway_benches::now;
 use gateway_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use http::{Request, Response};
 use tower::{Layer, Service, service_fn};
-
-/// Polls a future that is ready at once.
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the benchmarked services answer at once"),
-    }
-}
 
 fn bench_breaker(c: &mut Criterion) {
     let mut g = c.benchmark_group("breaker");

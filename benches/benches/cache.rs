@@ -8,24 +8,15 @@ use std::{
     convert::Infallible,
     future::{Future, ready},
     hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use gateway_benches::now;
 use gateway_cache::{CacheLayer, MemoryStore};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, service_fn};
-
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the benchmarked services answer at once"),
-    }
-}
 
 fn origin(
     req: Request<Full<Bytes>>,

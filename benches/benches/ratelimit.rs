@@ -5,17 +5,10 @@
 //! Run with `cargo bench -p gateway-benches --bench ratelimit` (starts a private `redis-server`;
 //! see `gateway_test::TestRedis`).
 
-use std::{
-    convert::Infallible,
-    future::{Future, ready},
-    hint::black_box,
-    num::NonZeroU32,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+use std::{convert::Infallible, future::ready, hint::black_box, num::NonZeroU32, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use gateway_benches::now;
 use gateway_core::ClientIp;
 use gateway_ratelimit::{
     Check, Decided, HybridStore, MemoryStore, Policy, Rate, RateLimitKey, RateLimitLayer,
@@ -25,14 +18,6 @@ use http::{Request, Response};
 use tower::{Layer, Service, service_fn};
 
 const MANY: usize = 1_000_000;
-
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the benchmarked services answer at once"),
-    }
-}
 
 fn check(key: &str) -> Check {
     Check {

@@ -23,7 +23,7 @@ use http::HeaderName;
 use serde_json::Value;
 
 /// Where lines go.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum LogSink {
     /// Standard output.
     Stdout,
@@ -47,7 +47,7 @@ pub enum LogFormat {
 }
 
 /// Access log settings.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AccessLogConfig {
     /// Where lines go.
     pub sink: LogSink,

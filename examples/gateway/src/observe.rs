@@ -19,7 +19,7 @@ pub(crate) struct ObservePlan {
     trust_inbound: bool,
     metrics: MetricsConfig,
     metrics_push: Option<(String, Duration)>,
-    log: Option<LogPlan>,
+    log: Option<AccessLogConfig>,
     tracing: Option<TracePlan>,
 }
 
@@ -30,18 +30,6 @@ struct TracePlan {
     ratio: f64,
     trust_inbound: bool,
     service: String,
-}
-
-#[derive(Clone, Debug)]
-struct LogPlan {
-    to: String,
-    format: LogFormat,
-    headers: Vec<HeaderName>,
-    redact: Vec<HeaderName>,
-    exclude_routes: Vec<String>,
-    sample: f64,
-    slower_than: Option<Duration>,
-    min_status: u16,
 }
 
 fn header_names(field: &str, names: &[String], issues: &mut Issues) -> Vec<HeaderName> {
@@ -117,8 +105,12 @@ pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
                 );
             }
         }
-        LogPlan {
-            to: l.to.clone(),
+        AccessLogConfig {
+            sink: match l.to.as_str() {
+                "stdout" => LogSink::Stdout,
+                "stderr" => LogSink::Stderr,
+                path => LogSink::File(path.into()),
+            },
             format: if l.format == "json" {
                 LogFormat::Json
             } else {
@@ -130,6 +122,7 @@ pub(crate) fn compile(config: &Config, issues: &mut Issues) -> ObservePlan {
             sample: l.sample,
             slower_than: l.slower_than.map(|d| d.0),
             min_status: l.min_status,
+            ..AccessLogConfig::default()
         }
     });
     let tracing = o.tracing.as_ref().map(|spanned| {
@@ -254,24 +247,7 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
     let observer = Observer::new(ids, metrics);
     let observer = match &plan.log {
         None => observer,
-        Some(l) => {
-            let sink = match l.to.as_str() {
-                "stdout" => LogSink::Stdout,
-                "stderr" => LogSink::Stderr,
-                path => LogSink::File(path.into()),
-            };
-            observer.with_access_log(AccessLog::start(AccessLogConfig {
-                sink,
-                format: l.format.clone(),
-                headers: l.headers.clone(),
-                redact: l.redact.clone(),
-                exclude_routes: l.exclude_routes.clone(),
-                sample: l.sample,
-                slower_than: l.slower_than,
-                min_status: l.min_status,
-                ..AccessLogConfig::default()
-            })?)
-        }
+        Some(l) => observer.with_access_log(AccessLog::start(l.clone())?),
     };
     let observer = match &plan.tracing {
         None => observer,
