@@ -337,7 +337,13 @@ impl HttpMetrics {
                 _ => "5xx",
             })
         } else {
-            Cow::Owned(status.to_string())
+            // Made once: a label per request without an allocation.
+            static CODES: std::sync::OnceLock<Box<[String]>> = std::sync::OnceLock::new();
+            let codes = CODES.get_or_init(|| (0..1000u16).map(|c| c.to_string()).collect());
+            match codes.get(usize::from(status)) {
+                Some(code) => Cow::Borrowed(code.as_str()),
+                None => Cow::Owned(status.to_string()),
+            }
         }
     }
 }

@@ -278,21 +278,26 @@ impl Pipeline {
                 Err(refusal) => return (refusal, None),
             };
         }
-        let principal = req.extensions().get::<gateway_core::Principal>().cloned();
+        // The principal moves to the response (for logs) once nothing after needs it on the
+        // request: the decision point and the limits read it, the upstream call does not.
+        let take = |req: &mut Request<ClientBody>| {
+            req.extensions_mut().remove::<gateway_core::Principal>()
+        };
         if let Some(pdp) = &route.ext_authz {
             match pdp.authorize(&req).await {
                 Ok(grant) => grant.apply(&mut req),
-                Err(refusal) => return (refusal, principal),
+                Err(refusal) => return (refusal, take(&mut req)),
             }
         }
         // Rate limits and quotas, before any upstream resource is taken.
         let admission = match &route.rate_limit {
             Some(limit) => match limit.admit(&req).await {
                 Ok(admission) => Some(admission),
-                Err(refusal) => return (refusal, principal),
+                Err(refusal) => return (refusal, take(&mut req)),
             },
             None => None,
         };
+        let principal = take(&mut req);
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
