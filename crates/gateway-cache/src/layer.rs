@@ -96,8 +96,8 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug + 'static {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<Entry>>;
     /// Stores `entry` under `key`, replacing the variant with the same `Vary` values.
     fn put<'a>(&'a self, key: &'a str, entry: Entry) -> StoreFuture<'a, ()>;
-    /// Removes every variant under `key`.
-    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+    /// Removes every variant under `key`; whether there were any.
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
     /// Removes every entry whose key starts with `prefix`; returns how many keys went.
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, usize>;
     /// Removes every entry tagged `tag` by its `Surrogate-Key` (or `Cache-Tag`) header; returns
@@ -157,9 +157,8 @@ impl CacheStore for MemoryStore {
         Box::pin(std::future::ready(()))
     }
 
-    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        MemoryStore::remove(self, key);
-        Box::pin(std::future::ready(()))
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(MemoryStore::remove(self, key)))
     }
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, usize> {
@@ -207,12 +206,14 @@ impl MemoryStore {
         }
     }
 
-    /// Removes every variant under `key`.
-    pub fn remove(&self, key: &str) {
+    /// Removes every variant under `key`; whether there were any.
+    pub fn remove(&self, key: &str) -> bool {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gone) = m.map.remove(key) {
-            m.size -= gone.iter().map(Entry::weight).sum::<usize>();
-        }
+        let Some(gone) = m.map.remove(key) else {
+            return false;
+        };
+        m.size -= gone.iter().map(Entry::weight).sum::<usize>();
+        true
     }
 
     /// Removes every entry whose key starts with `prefix`; returns how many keys went.

@@ -199,9 +199,11 @@ impl CacheStore for RedisStore {
         })
     }
 
-    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let _: Option<i64> = self.run(redis::cmd("DEL").arg(self.entry_key(key))).await;
+            self.run::<i64>(redis::cmd("DEL").arg(self.entry_key(key)))
+                .await
+                .is_some_and(|n| n > 0)
         })
     }
 

@@ -26,13 +26,12 @@ pub(crate) enum Purge {
 }
 
 impl Purge {
-    /// Applies the purge to this instance's store; how many URLs went (for a URL: its scoped
-    /// copies, plus one for the shared copy, which is removed whether or not it was there).
+    /// Applies the purge to this instance's store; how many URLs went (for a URL: its shared
+    /// copy and every caller's).
     pub(crate) async fn apply(&self, store: &dyn gateway_cache::CacheStore) -> usize {
         match self {
             Self::Url(url) => {
-                store.remove(url).await;
-                1 + store.purge_prefix(&format!("{url}#")).await
+                usize::from(store.remove(url).await) + store.purge_prefix(&format!("{url}#")).await
             }
             Self::Prefix(p) => store.purge_prefix(p).await,
             Self::Tag(t) => store.purge_tag(t).await,

@@ -223,6 +223,7 @@ async fn a_purge_through_one_instance_reaches_every_instance() {
     )
     .await;
     assert!(res.contains("\"published\":true"), "{res}");
+    assert!(res.contains("\"purged\":1"), "the URL was there: {res}");
     // Every instance misses now (the others apply the purge as it arrives).
     for (i, (public, _)) in instances.iter().enumerate() {
         let purged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
