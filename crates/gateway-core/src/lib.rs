@@ -62,7 +62,7 @@ pub use client_ip::{
 pub use path::{PathError, normalize_path};
 pub use principal::{AuthFailureReason, AuthMethod, Principal};
 pub use problem::{PROBLEM_JSON, Problem, ProblemValue, RejectReason, Rejection, ResponseFlags};
-pub use route::{NormalizedPath, RateLimitDecision, RouteId, UpstreamCall};
+pub use route::{CacheOutcome, NormalizedPath, RateLimitDecision, RouteId, UpstreamCall};
 pub use tls::ClientCertificate;
 
 /// The boxed error type used where errors from several sources meet.

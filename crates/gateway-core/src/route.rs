@@ -100,3 +100,32 @@ impl RateLimitDecision {
         }
     }
 }
+
+/// What an HTTP cache did with a request, in the extensions of its response (set by
+/// `gateway-cache`, read by metrics and the access log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheOutcome {
+    /// Answered from a fresh stored response.
+    Hit,
+    /// Answered from a stale stored response (`stale-while-revalidate`, `stale-if-error`).
+    Stale,
+    /// A stored response the origin confirmed with `304`.
+    Revalidated,
+    /// Went to the origin (the answer may have been stored).
+    Miss,
+    /// Not a request the cache answers (an unsafe method, a range).
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// `hit`, `stale`, `revalidated`, `miss` or `bypass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+}

@@ -114,6 +114,7 @@ pub(crate) struct Entry {
     pub(crate) upstream_duration: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) rate_limit: Option<&'static str>,
+    pub(crate) cache: Option<&'static str>,
     pub(crate) auth_failure: Option<&'static str>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
@@ -274,6 +275,7 @@ fn fields(e: &Entry) -> Vec<(&'static str, Value)> {
         ),
         ("retries", Value::from(e.retries)),
         ("rate_limit", e.rate_limit.map_or(Value::Null, Value::from)),
+        ("cache", e.cache.map_or(Value::Null, Value::from)),
         (
             "auth_failure",
             e.auth_failure.map_or(Value::Null, Value::from),
@@ -339,6 +341,8 @@ fn json_line(e: &Entry) -> String {
     let _ = write!(out, "{}", e.retries);
     key(&mut out, "rate_limit");
     opt(&mut out, e.rate_limit);
+    key(&mut out, "cache");
+    opt(&mut out, e.cache);
     key(&mut out, "auth_failure");
     opt(&mut out, e.auth_failure);
     key(&mut out, "bytes_in");

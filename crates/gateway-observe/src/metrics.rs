@@ -56,6 +56,12 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    outcome: Cow<'static, str>,
+    http_route: Shared,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     http_request_method: Cow<'static, str>,
 }
@@ -116,6 +122,7 @@ pub(crate) struct Sample<'a> {
     pub(crate) rejection: Option<RejectReason>,
     pub(crate) upstream: Option<&'a gateway_core::UpstreamCall>,
     pub(crate) rate_limit: Option<gateway_core::RateLimitDecision>,
+    pub(crate) cache: Option<gateway_core::CacheOutcome>,
     pub(crate) auth_failure: Option<gateway_core::AuthFailureReason>,
 }
 
@@ -130,6 +137,7 @@ pub struct HttpMetrics {
     active: Family<MethodLabels, Gauge>,
     client_duration: Family<ClientLabels, Histogram, Buckets>,
     rate_limit: Family<DecisionLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     rejections: Family<RejectionLabels, Counter>,
     status_class: bool,
@@ -190,6 +198,12 @@ impl HttpMetrics {
             "Rate-limit decisions by route: allowed, limited, shadow_limited",
             rate_limit.clone(),
         );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "gateway_cache_requests",
+            "Requests on cached routes by outcome: hit, stale, revalidated, miss, bypass",
+            cache.clone(),
+        );
         let auth_failures = Family::<AuthLabels, Counter>::default();
         registry.register(
             "gateway_auth_failures",
@@ -210,6 +224,7 @@ impl HttpMetrics {
             active,
             client_duration,
             rate_limit,
+            cache,
             auth_failures,
             rejections,
             status_class: config.status_class,
@@ -313,6 +328,14 @@ impl HttpMetrics {
             self.rate_limit
                 .get_or_create(&DecisionLabels {
                     decision: Cow::Borrowed(d.as_str()),
+                    http_route: route.clone(),
+                })
+                .inc();
+        }
+        if let Some(outcome) = s.cache {
+            self.cache
+                .get_or_create(&CacheLabels {
+                    outcome: Cow::Borrowed(outcome.as_str()),
                     http_route: route.clone(),
                 })
                 .inc();

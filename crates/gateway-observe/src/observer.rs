@@ -194,6 +194,7 @@ impl Drop for Observation {
         let facts = Facts {
             upstream: None,
             rate_limit: None,
+            cache: None,
             auth_failure: None,
             status: 499,
             rejection: None,
@@ -244,6 +245,10 @@ impl Observation {
                 .extensions
                 .get::<gateway_core::RateLimitDecision>()
                 .copied(),
+            cache: parts
+                .extensions
+                .get::<gateway_core::CacheOutcome>()
+                .copied(),
             auth_failure: parts
                 .extensions
                 .get::<gateway_core::AuthFailureReason>()
@@ -292,6 +297,7 @@ impl Observation {
 struct Facts {
     upstream: Option<gateway_core::UpstreamCall>,
     rate_limit: Option<gateway_core::RateLimitDecision>,
+    cache: Option<gateway_core::CacheOutcome>,
     auth_failure: Option<gateway_core::AuthFailureReason>,
     status: u16,
     rejection: Option<Rejection>,
@@ -329,6 +335,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         rejection: facts.rejection.map(|r| r.reason),
         upstream: facts.upstream.as_ref(),
         rate_limit: facts.rate_limit,
+        cache: facts.cache,
         auth_failure: facts.auth_failure,
     });
     if let (Some(span), Some(tracer)) = (obs.span, &inner.tracer)
@@ -406,6 +413,7 @@ fn record(obs: &mut Observation, facts: &Facts, bytes_out: u64, completed: bool)
         rate_limit: facts
             .rate_limit
             .map(gateway_core::RateLimitDecision::as_str),
+        cache: facts.cache.map(gateway_core::CacheOutcome::as_str),
         bytes_in: obs.bytes_in,
         bytes_out,
         duration,

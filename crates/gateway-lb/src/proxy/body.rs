@@ -40,6 +40,7 @@ pin_project! {
             armed: bool,
         },
         Full { #[pin] body: Full<Bytes> },
+        Boxed { #[pin] body: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> },
     }
 }
 
@@ -59,6 +60,7 @@ impl std::fmt::Debug for Kind {
                 .field("idle_timeout", &idle.as_ref().map(|_| idle_for))
                 .finish(),
             Self::Full { body } => f.debug_struct("Full").field("body", body).finish(),
+            Self::Boxed { .. } => f.debug_struct("Boxed").finish_non_exhaustive(),
         }
     }
 }
@@ -85,6 +87,20 @@ impl ResponseBody {
         Self {
             kind: Kind::Full {
                 body: Full::new(bytes.into()),
+            },
+        }
+    }
+
+    /// Any other body (a cache's, a transform's), boxed.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        Self {
+            kind: Kind::Boxed {
+                body: body.map_err(Into::into).boxed_unsync(),
             },
         }
     }
@@ -172,6 +188,7 @@ impl Body for ResponseBody {
                 polled.map_err(BoxError::from)
             }
             KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            KindProj::Boxed { body } => body.poll_frame(cx),
         }
     }
 
@@ -179,6 +196,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Full { body } => body.is_end_stream(),
+            Kind::Boxed { body } => body.is_end_stream(),
         }
     }
 
@@ -186,6 +204,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Full { body } => body.size_hint(),
+            Kind::Boxed { body } => body.size_hint(),
         }
     }
 }
