@@ -80,8 +80,14 @@ impl CacheControl {
     /// Parses every `Cache-Control` field in `headers`. Unknown directives are ignored;
     /// a malformed `max-age`/`s-maxage` makes the response stale (as if `0`), the safe reading.
     pub fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// Parses every `name` field in `headers` with the `Cache-Control` directives: for targeted
+    /// fields such as `CDN-Cache-Control` (RFC 9213), which share its syntax.
+    pub fn parse_field(headers: &HeaderMap, name: &header::HeaderName) -> Self {
         let mut cc = Self::default();
-        for v in headers.get_all(header::CACHE_CONTROL) {
+        for v in headers.get_all(name) {
             let Ok(v) = v.to_str() else { continue };
             for directive in split_directives(v) {
                 let (name, arg) = match directive.split_once('=') {
@@ -185,6 +191,11 @@ pub struct CachePolicy {
     pub heuristic_fraction: f64,
     /// The longest heuristic freshness.
     pub heuristic_max: Duration,
+    /// Targeted cache-control fields this cache obeys, first match wins (RFC 9213): when a
+    /// response carries one with a non-empty value, its directives replace `Cache-Control` and
+    /// `Expires` for storing and freshness. Empty by default; `CDN-Cache-Control` is the
+    /// registered one. The fields are forwarded downstream unchanged.
+    pub targeted: Vec<header::HeaderName>,
 }
 
 impl Default for CachePolicy {
@@ -196,6 +207,7 @@ impl Default for CachePolicy {
             store_set_cookie: false,
             heuristic_fraction: 0.1,
             heuristic_max: Duration::from_secs(86_400),
+            targeted: Vec::new(),
         }
     }
 }
@@ -210,6 +222,21 @@ fn date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
 }
 
 impl CachePolicy {
+    /// The response directives this cache obeys, and whether they came from a targeted field
+    /// (RFC 9213 §2.1: then `Cache-Control` and `Expires` are ignored).
+    pub fn response_directives(&self, headers: &HeaderMap) -> (CacheControl, bool) {
+        for name in &self.targeted {
+            let present = headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| !v.trim().is_empty()));
+            if present {
+                return (CacheControl::parse_field(headers, name), true);
+            }
+        }
+        (CacheControl::parse(headers), false)
+    }
+
     /// Whether a shared cache may store `res`, the answer to `req` (RFC 9111 §3, §3.5).
     pub fn storable<A, B>(&self, req: &Request<A>, res: &Response<B>) -> Storable {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -221,7 +248,7 @@ impl CachePolicy {
             return Storable::Status;
         }
         let req_cc = CacheControl::parse(req.headers());
-        let cc = CacheControl::parse(res.headers());
+        let (cc, targeted) = self.response_directives(res.headers());
         // §5.2.2.3: with must-understand and an understood status, no-store is overridden.
         if req_cc.no_store || (cc.no_store && !cc.must_understand) {
             return Storable::NoStore;
@@ -242,7 +269,7 @@ impl CachePolicy {
         }
         let explicit = cc.max_age.is_some()
             || cc.s_maxage.is_some()
-            || res.headers().contains_key(header::EXPIRES);
+            || (!targeted && res.headers().contains_key(header::EXPIRES));
         if explicit || cc.public || HEURISTIC.contains(&status) || self.default_ttl.is_some() {
             Storable::Yes
         } else {
@@ -254,14 +281,14 @@ impl CachePolicy {
     /// `Expires - Date`, else a heuristic from `Last-Modified` (only where allowed), else the
     /// default TTL; then floored and capped. `None`: never fresh without revalidation.
     pub fn freshness_lifetime<B>(&self, res: &Response<B>) -> Option<Duration> {
-        let cc = CacheControl::parse(res.headers());
+        let (cc, targeted) = self.response_directives(res.headers());
         let h = res.headers();
         let explicit = cc
             .s_maxage
             .or(cc.max_age)
             .map(Duration::from_secs)
             .or_else(|| {
-                h.contains_key(header::EXPIRES).then(|| {
+                (!targeted && h.contains_key(header::EXPIRES)).then(|| {
                     // An invalid Expires (or several) means "already expired" (§5.3).
                     let expires = date(h, header::EXPIRES);
                     let served = date(h, header::DATE).unwrap_or_else(SystemTime::now);
@@ -713,5 +740,48 @@ mod tests {
                 stale_if_error: false
             }
         );
+    }
+
+    #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires_rfc9213() {
+        let cdn = header::HeaderName::from_static("cdn-cache-control");
+        let policy = CachePolicy {
+            targeted: vec![cdn],
+            ..CachePolicy::default()
+        };
+        // The browser may keep it 10s; this cache (a CDN-class one) keeps it 600s.
+        let both = res(&[
+            ("cache-control", "max-age=10"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert_eq!(
+            policy.freshness_lifetime(&both),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            CachePolicy::default().freshness_lifetime(&both),
+            Some(Duration::from_secs(10)),
+            "not on the target list: ignored"
+        );
+        // `no-store` in the targeted field wins over a storable Cache-Control ...
+        let refused = res(&[
+            ("cache-control", "public, max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ]);
+        assert_eq!(policy.storable(&get(), &refused), Storable::NoStore);
+        // ... and Expires is ignored when the targeted field decides.
+        let expires = res(&[
+            ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ("cdn-cache-control", "no-cache"),
+        ]);
+        assert_eq!(policy.freshness_lifetime(&expires), None);
+        // An empty targeted field does not count: Cache-Control applies.
+        let empty = res(&[("cache-control", "max-age=5"), ("cdn-cache-control", " ")]);
+        assert_eq!(
+            policy.freshness_lifetime(&empty),
+            Some(Duration::from_secs(5))
+        );
+        assert!(policy.response_directives(both.headers()).1);
+        assert!(!policy.response_directives(empty.headers()).1);
     }
 }

@@ -437,3 +437,328 @@ async fn range_requests_bypass_the_cache_and_partial_content_is_never_stored() {
     );
     assert_eq!(calls(&origin), 2);
 }
+
+/// Waits (yielding to the runtime, never sleeping) until `done` holds, for work the cache does
+/// in a task of its own.
+async fn until(mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the background work finished");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_background() {
+    let (mut svc, origin) = cache(|req, n| match n {
+        1 => {
+            let mut res = ok("max-age=0, stale-while-revalidate=60", "v1");
+            res.headers_mut().insert("etag", "\"1\"".parse().unwrap());
+            res
+        }
+        _ => {
+            assert_eq!(
+                req.headers()["if-none-match"],
+                "\"1\"",
+                "the refresh is conditional"
+            );
+            ok("max-age=60", "v2")
+        }
+    });
+    send(&mut svc, Method::GET, "/swr", &[]).await;
+    // Two requests in the window: both get the stale answer at once, one refresh starts.
+    for _ in 0..2 {
+        let (_, h, body) = send(&mut svc, Method::GET, "/swr", &[]).await;
+        assert_eq!(body, "v1");
+        assert_eq!(
+            h["cache-status"],
+            "gateway; hit; fwd=stale; detail=stale-while-revalidate"
+        );
+    }
+    until(|| calls(&origin) == 2).await;
+    // The refreshed entry arrives; after that, fresh hits of it.
+    let mut body = Bytes::new();
+    until(|| {
+        // Polled without awaiting: the memory store answers at once.
+        let mut svc = svc.clone();
+        let res = futures_now(async move { send(&mut svc, Method::GET, "/swr", &[]).await });
+        if let Some((_, _, b)) = res {
+            body = b;
+        }
+        body == "v2"
+    })
+    .await;
+    let (_, h, body) = send(&mut svc, Method::GET, "/swr", &[]).await;
+    assert_eq!(
+        (body.as_ref(), h["cache-status"].to_str().unwrap()),
+        (&b"v2"[..], "gateway; hit")
+    );
+    assert_eq!(calls(&origin), 2, "one background refresh");
+}
+
+/// Runs a future that does not wait on anything external to completion in one poll.
+fn futures_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A body of unknown length, one chunk per poll.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn bodies_of_unknown_length_stream_through_and_are_stored_when_complete_and_small() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let origin = service_fn(move |req: Request<Full<Bytes>>| {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let chunk = if req.uri().path() == "/big" { 600 } else { 3 };
+        let chunks = (0..3).map(|i| Bytes::from(vec![b'a' + i; chunk])).collect();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(Chunks(chunks))
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = CacheLayer::new(MemoryStore::new(1 << 20))
+        .max_body(1024)
+        .layer(origin);
+    let get = |path: &'static str| {
+        let mut svc = svc.clone();
+        async move {
+            let req = Request::get(format!("http://example.com{path}"))
+                .body(Full::default())
+                .unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap()
+        }
+    };
+    let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Streamed to the client and stored once complete.
+    let res = get("/small").await;
+    assert_eq!(res.headers()["cache-status"], "gateway; fwd=miss; stored");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "aaabbbccc"
+    );
+    let res = get("/small").await;
+    assert_eq!(res.headers()["cache-status"], "gateway; hit");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "aaabbbccc"
+    );
+    assert_eq!(count(), 1);
+    // Over the cap once streaming: the client gets all of it, nothing is stored.
+    let res = get("/big").await;
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes().len(),
+        1800
+    );
+    let res = get("/big").await;
+    assert!(
+        res.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("fwd=miss")
+    );
+    drop(res);
+    assert_eq!(count(), 3);
+    // A client that goes away mid-body stores nothing (a truncated body is never served).
+    let res = get("/cut").await;
+    let mut body = Box::pin(res.into_body());
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "aaa"
+    );
+    drop(body);
+    let res = get("/cut").await;
+    assert!(
+        res.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("fwd=miss")
+    );
+    assert_eq!(count(), 5);
+}
+
+#[tokio::test]
+async fn conditional_clients_get_304_from_the_cache_and_their_validators_are_not_forwarded() {
+    let (mut svc, origin) = cache(|_, _| {
+        let mut res = ok("max-age=60", "body");
+        res.headers_mut()
+            .insert("etag", "W/\"v1\"".parse().unwrap());
+        res.headers_mut().insert(
+            "last-modified",
+            "Tue, 01 Jan 2030 00:00:00 GMT".parse().unwrap(),
+        );
+        res
+    });
+    // A conditional miss: the origin is asked unconditionally (so the entry can be stored),
+    // and the client still gets its 304.
+    let (status, h, body) = send(
+        &mut svc,
+        Method::GET,
+        "/doc",
+        &[("if-none-match", "\"v1\"")],
+    )
+    .await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    assert_eq!(h["etag"], "W/\"v1\"");
+    assert!(!h.contains_key("content-length"));
+    {
+        let seen = origin.seen.lock().unwrap();
+        assert!(!seen[0].2.contains_key("if-none-match"));
+    }
+    // Stored all the same: hits, conditional or not.
+    let (status, _, body) = send(&mut svc, Method::GET, "/doc", &[]).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"body"[..]));
+    let (status, h, _) = send(
+        &mut svc,
+        Method::GET,
+        "/doc",
+        &[("if-modified-since", "Wed, 02 Jan 2030 00:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_eq!(h["cache-status"], "gateway; hit");
+    // A validator that does not match gets the body.
+    let (status, _, body) = send(
+        &mut svc,
+        Method::GET,
+        "/doc",
+        &[("if-none-match", "\"v0\", \"v2\"")],
+    )
+    .await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"body"[..]));
+    assert_eq!(calls(&origin), 1);
+}
+
+#[tokio::test]
+async fn unkeyed_headers_and_parameters_never_reach_the_origin_so_they_cannot_poison() {
+    let origin = Origin::default();
+    let seen = origin.seen.clone();
+    let reflect = service_fn(move |req: Request<Full<Bytes>>| {
+        seen.lock().unwrap().push((
+            req.method().clone(),
+            req.uri().to_string(),
+            req.headers().clone(),
+        ));
+        // A careless origin: builds links from whatever host it is told.
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .or(req.headers().get("host"))
+            .map(|h| h.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = format!("<a href=\"https://{host}/next\"> {}", req.uri());
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+        }
+    });
+    let key = gateway_cache::CacheKey::new()
+        .query(gateway_cache::QueryKey::Except(vec!["utm_source".into()]))
+        .header(http::HeaderName::from_static("x-tenant"));
+    let mut svc = CacheLayer::new(MemoryStore::new(1 << 20))
+        .key(key)
+        .layer(reflect);
+    let (_, _, poisoned) = send(
+        &mut svc,
+        Method::GET,
+        "/page?utm_source=evil&a=1",
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-tenant", "blue"),
+        ],
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&poisoned).contains("evil"),
+        "{poisoned:?}"
+    );
+    {
+        let seen = origin.seen.lock().unwrap();
+        let (_, uri, headers) = &seen[0];
+        assert_eq!(
+            uri, "http://example.com/page?a=1",
+            "the unkeyed parameter is not forwarded"
+        );
+        for h in [
+            "x-forwarded-host",
+            "x-original-url",
+            "x-http-method-override",
+        ] {
+            assert!(!headers.contains_key(h), "{h} forwarded");
+        }
+        assert_eq!(headers["x-tenant"], "blue", "a keyed header is forwarded");
+    }
+    // Another tracking value shares the entry; another tenant does not.
+    let (_, h, _) = send(
+        &mut svc,
+        Method::GET,
+        "/page?a=1&utm_source=mail",
+        &[("x-tenant", "blue")],
+    )
+    .await;
+    assert_eq!(h["cache-status"], "gateway; hit");
+    let (_, h, _) = send(&mut svc, Method::GET, "/page?a=1", &[("x-tenant", "red")]).await;
+    assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
+    assert_eq!(origin.seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn cache_status_can_be_renamed_or_left_out_and_the_outcome_is_an_extension() {
+    let origin = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(ok("max-age=60", "x"))
+    });
+    let named = CacheLayer::new(MemoryStore::new(1 << 20)).cache_status(Some("edge-1"));
+    let mut svc = named.layer(origin);
+    let get = || Request::get("http://h/x").body(Full::default()).unwrap();
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.headers()["cache-status"], "edge-1; fwd=miss; stored");
+    assert_eq!(
+        res.extensions().get(),
+        Some(&gateway_cache::CacheOutcome::Miss)
+    );
+    drop(res.into_body().collect().await);
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(
+        res.extensions().get(),
+        Some(&gateway_cache::CacheOutcome::Hit)
+    );
+    let mut quiet = CacheLayer::new(MemoryStore::new(1 << 20))
+        .cache_status(None)
+        .layer(origin);
+    let res = quiet.ready().await.unwrap().call(get()).await.unwrap();
+    assert!(!res.headers().contains_key("cache-status"));
+    assert_eq!(
+        res.extensions().get(),
+        Some(&gateway_cache::CacheOutcome::Miss)
+    );
+}

@@ -64,13 +64,20 @@ async fn instances_share_entries_and_purges_through_redis() {
 
     let (status, body) = get(&mut one, "/catalog/1").await;
     assert!(status.contains("stored"), "{status}");
+    // The entry reaches Redis after the body ends; a second request on the same instance waits
+    // for that (it is coalesced with the store) and hits.
+    let (status, _) = get(&mut one, "/catalog/1").await;
+    assert!(status.contains("hit"), "{status}");
     let (status, shared) = get(&mut two, "/catalog/1").await;
     assert_eq!(status, "gateway; hit", "the other instance hits");
     assert_eq!(shared, body);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    get(&mut one, "/catalog/2").await;
-    get(&mut one, "/other").await;
+    for path in ["/catalog/2", "/other"] {
+        get(&mut one, path).await;
+        let (status, _) = get(&mut one, path).await;
+        assert!(status.contains("hit"), "{status}");
+    }
     assert_eq!(
         b.purge_tag("catalog").await,
         3,
@@ -78,6 +85,8 @@ async fn instances_share_entries_and_purges_through_redis() {
     );
     let (status, _) = get(&mut one, "/catalog/1").await;
     assert!(status.contains("fwd=miss"), "{status}");
+    let (status, _) = get(&mut one, "/catalog/1").await;
+    assert!(status.contains("hit"), "stored again: {status}");
     assert_eq!(a.purge_prefix("http://shop/catalog").await, 1);
     assert_eq!(a.errors() + b.errors(), 0);
 }

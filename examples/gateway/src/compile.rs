@@ -670,16 +670,77 @@ fn compile_route(
                 "ttl_floor is above ttl_ceiling",
             );
         }
+        let mut header_list = |names: &[String], what: &str| -> Vec<HeaderName> {
+            names
+                .iter()
+                .filter_map(|n| {
+                    let parsed = HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes());
+                    if parsed.is_err() {
+                        issues.at(
+                            c,
+                            format!("{field}.cache.{what}"),
+                            format!("`{n}` is not a header name"),
+                        );
+                    }
+                    parsed.ok()
+                })
+                .collect()
+        };
+        let targeted = header_list(&v.targeted, "targeted");
+        let keyed = header_list(&v.key.headers, "key.headers");
+        let unkeyed = v
+            .unkeyed_headers
+            .as_ref()
+            .map(|names| header_list(names, "unkeyed_headers"));
+        let policy = gateway_cache::policy::CachePolicy { targeted, ..policy };
+        let query = match (&v.key.query_only, &v.key.query_except, v.key.query) {
+            (None, None, crate::config::QueryKeyMode::AsSent) => gateway_cache::QueryKey::AsSent,
+            (None, None, crate::config::QueryKeyMode::Sorted) => gateway_cache::QueryKey::Sorted,
+            (None, None, crate::config::QueryKeyMode::Ignored) => gateway_cache::QueryKey::Ignored,
+            (Some(only), None, crate::config::QueryKeyMode::AsSent) => {
+                gateway_cache::QueryKey::Only(only.clone())
+            }
+            (None, Some(except), crate::config::QueryKeyMode::AsSent) => {
+                gateway_cache::QueryKey::Except(except.clone())
+            }
+            _ => {
+                issues.at(
+                    c,
+                    format!("{field}.cache.key"),
+                    "use one of `query`, `query_only` and `query_except`",
+                );
+                gateway_cache::QueryKey::AsSent
+            }
+        };
+        let key = keyed
+            .into_iter()
+            .fold(gateway_cache::CacheKey::new().query(query), |k, h| {
+                k.header(h)
+            });
+        let status = v.cache_status.trim();
+        if !status
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.:/".contains(ch))
+        {
+            issues.at(
+                c,
+                format!("{field}.cache.cache_status"),
+                "a cache name is letters, digits and `-_.:/`",
+            );
+        }
         let store = limits.cache_store.clone();
-        (
-            gateway_cache::CacheLayer::shared(store)
-                .policy(policy)
-                .max_body(
-                    v.max_body
-                        .map_or(1 << 20, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
-                ),
-            v.shared,
-        )
+        let mut layer = gateway_cache::CacheLayer::shared(store)
+            .policy(policy)
+            .key(key)
+            .cache_status(Some(status).filter(|n| !n.is_empty()))
+            .max_body(
+                v.max_body
+                    .map_or(1 << 20, |b| usize::try_from(b.0).unwrap_or(usize::MAX)),
+            );
+        if let Some(unkeyed) = unkeyed {
+            layer = layer.unkeyed_headers(unkeyed);
+        }
+        (layer, v.shared)
     });
     let mut upgrades = Vec::new();
     for u in &rc.upgrades {

@@ -140,6 +140,55 @@ pub struct RouteCacheConfig {
     /// own, keyed by the principal).
     #[serde(default)]
     pub shared: bool,
+    /// What the key is made of, beyond scheme, host and path.
+    #[serde(default)]
+    pub key: CacheKeyConfig,
+    /// Request headers removed before a cacheable request is forwarded, unless keyed (default:
+    /// the host, URL and method override headers listed in docs/configuration.md).
+    #[serde(default)]
+    pub unkeyed_headers: Option<Vec<String>>,
+    /// Targeted cache-control fields this cache obeys over `Cache-Control` (RFC 9213), first
+    /// present wins: `[cdn-cache-control]`, say. Default none.
+    #[serde(default)]
+    pub targeted: Vec<String>,
+    /// This cache's name in `Cache-Status` (RFC 9211); empty for no `Cache-Status` field.
+    #[serde(default = "default_cache_status")]
+    pub cache_status: String,
+}
+
+fn default_cache_status() -> String {
+    "gateway".to_owned()
+}
+
+/// The parts of a cache key beyond scheme, host and path.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKeyConfig {
+    /// The query: `as_sent` (default), `sorted` or `ignored`.
+    #[serde(default)]
+    pub query: QueryKeyMode,
+    /// Only these query parameters are keyed (sorted) and forwarded.
+    #[serde(default)]
+    pub query_only: Option<Vec<String>>,
+    /// These query parameters are neither keyed nor forwarded (the rest are sorted).
+    #[serde(default)]
+    pub query_except: Option<Vec<String>>,
+    /// Request headers that are part of the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// How the query enters a cache key.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKeyMode {
+    /// As sent.
+    #[default]
+    AsSent,
+    /// Sorted by parameter name.
+    Sorted,
+    /// Not keyed and not forwarded.
+    Ignored,
 }
 
 /// Request ids, metrics and the access log.

@@ -306,15 +306,22 @@ impl Pipeline {
         let mut res = match (upgrade, &route.cache) {
             (Some(_), _) => self.tunnel(route.upstream, req).await,
             (None, Some((cache, shared))) => {
+                // Owned, so a `stale-while-revalidate` refresh can run after the answer.
+                let (compiled, dispatch) =
+                    (self.compiled.clone(), self.dispatch[route.upstream].clone());
                 let upstream = route.upstream;
-                let origin = |req| self.forward(upstream, req);
+                let origin =
+                    move |req| async move { forward(&compiled, &dispatch, upstream, req).await };
                 // Answers for an authenticated caller are that caller's: kept apart unless the
                 // route says they are the same for everyone.
                 let res = match principal.as_ref().filter(|_| !shared) {
                     Some(p) => cache.serve_scoped(req, p.subject(), origin).await,
                     None => cache.serve(req, origin).await,
                 };
-                res.map(|body| body.either(ResponseBody::full, |origin| origin))
+                res.map(|body| match body.into_cached() {
+                    Ok(stored) => ResponseBody::full(stored),
+                    Err(streamed) => ResponseBody::boxed(streamed),
+                })
             }
             (None, None) => self.forward(route.upstream, req).await,
         };
@@ -377,47 +384,7 @@ impl Pipeline {
 
     /// Sends an admitted request through its upstream's bulkhead, resilience stack and client.
     async fn forward(&self, upstream: usize, req: Request<ClientBody>) -> Response<ResponseBody> {
-        // The bulkhead comes first: shed requests never count against the breaker.
-        let _slot = match &self.compiled.upstreams[upstream].bulkhead {
-            Some(bulkhead) => match bulkhead.try_admit() {
-                Some(slot) => Some(slot),
-                None => return BulkheadLayer::rejection(),
-            },
-            None => None,
-        };
-        // Clones are a few reference-count increments; breaker state and retry budget are
-        // shared by all of them.
-        let dispatch = async {
-            match &*self.dispatch[upstream] {
-                Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
-                Dispatch::Stacked(stack, _) => stack.clone().oneshot(req).await,
-            }
-        };
-        let sent = match self.compiled.upstreams[upstream].deadline {
-            None => dispatch.await,
-            Some(deadline) => match tokio::time::timeout(deadline, dispatch).await {
-                Ok(sent) => sent,
-                Err(_) => {
-                    return reject(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        RejectReason::UpstreamTimeout,
-                        ResponseFlags::UPSTREAM_TIMEOUT,
-                        "the upstream did not answer within the request deadline",
-                    );
-                }
-            },
-        };
-        let mut res = match sent {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-        // The retry count, for logs: on the upstream call the client finally got.
-        if let Some(gateway_breaker::RetryCount(n)) = res.extensions().get().copied()
-            && let Some(call) = res.extensions_mut().get_mut::<gateway_core::UpstreamCall>()
-        {
-            call.retries = n;
-        }
-        res
+        forward(&self.compiled, &self.dispatch[upstream], upstream, req).await
     }
 
     /// Everything before the upstream call; `Err` is an immediate answer.
@@ -652,6 +619,56 @@ fn strip_internal(headers: &mut http::HeaderMap, prefixes: &[String]) {
     for name in doomed.into_iter().flatten() {
         headers.remove(&name);
     }
+}
+
+/// Sends an admitted request through its upstream's bulkhead, resilience stack and client.
+async fn forward(
+    compiled: &Compiled,
+    dispatch: &Dispatch,
+    upstream: usize,
+    req: Request<ClientBody>,
+) -> Response<ResponseBody> {
+    // The bulkhead comes first: shed requests never count against the breaker.
+    let _slot = match &compiled.upstreams[upstream].bulkhead {
+        Some(bulkhead) => match bulkhead.try_admit() {
+            Some(slot) => Some(slot),
+            None => return BulkheadLayer::rejection(),
+        },
+        None => None,
+    };
+    // Clones are a few reference-count increments; breaker state and retry budget are
+    // shared by all of them.
+    let call = async {
+        match dispatch {
+            Dispatch::Bare(client) => client.send(req.map(ReplayBody::streaming)).await,
+            Dispatch::Stacked(stack, _) => stack.clone().oneshot(req).await,
+        }
+    };
+    let sent = match compiled.upstreams[upstream].deadline {
+        None => call.await,
+        Some(deadline) => match tokio::time::timeout(deadline, call).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return reject(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    RejectReason::UpstreamTimeout,
+                    ResponseFlags::UPSTREAM_TIMEOUT,
+                    "the upstream did not answer within the request deadline",
+                );
+            }
+        },
+    };
+    let mut res = match sent {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    // The retry count, for logs: on the upstream call the client finally got.
+    if let Some(gateway_breaker::RetryCount(n)) = res.extensions().get().copied()
+        && let Some(call) = res.extensions_mut().get_mut::<gateway_core::UpstreamCall>()
+    {
+        call.retries = n;
+    }
+    res
 }
 
 #[cfg(test)]

@@ -292,3 +292,118 @@ async fn with_a_redis_store_instances_share_entries() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn unkeyed_input_targeted_fields_conditionals_and_background_refresh_through_the_gateway() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<http::HeaderMap>::new()));
+    let log = seen.clone();
+    let up = TestUpstream::start(move |req: http::Request<hyper::body::Incoming>| {
+        let n = {
+            let mut log = log.lock().unwrap();
+            log.push(req.headers().clone());
+            log.len()
+        };
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .map(|h| h.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        async move {
+            let (cc, body) = match path.as_str() {
+                // Browsers: do not keep it; this cache: ten minutes.
+                "/cdn" => ("no-store", format!("cdn {n}")),
+                "/swr" if n <= 4 => ("max-age=0, stale-while-revalidate=60", "old".to_owned()),
+                "/swr" => ("max-age=60", "new".to_owned()),
+                _ => ("max-age=60", format!("https://{host}/next?{query}")),
+            };
+            let mut res = http::Response::new(gateway_test::full(body));
+            let h = res.headers_mut();
+            h.insert("cache-control", http::HeaderValue::from_static(cc));
+            h.insert("etag", http::HeaderValue::from_static("\"e1\""));
+            if path == "/cdn" {
+                h.insert(
+                    "cdn-cache-control",
+                    http::HeaderValue::from_static("max-age=600"),
+                );
+            }
+            res
+        }
+    })
+    .await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n  - name: pages\n    upstream: up\n    cache:\n      key: {{ query_except: [utm_source] }}\n      targeted: [cdn-cache-control]\n      cache_status: edge\n",
+        up.addr()
+    );
+    let file = std::env::temp_dir().join(format!("gateway-cache-key-{}.yaml", std::process::id()));
+    std::fs::write(&file, yaml).unwrap();
+    let compiled =
+        gateway::Compiled::new(&gateway::Config::load(&file).unwrap(), "cache.yaml").unwrap();
+    let gw = gateway::start(compiled).unwrap();
+    let a = addr(&gw);
+
+    // Poisoning: the override headers and the tracking parameter never reach the upstream, so
+    // the stored page links to the real host.
+    let first = request(
+        a,
+        "GET",
+        "/page?utm_source=evil&id=1",
+        "x-forwarded-host: evil.example\r\nx-original-url: /admin\r\n",
+    )
+    .await;
+    assert!(
+        body(&first).starts_with("https://shop/next?id=1"),
+        "{first}"
+    );
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[0]["x-forwarded-host"], "shop",
+            "the gateway's own value"
+        );
+        assert!(!seen[0].contains_key("x-original-url"));
+    }
+    let shared = request(a, "GET", "/page?id=1&utm_source=mail", "").await;
+    assert!(shared.contains("cache-status: edge; hit"), "{shared}");
+
+    // A conditional client gets 304 from the stored answer.
+    let cond = request(a, "GET", "/page?id=1", "if-none-match: \"e1\"\r\n").await;
+    assert!(cond.starts_with("HTTP/1.1 304"), "{cond}");
+
+    // CDN-Cache-Control decides for this cache; Cache-Control still reaches the client.
+    request(a, "GET", "/cdn", "").await;
+    let cdn = request(a, "GET", "/cdn", "").await;
+    assert!(cdn.contains("cache-status: edge; hit"), "{cdn}");
+    assert!(cdn.contains("cache-control: no-store"), "{cdn}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // stale-while-revalidate: answered at once from the stale entry, refreshed in the
+    // background through the upstream client (requests 3 and 4 reached the upstream).
+    let stale = request(a, "GET", "/swr", "").await;
+    assert_eq!(body(&stale), "old");
+    let mut refreshed = String::new();
+    for _ in 0..200 {
+        refreshed = request(a, "GET", "/swr", "").await;
+        if body(&refreshed) == "new" {
+            break;
+        }
+    }
+    assert_eq!(body(&refreshed), "new", "{refreshed}");
+
+    // Every outcome is counted.
+    let metrics = raw_exchange(
+        gw.admin_addr().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    for outcome in ["hit", "miss", "stale"] {
+        assert!(
+            metrics.contains(&format!(
+                "gateway_cache_requests_total{{outcome=\"{outcome}\",http_route=\"pages\"}}"
+            )),
+            "{outcome}: {metrics}"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
