@@ -4,16 +4,17 @@
 # machine, in one run, with the same wrk settings, alternating targets per round and reporting
 # medians. See benches/load/README.md.
 #
-# Usage: benches/load/run.sh [--skip-gateway] [--ratelimit]
+# Usage: benches/load/run.sh [--skip-gateway] [--ratelimit] [--cache]
 # Env:   THREADS=1 CONNECTIONS=50 DURATION=10s WARMUP=2s ROUNDS=3
 #        UPSTREAM_PORT=18080 NGINX_PORT=18081 GATEWAY_PORT=18082 ADMIN_PORT=19901
 #        RATELIMIT=0 GATEWAY_RL_PORT=18083 ADMIN_RL_PORT=19902
+#        CACHE=0 NGINX_CACHE_PORT=18084 GATEWAY_CACHE_PORT=18085 ADMIN_CACHE_PORT=19903
 #        GATEWAY_BIN=target/release/gateway SKIP_GATEWAY=0 READY_TIMEOUT=20 OUT= KEEP_TMP=0
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: benches/load/run.sh [--skip-gateway] [--ratelimit] [--help]
+Usage: benches/load/run.sh [--skip-gateway] [--ratelimit] [--cache] [--help]
 
 Measures the upstream directly, nginx (proxy_pass + upstream keep-alive) and the gateway with the
 same wrk settings, alternating targets each round, and prints the medians as a markdown table.
@@ -23,12 +24,16 @@ Options:
   --ratelimit      also measure "gateway-rl": a second gateway whose route has a per-IP rate
                    limit that always admits (the decision and headers on every request;
                    same as RATELIMIT=1)
+  --cache          also measure cache hits: "nginx-cache" (proxy_cache, proxy_cache_valid 1h)
+                   and "gateway-cache" (a route with `cache: { default_ttl: 1h }`); every
+                   measured request is a hit (same as CACHE=1)
   -h, --help       this text
 
 Environment (defaults in brackets):
   THREADS [1]  CONNECTIONS [50]  DURATION [10s]  WARMUP [2s, 0 = none]  ROUNDS [3]
   UPSTREAM_PORT [18080]  NGINX_PORT [18081]  GATEWAY_PORT [18082]  ADMIN_PORT [19901]
   GATEWAY_RL_PORT [18083]  ADMIN_RL_PORT [19902]   (with --ratelimit)
+  NGINX_CACHE_PORT [18084]  GATEWAY_CACHE_PORT [18085]  ADMIN_CACHE_PORT [19903]   (with --cache)
   GATEWAY_BIN [<repo>/target/release/gateway; built with cargo if that default is missing]
   READY_TIMEOUT [20]  seconds to wait for the gateway's /readyz
   OUT [unset]         also write the report (markdown) to this file
@@ -39,10 +44,12 @@ EOF
 
 SKIP_GATEWAY=${SKIP_GATEWAY:-0}
 RATELIMIT=${RATELIMIT:-0}
+CACHE=${CACHE:-0}
 while (($#)); do
     case $1 in
         --skip-gateway) SKIP_GATEWAY=1 ;;
         --ratelimit) RATELIMIT=1 ;;
+        --cache) CACHE=1 ;;
         -h | --help)
             usage
             exit 0
@@ -70,6 +77,9 @@ GATEWAY_PORT=${GATEWAY_PORT:-18082}
 ADMIN_PORT=${ADMIN_PORT:-19901}
 GATEWAY_RL_PORT=${GATEWAY_RL_PORT:-18083}
 ADMIN_RL_PORT=${ADMIN_RL_PORT:-19902}
+NGINX_CACHE_PORT=${NGINX_CACHE_PORT:-18084}
+GATEWAY_CACHE_PORT=${GATEWAY_CACHE_PORT:-18085}
+ADMIN_CACHE_PORT=${ADMIN_CACHE_PORT:-19903}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 OUT=${OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -97,7 +107,7 @@ dur_secs() {
 }
 
 for v in THREADS CONNECTIONS ROUNDS READY_TIMEOUT UPSTREAM_PORT NGINX_PORT GATEWAY_PORT ADMIN_PORT \
-    GATEWAY_RL_PORT ADMIN_RL_PORT; do
+    GATEWAY_RL_PORT ADMIN_RL_PORT NGINX_CACHE_PORT GATEWAY_CACHE_PORT ADMIN_CACHE_PORT; do
     is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((THREADS >= 1)) || die "THREADS must be >= 1"
@@ -108,11 +118,14 @@ WARMUP_S=$(dur_secs "$WARMUP")
 ((DURATION_S >= 1)) || die "DURATION must be at least 1s"
 [[ $SKIP_GATEWAY == 0 || $SKIP_GATEWAY == 1 ]] || die "SKIP_GATEWAY must be 0 or 1"
 [[ $RATELIMIT == 0 || $RATELIMIT == 1 ]] || die "RATELIMIT must be 0 or 1"
+[[ $CACHE == 0 || $CACHE == 1 ]] || die "CACHE must be 0 or 1"
 if ((SKIP_GATEWAY)); then RATELIMIT=0; fi
 
 PORTS=("$UPSTREAM_PORT" "$NGINX_PORT")
 if ((!SKIP_GATEWAY)); then PORTS+=("$GATEWAY_PORT" "$ADMIN_PORT"); fi
 if ((RATELIMIT)); then PORTS+=("$GATEWAY_RL_PORT" "$ADMIN_RL_PORT"); fi
+if ((CACHE)); then PORTS+=("$NGINX_CACHE_PORT"); fi
+if ((CACHE && !SKIP_GATEWAY)); then PORTS+=("$GATEWAY_CACHE_PORT" "$ADMIN_CACHE_PORT"); fi
 if [[ $(printf '%s\n' "${PORTS[@]}" | sort -u | wc -l) -ne ${#PORTS[@]} ]]; then
     die "ports must be distinct: ${PORTS[*]}"
 fi
@@ -223,6 +236,8 @@ if [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null || true) ]]; then 
 TARGETS=(direct nginx)
 if ((!SKIP_GATEWAY)); then TARGETS+=(gateway); fi
 if ((RATELIMIT)); then TARGETS+=(gateway-rl); fi
+if ((CACHE)); then TARGETS+=(nginx-cache); fi
+if ((CACHE && !SKIP_GATEWAY)); then TARGETS+=(gateway-cache); fi
 est=$((ROUNDS * ${#TARGETS[@]} * (DURATION_S + WARMUP_S)))
 
 {
@@ -312,8 +327,25 @@ write_proxy_conf() { # dir
             proxy_set_header Connection "";
         }
     }
-}
 EOF
+        if ((CACHE)); then
+            cat <<EOF
+    proxy_cache_path $d/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=1h use_temp_path=off;
+    server {
+        listen $HOST:$NGINX_CACHE_PORT;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+EOF
+        fi
+        echo "}"
     } >"$d/nginx.conf"
 }
 
@@ -414,6 +446,14 @@ if ((RATELIMIT)); then
         "    rate_limit: { by: ip, rate: 1000000/s, burst: 4000000000 }"
     GATEWAY_RL_PID=$LAST_PID
 fi
+GATEWAY_CACHE_PID=""
+if ((CACHE && !SKIP_GATEWAY)); then
+    # The same route behind the HTTP cache (in memory); the upstream's answer has no freshness
+    # of its own, so the route's default TTL applies, as proxy_cache_valid does for nginx.
+    start_gateway gateway-cache "$GATEWAY_CACHE_PORT" "$ADMIN_CACHE_PORT" \
+        "    cache: { default_ttl: 1h }"
+    GATEWAY_CACHE_PID=$LAST_PID
+fi
 if ((SKIP_GATEWAY)); then
     echo "- gateway: skipped" >>"$WORKDIR/header.md"
 fi
@@ -424,6 +464,8 @@ target_port() {
         nginx) echo "$NGINX_PORT" ;;
         gateway) echo "$GATEWAY_PORT" ;;
         gateway-rl) echo "$GATEWAY_RL_PORT" ;;
+        nginx-cache) echo "$NGINX_CACHE_PORT" ;;
+        gateway-cache) echo "$GATEWAY_CACHE_PORT" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -488,6 +530,8 @@ target_pid() {
         nginx) echo "$NGINX_PID" ;;
         gateway) echo "$GATEWAY_PID" ;;
         gateway-rl) echo "$GATEWAY_RL_PID" ;;
+        nginx-cache) echo "$NGINX_PID" ;;
+        gateway-cache) echo "$GATEWAY_CACHE_PID" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -568,6 +612,14 @@ if [[ -n $GATEWAY_RL_PID ]]; then
     }
     RSS[gateway-rl]=$(hwm_mib "$GATEWAY_RL_PID")
 fi
+if ((CACHE)); then RSS[nginx-cache]=${RSS[nginx]}; fi
+if [[ -n $GATEWAY_CACHE_PID ]]; then
+    kill -0 "$GATEWAY_CACHE_PID" 2>/dev/null || {
+        show_log "$WORKDIR/gateway-cache.log"
+        die "gateway-cache died during the run"
+    }
+    RSS[gateway-cache]=$(hwm_mib "$GATEWAY_CACHE_PID")
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -626,6 +678,10 @@ REPORT=$WORKDIR/report.md
     if [[ -n $GATEWAY_RL_PID ]]; then
         echo "gateway-rl/gateway throughput ratio: $(ratio "${MED_RPS[gateway-rl]}" "${MED_RPS[gateway]}");" \
             "CPU per request ratio (the rate limit's cost): $(ratio "${MED_CPU[gateway-rl]}" "${MED_CPU[gateway]}")"
+    fi
+    if [[ -n $GATEWAY_CACHE_PID ]]; then
+        echo "gateway-cache/nginx-cache (hits) throughput ratio: $(ratio "${MED_RPS[gateway-cache]}" "${MED_RPS[nginx-cache]}");" \
+            "CPU per request ratio: $(ratio "${MED_CPU[gateway-cache]}" "${MED_CPU[nginx-cache]}")"
     fi
 } >"$REPORT"
 
