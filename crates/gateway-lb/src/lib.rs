@@ -6,8 +6,18 @@
 //! connections on the core that uses them. It is the last service
 //! of a gateway's stack: everything in front of it (auth, rate limits, caching) is a layer.
 //!
-//! Endpoints are picked round robin; health checks, outlier ejection and the other balancing
-//! algorithms build on this crate.
+//! Endpoints are picked by a [`balance::Balancer`] that every upstream built from one builder
+//! shares: the algorithm ([`balance::Balance`]: round robin, smooth weighted round robin,
+//! random, power of two choices over requests in flight or peak-EWMA latency, least
+//! connections, Maglev hashing) chooses among endpoints that pass their active health checks,
+//! are not ejected by outlier detection and are not backing off after `Retry-After` (see
+//! [`health`]).
+//!
+//! Why not tower's `p2c::Balance` over a `Discover` stream: it is driven through `&mut
+//! poll_ready` by one owner, so sharing it between connections needs a `Buffer` (a channel hop
+//! and a task per request), and it has no weights, hashing, health or ejection. The balancer
+//! here is lock-free (atomics per endpoint) and is read through `&self` by every connection of
+//! every core.
 //!
 //! # Example
 //!
@@ -47,6 +57,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+pub mod balance;
+pub mod health;
 mod proxy;
 
 #[cfg(feature = "tls")]

@@ -288,11 +288,34 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                     })
                     .collect::<Vec<_>>()
             });
+            let balancer = u.builder.balancer();
+            let ms = |d: Option<std::time::Duration>| {
+                d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            };
+            let endpoints: Vec<serde_json::Value> = u
+                .endpoints
+                .iter()
+                .zip(balancer.status())
+                .map(|(e, s)| {
+                    serde_json::json!({
+                        "endpoint": e.to_string(),
+                        "weight": s.weight,
+                        "available": s.available,
+                        "healthy": s.healthy,
+                        "ejected_for_ms": ms(s.ejected_for),
+                        "ejections": s.ejections,
+                        "backing_off_for_ms": ms(s.backing_off_for),
+                        "in_flight": s.in_flight,
+                        "latency_ms": s.latency.map(|d| d.as_secs_f64() * 1000.0),
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "name": u.name,
+                "balance": format!("{:?}", balancer.algorithm()),
                 "bulkhead": bulkhead,
                 "endpoint_breakers": endpoint_breakers,
-                "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "endpoints": endpoints,
                 "breaker": breaker,
             })
         })

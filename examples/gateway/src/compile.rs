@@ -99,6 +99,9 @@ pub struct UpstreamSpec {
     pub retry: Option<RetryLayer>,
     /// Overall deadline for the response headers, retries included.
     pub deadline: Option<Duration>,
+    /// Active health checks and success-rate sweeps, started by the first worker that builds
+    /// a client; stopped when this spec goes (a reload that changes the upstream).
+    pub health: std::sync::OnceLock<Option<gateway_lb::health::HealthTasks>>,
     /// Hedging of slow idempotent requests, with one budget shared by every worker.
     pub hedge: Option<HedgeLayer>,
 }
@@ -226,9 +229,26 @@ impl Compiled {
             let up = &spanned.value;
             let field = format!("upstreams.{name}");
             let mut endpoints = Vec::new();
+            let mut weights = Vec::new();
             for (i, e) in up.endpoints.iter().enumerate() {
-                match e.value.parse::<Endpoint>() {
-                    Ok(ep) => endpoints.push(ep),
+                let mut words = e.value.split_whitespace();
+                let address = words.next().unwrap_or_default();
+                let mut weight = 1;
+                for word in words {
+                    match word.strip_prefix("weight=").map(str::parse::<u32>) {
+                        Some(Ok(w)) if w > 0 => weight = w,
+                        _ => issues.at(
+                            e,
+                            format!("{field}.endpoints[{i}]"),
+                            format!("`{word}`: expected `weight=N` with N at least 1"),
+                        ),
+                    }
+                }
+                match address.parse::<Endpoint>() {
+                    Ok(ep) => {
+                        endpoints.push(ep);
+                        weights.push(weight);
+                    }
                     Err(err) => issues.at(e, format!("{field}.endpoints[{i}]"), err.to_string()),
                 }
             }
@@ -282,6 +302,7 @@ impl Compiled {
                 Some(tls) => builder.tls(tls),
                 None => builder,
             };
+            let builder = balancing(&field, spanned, builder, weights, &mut issues);
             let per_endpoint = up.breaker.as_ref().is_some_and(|b| b.value.per_endpoint);
             let breaker = up
                 .breaker
@@ -341,6 +362,7 @@ impl Compiled {
                 bulkhead: up.max_concurrent.map(BulkheadLayer::new),
                 retry,
                 deadline: up.timeouts.total.map(|d| d.0),
+                health: std::sync::OnceLock::new(),
                 hedge: up.hedge.as_ref().map(|h| {
                     HedgeLayer::new(h.after.0).budget(
                         h.budget.0 as f32,
@@ -1061,4 +1083,136 @@ fn check_limits(config: &Config, issues: &mut Issues) {
             );
         }
     }
+}
+
+/// An upstream's `balance`, `panic_threshold`, `slow_start`, `health` and `outlier` blocks.
+fn balancing(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::UpstreamConfig>,
+    builder: UpstreamBuilder,
+    weights: Vec<u32>,
+    issues: &mut Issues,
+) -> UpstreamBuilder {
+    use crate::config::{BalanceConfig as B, HashConfig as H};
+    use gateway_lb::balance::{Balance, HashOn};
+    use gateway_lb::health::{CheckKind, HealthCheck, OutlierDetection, SuccessRate};
+    let up = &spanned.value;
+    let balance = match &up.balance {
+        B::RoundRobin => Balance::RoundRobin,
+        B::WeightedRoundRobin => Balance::WeightedRoundRobin,
+        B::Random => Balance::Random,
+        B::LeastRequest => Balance::LeastRequest,
+        B::PeakEwma => Balance::PeakEwma,
+        B::LeastConnections => Balance::LeastConnections,
+        B::Hash(H::ClientIp) => Balance::Hash(HashOn::ClientIp),
+        B::Hash(H::Path) => Balance::Hash(HashOn::Path),
+        B::Hash(H::Cookie(name)) => Balance::Hash(HashOn::Cookie(name.clone())),
+        B::Hash(H::Header(name)) => {
+            match HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                Ok(h) => Balance::Hash(HashOn::Header(h)),
+                Err(_) => {
+                    issues.at(
+                        spanned,
+                        format!("{field}.balance.hash.header"),
+                        format!("`{name}` is not a header name"),
+                    );
+                    Balance::RoundRobin
+                }
+            }
+        }
+    };
+    let health = up.health.as_ref().map(|h| {
+        let v = &h.value;
+        let mut expect = Vec::new();
+        for e in &v.expect {
+            let (lo, hi) = e.split_once('-').unwrap_or((e, e));
+            match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && lo <= hi && hi <= 599 => {
+                    expect.push(lo..=hi);
+                }
+                _ => issues.at(
+                    h,
+                    format!("{field}.health.expect"),
+                    format!("`{e}`: expected a status or a range like 200-299"),
+                ),
+            }
+        }
+        if let Some(path) = &v.path
+            && !path.starts_with('/')
+        {
+            issues.at(h, format!("{field}.health.path"), "must start with `/`");
+        }
+        let defaults = HealthCheck::default();
+        let check = HealthCheck {
+            kind: match &v.path {
+                Some(path) => CheckKind::Http {
+                    path: path.clone(),
+                    expect,
+                },
+                None => CheckKind::Tcp,
+            },
+            interval: v.interval.map_or(defaults.interval, |d| d.0),
+            timeout: v.timeout.map_or(defaults.timeout, |d| d.0),
+            healthy_threshold: v.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+            unhealthy_threshold: v
+                .unhealthy_threshold
+                .unwrap_or(defaults.unhealthy_threshold),
+            jitter: v.jitter.map_or(defaults.jitter, |r| r.0),
+        };
+        if check.interval.is_zero() || check.timeout.is_zero() {
+            issues.at(
+                h,
+                format!("{field}.health"),
+                "interval and timeout must be greater than zero",
+            );
+        }
+        check
+    });
+    let outlier = up.outlier.as_ref().map(|o| {
+        let v = &o.value;
+        let d = OutlierDetection::default();
+        let count = |n: Option<u32>, default: Option<u32>| match n {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        let success_rate = v.success_rate.as_ref().map(|r| {
+            let d = SuccessRate::default();
+            SuccessRate {
+                interval: r.interval.map_or(d.interval, |i| i.0),
+                min_requests: r.min_requests.unwrap_or(d.min_requests),
+                min_endpoints: r.min_endpoints.unwrap_or(d.min_endpoints),
+                stdev_factor: r.stdev_factor.unwrap_or(d.stdev_factor),
+            }
+        });
+        if success_rate.as_ref().is_some_and(|r| r.interval.is_zero()) {
+            issues.at(
+                o,
+                format!("{field}.outlier.success_rate.interval"),
+                "must be greater than zero",
+            );
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let percent = v.max_ejection_percent.map_or(d.max_ejection_percent, |r| {
+            (r.0 * 100.0).round().clamp(0.0, 100.0) as u8
+        });
+        OutlierDetection {
+            consecutive_5xx: count(v.consecutive_5xx, d.consecutive_5xx),
+            consecutive_gateway_errors: count(
+                v.consecutive_gateway_errors,
+                d.consecutive_gateway_errors,
+            ),
+            base_ejection: v.base_ejection.map_or(d.base_ejection, |x| x.0),
+            max_ejection: v.max_ejection.map_or(d.max_ejection, |x| x.0),
+            max_ejection_percent: percent,
+            success_rate,
+        }
+    });
+    builder
+        .balance(balance)
+        .weights(weights)
+        .panic_threshold(up.panic_threshold.map_or(0.5, |r| r.0))
+        .slow_start(up.slow_start.map(|d| d.0))
+        .health_check(health)
+        .outlier_detection(outlier)
 }

@@ -910,8 +910,24 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `host:port` endpoints, balanced round robin.
+    /// `host:port` endpoints, each optionally followed by ` weight=N`.
     pub endpoints: Vec<Spanned<String>>,
+    /// How an endpoint is picked (default `round_robin`).
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    /// Below this share of available endpoints, balance over all of them (default 50%; 0:
+    /// answer `503` when none is available).
+    #[serde(default)]
+    pub panic_threshold: Option<Ratio>,
+    /// Endpoints coming back get traffic ramped up over this long (default none).
+    #[serde(default)]
+    pub slow_start: Option<HumanDuration>,
+    /// Active health checks; none when absent.
+    #[serde(default)]
+    pub health: Option<Spanned<HealthConfig>>,
+    /// Passive outlier detection; none when absent.
+    #[serde(default)]
+    pub outlier: Option<Spanned<OutlierConfig>>,
     /// `http1` (default) or `http2` (h2c with prior knowledge).
     #[serde(default)]
     pub protocol: ProtocolConfig,
@@ -940,6 +956,111 @@ pub struct UpstreamConfig {
     /// TLS to `https://` endpoints.
     #[serde(default)]
     pub tls: Option<Spanned<UpstreamTlsConfig>>,
+}
+
+/// How an upstream picks an endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BalanceConfig {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin.
+    WeightedRoundRobin,
+    /// At random, by weight.
+    Random,
+    /// Power of two choices over requests in flight.
+    LeastRequest,
+    /// Power of two choices over peak-EWMA latency.
+    PeakEwma,
+    /// Fewest requests in flight per unit of weight.
+    LeastConnections,
+    /// Consistent hashing (Maglev) of a request key.
+    Hash(HashConfig),
+}
+
+/// What a `hash` balance keys on.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HashConfig {
+    /// The client's address.
+    ClientIp,
+    /// The request path.
+    Path,
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// Active health checks of an upstream's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `GET` this path; without it, the check is a TCP (and TLS) connect.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Passing statuses: `200`, `200-299` (default 200-399).
+    #[serde(default)]
+    pub expect: Vec<String>,
+    /// Between checks (default 5s).
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    /// A slower check failed (default 1s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Passes in a row to become healthy (default 2).
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Failures in a row to become unhealthy (default 3).
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Intervals vary by up to this share (default 10%).
+    #[serde(default)]
+    pub jitter: Option<Ratio>,
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Eject after this many answers `>= 500` in a row (default 5; 0: off).
+    #[serde(default)]
+    pub consecutive_5xx: Option<u32>,
+    /// Eject after this many `502`-`504`, connect failures and timeouts in a row (default 5;
+    /// 0: off).
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// First ejection's length (default 30s), multiplied by the number of ejections.
+    #[serde(default)]
+    pub base_ejection: Option<HumanDuration>,
+    /// Longest ejection (default 300s).
+    #[serde(default)]
+    pub max_ejection: Option<HumanDuration>,
+    /// Most endpoints ejected at once (default 10%; at least one).
+    #[serde(default)]
+    pub max_ejection_percent: Option<Ratio>,
+    /// Ejection by success rate; off when absent.
+    #[serde(default)]
+    pub success_rate: Option<SuccessRateConfig>,
+}
+
+/// Success-rate ejection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRateConfig {
+    /// Between sweeps (default 10s).
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    /// Requests an endpoint needs per interval to count (default 100).
+    #[serde(default)]
+    pub min_requests: Option<u32>,
+    /// Endpoints with enough requests needed (default 5).
+    #[serde(default)]
+    pub min_endpoints: Option<usize>,
+    /// Standard deviations below the mean that make an outlier (default 1.9).
+    #[serde(default)]
+    pub stdev_factor: Option<f64>,
 }
 
 /// TLS to an upstream's `https://` endpoints.

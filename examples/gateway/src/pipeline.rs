@@ -190,6 +190,9 @@ impl Pipeline {
 
     fn dispatch(spec: &crate::compile::UpstreamSpec) -> Dispatch {
         let client = spec.build();
+        // One set of health checks per upstream, whichever worker gets here first; every
+        // worker's client reads their results through the shared balancer.
+        spec.health.get_or_init(|| client.spawn_health_checks());
         let direct = client.clone();
         if spec.retry.is_none() && spec.hedge.is_none() && spec.breaker.is_none() {
             return Dispatch::Bare(client);

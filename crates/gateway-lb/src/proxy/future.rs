@@ -20,6 +20,8 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use crate::balance::InFlight;
+
 use super::{
     ResponseBody,
     headers::strip_hop_by_hop,
@@ -51,6 +53,7 @@ pin_project! {
             sleep: Option<Sleep>,
             body_timeout: Option<Duration>,
             permit: Option<(CallPermit, DefaultClassifier)>,
+            load: Option<InFlight>,
             uploaded: Option<Arc<AtomicBool>>,
             span: Option<ClientSpan>,
             endpoint: Arc<str>,
@@ -130,7 +133,7 @@ impl ResponseFuture {
         fut: Exchange,
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
-        permit: Option<(CallPermit, DefaultClassifier)>,
+        (permit, load): (Option<(CallPermit, DefaultClassifier)>, Option<InFlight>),
         uploaded: Option<Arc<AtomicBool>>,
         span: Option<ClientSpan>,
         endpoint: Arc<str>,
@@ -141,6 +144,7 @@ impl ResponseFuture {
                 sleep: timeout.map(tokio::time::sleep),
                 body_timeout,
                 permit,
+                load,
                 uploaded,
                 span,
                 endpoint,
@@ -182,6 +186,7 @@ impl Future for ResponseFuture {
                 sleep,
                 body_timeout,
                 permit,
+                load,
                 uploaded,
                 span,
                 endpoint,
@@ -203,6 +208,9 @@ impl Future for ResponseFuture {
                         }
                     };
                     record(permit.take(), &res);
+                    if let Some(load) = load.take() {
+                        load.finish(&res);
+                    }
                     tag(&mut res, endpoint, *start);
                     if let Some(span) = span.take() {
                         span.finish(&res);
@@ -218,6 +226,7 @@ impl Future for ResponseFuture {
                         // Still waiting for the client's body: not the upstream's failure, so
                         // the permit is given back unrecorded.
                         permit.take();
+                        load.take();
                         let mut res = slow_client_response();
                         tag(&mut res, endpoint, *start);
                         if let Some(span) = span.take() {
@@ -227,6 +236,9 @@ impl Future for ResponseFuture {
                     }
                     let mut res = timeout_response();
                     record(permit.take(), &res);
+                    if let Some(load) = load.take() {
+                        load.finish(&res);
+                    }
                     tag(&mut res, endpoint, *start);
                     if let Some(span) = span.take() {
                         span.finish(&res);

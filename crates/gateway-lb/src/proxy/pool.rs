@@ -172,7 +172,7 @@ where
         }
     }
 
-    async fn connect(&self, idx: usize) -> Result<TokioIo<Conn>, ProxyError> {
+    pub(crate) async fn connect(&self, idx: usize) -> Result<TokioIo<Conn>, ProxyError> {
         let slot = &self.slots[idx];
         let authority = slot.authority.as_str();
         // The connect timeout covers the TLS handshake too.

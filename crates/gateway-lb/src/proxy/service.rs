@@ -1,11 +1,13 @@
 use std::{
     fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
+};
+
+use crate::{
+    balance::{Balance, BalanceRng, Balancer, HashOn, InFlight, SeqRng, stable_hash},
+    health::{CheckKind, HealthCheck, HealthTasks, OutlierDetection, Streak},
 };
 
 use gateway_breaker::{CallPermit, CircuitBreakerHandle};
@@ -71,9 +73,118 @@ pub struct UpstreamBuilder {
     forwarded: bool,
     #[cfg(feature = "tls")]
     tls: Option<super::tls::UpstreamTls>,
+    balancing: Balancing,
+}
+
+/// How endpoints are chosen, and the state that choice reads: made once per builder and
+/// shared by every `Upstream` built from it (and its clones), so health and load are seen by
+/// every worker and route.
+#[derive(Clone, Debug)]
+struct Balancing {
+    balance: Balance,
+    weights: Option<Vec<u32>>,
+    panic_threshold: f64,
+    slow_start: Option<Duration>,
+    outlier: Option<OutlierDetection>,
+    health: Option<HealthCheck>,
+    rng: Option<Arc<dyn BalanceRng>>,
+    made: Arc<OnceLock<Arc<Balancer>>>,
+}
+
+impl Default for Balancing {
+    fn default() -> Self {
+        Self {
+            balance: Balance::RoundRobin,
+            weights: None,
+            panic_threshold: 0.5,
+            slow_start: None,
+            outlier: None,
+            health: None,
+            rng: None,
+            made: Arc::default(),
+        }
+    }
 }
 
 impl UpstreamBuilder {
+    fn balancing(mut self, change: impl FnOnce(&mut Balancing)) -> Self {
+        change(&mut self.balancing);
+        // A changed configuration is a new balancer (set these before cloning the builder).
+        self.balancing.made = Arc::default();
+        self
+    }
+
+    /// How an endpoint is picked (default round robin).
+    #[must_use]
+    pub fn balance(self, balance: Balance) -> Self {
+        self.balancing(|b| b.balance = balance)
+    }
+
+    /// Each endpoint's weight, in endpoint order (default 1 each).
+    #[must_use]
+    pub fn weights(self, weights: Vec<u32>) -> Self {
+        self.balancing(|b| b.weights = Some(weights))
+    }
+
+    /// Below this share of available endpoints, balance over all of them (default 0.5; 0: never,
+    /// answer `503` when none is available).
+    #[must_use]
+    pub fn panic_threshold(self, share: f64) -> Self {
+        self.balancing(|b| b.panic_threshold = share)
+    }
+
+    /// Ramp returning endpoints up over this long (default none).
+    #[must_use]
+    pub fn slow_start(self, window: Option<Duration>) -> Self {
+        self.balancing(|b| b.slow_start = window)
+    }
+
+    /// Passive outlier detection (default off).
+    #[must_use]
+    pub fn outlier_detection(self, outlier: Option<OutlierDetection>) -> Self {
+        self.balancing(|b| b.outlier = outlier)
+    }
+
+    /// Active health checks, run by [`Upstream::spawn_health_checks`] (default none).
+    #[must_use]
+    pub fn health_check(self, check: Option<HealthCheck>) -> Self {
+        self.balancing(|b| b.health = check)
+    }
+
+    /// The random numbers balancing uses (default [`SeqRng::from_clock`]); for tests.
+    #[must_use]
+    pub fn rng(self, rng: Arc<dyn BalanceRng>) -> Self {
+        self.balancing(|b| b.rng = Some(rng))
+    }
+
+    /// The balancer every upstream built from this builder (or its clones) shares: endpoint
+    /// health, ejections and load.
+    pub fn balancer(&self) -> Arc<Balancer> {
+        let b = &self.balancing;
+        b.made
+            .get_or_init(|| {
+                let n = self.endpoints.len();
+                let weights = b
+                    .weights
+                    .clone()
+                    .filter(|w| w.len() == n)
+                    .unwrap_or_else(|| vec![1; n]);
+                let names: Vec<String> = self.endpoints.iter().map(ToString::to_string).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let rng = b
+                    .rng
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(SeqRng::from_clock()));
+                Arc::new(
+                    Balancer::with_names(b.balance.clone(), &weights, &refs, rng)
+                        .panic_threshold(b.panic_threshold)
+                        .slow_start(b.slow_start)
+                        .outlier(b.outlier.clone()),
+                )
+            })
+            .clone()
+    }
+
     /// How to speak TLS to `https://` endpoints (feature `tls`; default: the system's roots,
     /// each endpoint's host as the name).
     #[cfg(feature = "tls")]
@@ -206,6 +317,8 @@ impl UpstreamBuilder {
             };
             (tls.client_config(alpn), tls)
         });
+        let balancer = self.balancer();
+        let health = self.balancing.health.clone();
         let pool = Pool::new(
             self.endpoints
                 .iter()
@@ -237,7 +350,8 @@ impl UpstreamBuilder {
                     .map(|e| Arc::from(e.to_string()))
                     .collect(),
                 endpoints: self.endpoints.into_boxed_slice(),
-                next: AtomicUsize::new(0),
+                balancer,
+                health,
                 request_timeout: self.request_timeout,
                 body_timeout: self.body_timeout,
                 host: self.host,
@@ -260,7 +374,8 @@ struct Shared {
     classifier: DefaultClassifier,
     /// Each endpoint's `host:port` as a `Host` value, made once.
     host_values: Box<[HeaderValue]>,
-    next: AtomicUsize,
+    balancer: Arc<Balancer>,
+    health: Option<HealthCheck>,
     request_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
     host: HostHeader,
@@ -272,7 +387,9 @@ struct Shared {
 
 /// A tower service that forwards requests to one of a set of endpoints.
 ///
-/// - Endpoints are picked round robin. With none, the answer is `503` with flag `UH`.
+/// - Endpoints are picked by the builder's [`Balance`] (round robin by default) among available
+///   ones (see [`crate::balance`] and [`crate::health`]). With none, the answer is `503` with
+///   flag `UH`, at once.
 /// - Connections are pooled and kept alive; request and response bodies stream both ways.
 /// - The request's path and query are forwarded as they are: normalize and route before this
 ///   service.
@@ -324,6 +441,7 @@ impl Upstream<()> {
             forwarded: true,
             #[cfg(feature = "tls")]
             tls: None,
+            balancing: Balancing::default(),
         }
     }
 }
@@ -339,24 +457,83 @@ impl<B> Upstream<B> {
         self.shared.breakers.as_deref()
     }
 
-    /// The next endpoint round robin, skipping endpoints whose breaker refuses the call.
-    fn pick(&self) -> Option<(usize, Option<CallPermit>)> {
-        let n = self.shared.endpoints.len();
-        let start = match n {
-            0 => return None,
-            1 => 0,
-            n => self.shared.next.fetch_add(1, Ordering::Relaxed) % n,
+    /// The balancer (endpoint health, ejections, load), shared with every clone and every
+    /// upstream built from the same builder.
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        &self.shared.balancer
+    }
+
+    /// The endpoint for a request, skipping endpoints whose breaker refuses the call.
+    fn pick(&self, parts: &http::request::Parts) -> Option<(usize, Option<CallPermit>)> {
+        let balancer = &self.shared.balancer;
+        let key = match balancer.algorithm() {
+            Balance::Hash(on) => hash_key(on, parts),
+            _ => None,
         };
         let Some(breakers) = &self.shared.breakers else {
-            return Some((start, None));
+            return balancer.pick(key, &[]).map(|i| (i, None));
         };
-        (0..n).find_map(|k| {
-            let i = (start + k) % n;
-            breakers[i]
-                .try_acquire()
-                .ok()
-                .map(|permit| (i, Some(permit)))
-        })
+        let mut refused = Vec::new();
+        while let Some(i) = balancer.pick(key, &refused) {
+            if let Ok(permit) = breakers[i].try_acquire() {
+                return Some((i, Some(permit)));
+            }
+            refused.push(i);
+        }
+        None
+    }
+
+    /// Starts this upstream's active health checks and success-rate sweeps, when configured;
+    /// they stop when the returned handle is dropped. Call once per builder (one set of checks
+    /// serves every worker's upstream, through the shared balancer).
+    pub fn spawn_health_checks(&self) -> Option<HealthTasks>
+    where
+        B: Body + Send + 'static + Unpin,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let balancer = self.shared.balancer.clone();
+        let mut tasks = Vec::new();
+        if let Some(check) = self.shared.health.clone() {
+            for idx in 0..self.shared.endpoints.len() {
+                let (pool, balancer, check) = (self.pool.clone(), balancer.clone(), check.clone());
+                let host = self.shared.host_values[idx].clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut streak = Streak::default();
+                    let rng = SeqRng::from_clock();
+                    loop {
+                        let passed = tokio::time::timeout(
+                            check.timeout,
+                            probe(&pool, idx, &check.kind, &host),
+                        )
+                        .await
+                        .unwrap_or(false);
+                        if let Some(healthy) = streak.add(passed, &check) {
+                            balancer.checked(idx, healthy);
+                        }
+                        let wait = crate::health::jittered(
+                            check.interval,
+                            check.jitter,
+                            crate::balance::BalanceRng::next_u64(&rng),
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                }));
+            }
+        }
+        if let Some(outlier) = balancer.outlier.clone()
+            && let Some(rule) = outlier.success_rate.clone()
+        {
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(rule.interval);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    balancer.sweep_success_rate(&rule, &outlier);
+                }
+            }));
+        }
+        (!tasks.is_empty()).then(|| HealthTasks::new(tasks))
     }
 }
 
@@ -388,7 +565,8 @@ where
     /// Forwards `req`; the same as [`Service::call`] but through a shared reference, so one
     /// `Upstream` can serve many connections without cloning per request.
     pub fn send(&self, req: Request<B>) -> ResponseFuture {
-        let Some((idx, permit)) = self.pick() else {
+        let (mut parts, body) = req.into_parts();
+        let Some((idx, permit)) = self.pick(&parts) else {
             return ResponseFuture::ready(
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                     .detail("no upstream endpoint is available")
@@ -399,9 +577,9 @@ where
                     .into_response(),
             );
         };
-        let (mut parts, body) = req.into_parts();
         self.prepare(idx, &mut parts, self.shared.protocol);
         let span = client_span(&mut parts, &self.shared.endpoints[idx]);
+        let load = InFlight::start(&self.shared.balancer, idx);
         let shared = &*self.shared;
         let (body, uploaded) = TrackedBody::new(body);
         let fut = self
@@ -412,7 +590,7 @@ where
             Box::pin(fut),
             shared.request_timeout,
             shared.body_timeout,
-            permit.map(|p| (p, shared.classifier)),
+            (permit.map(|p| (p, shared.classifier)), load),
             uploaded,
             span,
             shared.endpoint_names[idx].clone(),
@@ -427,7 +605,8 @@ where
     /// upstream, no answer within the request timeout). Retries, hedging and the upstream's
     /// breaker do not apply; per-endpoint breakers still steer the choice of endpoint.
     pub async fn upgrade(&self, req: Request<B>) -> Response<ResponseBody> {
-        let Some((idx, _permit)) = self.pick() else {
+        let (mut parts, body) = req.into_parts();
+        let Some((idx, _permit)) = self.pick(&parts) else {
             return Problem::new(StatusCode::SERVICE_UNAVAILABLE)
                 .detail("no upstream endpoint is available")
                 .reason(
@@ -445,7 +624,6 @@ where
                 )
                 .into_response();
         }
-        let (mut parts, body) = req.into_parts();
         let upgrade = parts.headers.get(UPGRADE).cloned();
         self.prepare(idx, &mut parts, Protocol::Http1);
         if let Some(upgrade) = upgrade {
@@ -679,4 +857,70 @@ pub(crate) fn timeout_response() -> Response<ResponseBody> {
             ResponseFlags::UPSTREAM_TIMEOUT,
         )
         .into_response()
+}
+
+/// The key a [`Balance::Hash`] hashes: `None` when the request has none (then the pick is
+/// random).
+fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<u64> {
+    match on {
+        HashOn::ClientIp => {
+            let ip = parts
+                .extensions
+                .get::<ClientIp>()
+                .map(|c| c.ip())
+                .or_else(|| {
+                    parts
+                        .extensions
+                        .get::<ConnectionInfo>()
+                        .map(|c| c.peer.ip())
+                })?;
+            Some(stable_hash(ip.to_canonical().to_string().as_bytes()))
+        }
+        HashOn::Header(name) => parts.headers.get(name).map(|v| stable_hash(v.as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| stable_hash(v.as_bytes())),
+        HashOn::Path => Some(stable_hash(parts.uri.path().as_bytes())),
+    }
+}
+
+/// One active check of endpoint `idx`.
+async fn probe<B>(pool: &Pool<B>, idx: usize, kind: &CheckKind, host: &HeaderValue) -> bool
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Ok(io) = pool.connect(idx).await else {
+        return false;
+    };
+    let CheckKind::Http { path, expect } = kind else {
+        return true;
+    };
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await
+    else {
+        return false;
+    };
+    let conn = tokio::spawn(conn);
+    let req = Request::get(path.as_str())
+        .header(HOST, host.clone())
+        .header(http::header::USER_AGENT, "gateway-health-check")
+        .header(CONNECTION, "close")
+        .body(http_body_util::Empty::new());
+    let passed = match req {
+        Ok(req) => sender
+            .send_request(req)
+            .await
+            .is_ok_and(|res| crate::health::expected(expect, res.status())),
+        Err(_) => false,
+    };
+    conn.abort();
+    passed
 }

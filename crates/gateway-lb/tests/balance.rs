@@ -1,0 +1,241 @@
+//! Balancing, health checks and outlier detection with real upstreams on 127.0.0.1 that fail,
+//! stop and come back.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use gateway_core::{Rejection, ResponseFlags};
+use gateway_lb::{
+    Upstream,
+    balance::{Balance, HashOn, SeqRng},
+    health::{CheckKind, HealthCheck, OutlierDetection},
+};
+use gateway_test::TestUpstream;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+
+fn builder(addrs: &[std::net::SocketAddr]) -> gateway_lb::UpstreamBuilder {
+    Upstream::builder(addrs.iter().map(|a| a.to_string().parse().unwrap()))
+        .rng(Arc::new(SeqRng::new(9)))
+}
+
+async fn get(upstream: &Upstream<Full<Bytes>>, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let mut req = Request::get("/x").header("host", "api");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = upstream
+        .clone()
+        .oneshot(req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits for the balancer to reach a state that background checks produce (bounded).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for: {what}");
+}
+
+fn fast_http_check() -> HealthCheck {
+    HealthCheck {
+        kind: CheckKind::Http {
+            path: "/healthz".into(),
+            expect: vec![200..=299],
+        },
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(500),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        jitter: 0.0,
+    }
+}
+
+#[tokio::test]
+async fn active_checks_take_a_failing_endpoint_out_and_bring_it_back() {
+    let good = TestUpstream::fixed("good").await;
+    let (flaky, status) = TestUpstream::switchable(200).await;
+    let upstream = builder(&[good.addr(), flaky.addr()])
+        .health_check(Some(fast_http_check()))
+        .build::<Full<Bytes>>();
+    let checks = upstream.spawn_health_checks().expect("checks configured");
+    let balancer = upstream.balancer().clone();
+
+    status.store(503, Ordering::SeqCst);
+    until("the flaky endpoint fails its checks", || {
+        !balancer.status()[1].healthy
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(&upstream, &[]).await.1, "good");
+    }
+    let checked = flaky
+        .requests()
+        .iter()
+        .all(|r| r.uri == "/healthz" && r.headers["user-agent"] == "gateway-health-check");
+    assert!(checked, "only health checks reached the unhealthy endpoint");
+
+    status.store(200, Ordering::SeqCst);
+    until("the flaky endpoint passes again", || {
+        balancer.status()[1].healthy
+    })
+    .await;
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(get(&upstream, &[]).await.1);
+    }
+    assert!(
+        bodies.iter().any(|b| b != "good"),
+        "back in rotation: {bodies:?}"
+    );
+    drop(checks);
+}
+
+#[tokio::test]
+async fn with_every_endpoint_down_and_no_panic_mode_the_answer_is_an_immediate_503() {
+    // A port nothing listens on: TCP checks fail.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = builder(&[closed])
+        .panic_threshold(0.0)
+        .health_check(Some(HealthCheck {
+            kind: CheckKind::Tcp,
+            unhealthy_threshold: 1,
+            ..fast_http_check()
+        }))
+        .build::<Full<Bytes>>();
+    let _checks = upstream.spawn_health_checks();
+    let balancer = upstream.balancer().clone();
+    until("the endpoint is unhealthy", || {
+        !balancer.status()[0].available
+    })
+    .await;
+    let res = upstream
+        .clone()
+        .oneshot(Request::get("/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let flags = res.extensions().get::<Rejection>().unwrap().flags;
+    assert!(flags.contains(ResponseFlags::NO_HEALTHY_UPSTREAM));
+}
+
+#[tokio::test]
+async fn consecutive_errors_and_a_stopped_endpoint_are_ejected() {
+    let good = TestUpstream::fixed("good").await;
+    let (bad, status) = TestUpstream::switchable(500).await;
+    let stopped = TestUpstream::fixed("gone").await;
+    let stopped_addr = stopped.addr();
+    drop(stopped);
+    let upstream = builder(&[good.addr(), bad.addr(), stopped_addr])
+        .panic_threshold(0.0)
+        .outlier_detection(Some(OutlierDetection {
+            consecutive_5xx: Some(2),
+            consecutive_gateway_errors: Some(2),
+            max_ejection_percent: 100,
+            ..OutlierDetection::default()
+        }))
+        .build::<Full<Bytes>>();
+    // Round robin: each endpoint gets every third request until it is out.
+    for _ in 0..6 {
+        get(&upstream, &[]).await;
+    }
+    let status_now = upstream.balancer().status();
+    assert!(status_now[1].ejected_for.is_some(), "two 500s in a row");
+    assert!(
+        status_now[2].ejected_for.is_some(),
+        "two connect failures in a row"
+    );
+    assert_eq!(status_now[1].ejections, 1);
+    let bad_seen = bad.requests().len();
+    for _ in 0..10 {
+        assert_eq!(get(&upstream, &[]).await.1, "good");
+    }
+    assert_eq!(
+        bad.requests().len(),
+        bad_seen,
+        "an ejected endpoint gets nothing"
+    );
+    status.store(200, Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_is_backed_off_for_its_retry_after() {
+    let good = TestUpstream::fixed("good").await;
+    let limited = TestUpstream::start(|_req: Request<hyper::body::Incoming>| async {
+        let mut res = http::Response::new(gateway_test::full("slow down"));
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        res.headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("30"));
+        res
+    })
+    .await;
+    let upstream = builder(&[limited.addr(), good.addr()])
+        .balance(Balance::PeakEwma)
+        .build::<Full<Bytes>>();
+    while limited.requests().is_empty() {
+        get(&upstream, &[]).await;
+    }
+    // The 429 came fast, but the endpoint is out for 30s rather than favoured.
+    for _ in 0..20 {
+        assert_eq!(get(&upstream, &[]).await.1, "good");
+    }
+    assert_eq!(limited.requests().len(), 1);
+    let backing_off = upstream.balancer().status()[0].backing_off_for.unwrap();
+    assert!(backing_off > Duration::from_secs(25), "{backing_off:?}");
+}
+
+#[tokio::test]
+async fn hashing_on_a_header_keeps_each_user_on_one_endpoint() {
+    let a = TestUpstream::fixed("a").await;
+    let b = TestUpstream::fixed("b").await;
+    let c = TestUpstream::fixed("c").await;
+    let upstream = builder(&[a.addr(), b.addr(), c.addr()])
+        .balance(Balance::Hash(HashOn::Header(
+            http::HeaderName::from_static("x-user"),
+        )))
+        .build::<Full<Bytes>>();
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let user = user.to_string();
+        let first = get(&upstream, &[("x-user", &user)]).await.1;
+        for _ in 0..3 {
+            assert_eq!(get(&upstream, &[("x-user", &user)]).await.1, first);
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "users spread over every endpoint");
+}
+
+#[tokio::test]
+async fn weights_shape_the_share_of_requests() {
+    let heavy = TestUpstream::fixed("heavy").await;
+    let light = TestUpstream::fixed("light").await;
+    let upstream = builder(&[heavy.addr(), light.addr()])
+        .balance(Balance::WeightedRoundRobin)
+        .weights(vec![3, 1])
+        .build::<Full<Bytes>>();
+    for _ in 0..40 {
+        get(&upstream, &[]).await;
+    }
+    assert_eq!((heavy.requests().len(), light.requests().len()), (30, 10));
+    // Clones and upstreams built from clones of the builder share one balancer.
+    assert!(Arc::ptr_eq(
+        upstream.balancer(),
+        upstream.clone().balancer()
+    ));
+}
