@@ -219,6 +219,10 @@ pub struct Balancer {
     base: tokio::time::Instant,
     /// Available endpoints, counted at most every 100ms (packed: count << 32 | clock ms / 64).
     available_cache: AtomicU64,
+    /// Bit 0: every endpoint was available at the last count and nothing changed since (the
+    /// pick needs no clock); the other bits count changes, so a count that raced a change
+    /// cannot set it.
+    quiet: AtomicU64,
     pub(crate) slow_start: Option<Duration>,
     pub(crate) outlier: Option<crate::health::OutlierDetection>,
 }
@@ -285,6 +289,7 @@ impl Balancer {
             panic_threshold: 0.5,
             base: tokio::time::Instant::now(),
             available_cache: AtomicU64::new(0),
+            quiet: AtomicU64::new(1),
             slow_start: None,
             outlier: None,
         }
@@ -326,6 +331,11 @@ impl Balancer {
     /// Forgets the cached count of available endpoints (after a health or ejection change).
     pub(crate) fn invalidate(&self) {
         self.available_cache.store(0, Ordering::Relaxed);
+        let _ = self
+            .quiet
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.wrapping_add(2) & !1)
+            });
     }
 
     fn available_count(&self, now_ms: u64) -> usize {
@@ -336,11 +346,21 @@ impl Balancer {
         if stamp != 0 && now_stamp.saturating_sub(stamp) < 2 {
             return usize::try_from(packed >> 32).unwrap_or(usize::MAX);
         }
+        let before = self.quiet.load(Ordering::Relaxed);
         let count = self
             .endpoints
             .iter()
             .filter(|e| e.available(now_ms))
             .count();
+        if count == self.endpoints.len() {
+            // Everyone is back: picks skip the clock until the next change.
+            let _ = self.quiet.compare_exchange(
+                before,
+                before | 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         self.available_cache.store(
             (u64::try_from(count).unwrap_or(0) << 32) | (now_stamp & 0xffff_ffff),
             Ordering::Relaxed,
@@ -355,11 +375,25 @@ impl Balancer {
         if n == 0 || excluded.len() >= n {
             return None;
         }
-        let now = self.now_ms();
-        let available = self.available_count(now);
-        #[allow(clippy::cast_precision_loss)]
-        let panic = (available as f64) < self.panic_threshold * n as f64;
-        let ok = |i: usize| !excluded.contains(&i) && (panic || self.endpoints[i].available(now));
+        let quiet = self.quiet.load(Ordering::Relaxed) & 1 == 1;
+        // Reading the clock is most of a pick's cost: only when something is out, or for
+        // slow start.
+        let now = if quiet && self.slow_start.is_none() {
+            0
+        } else {
+            self.now_ms()
+        };
+        let (available, panic) = if quiet {
+            (n, false)
+        } else {
+            let available = self.available_count(now);
+            #[allow(clippy::cast_precision_loss)]
+            let panic = (available as f64) < self.panic_threshold * n as f64;
+            (available, panic)
+        };
+        let ok = |i: usize| {
+            !excluded.contains(&i) && (quiet || panic || self.endpoints[i].available(now))
+        };
         if !panic && available == 0 {
             return None;
         }
@@ -393,6 +427,15 @@ impl Balancer {
                     .map(|k| (from + k) % n)
                     .filter(|i| ok(*i))
                     .min_by(|a, b| {
+                        if self.slow_start.is_none() {
+                            // in_flight_a / w_a against in_flight_b / w_b, in integers.
+                            let (ea, eb) = (&self.endpoints[*a], &self.endpoints[*b]);
+                            let la = u64::from(ea.in_flight.load(Ordering::Relaxed))
+                                * u64::from(eb.weight);
+                            let lb = u64::from(eb.in_flight.load(Ordering::Relaxed))
+                                * u64::from(ea.weight);
+                            return la.cmp(&lb);
+                        }
                         self.load_per_weight(*a, now)
                             .total_cmp(&self.load_per_weight(*b, now))
                     })
