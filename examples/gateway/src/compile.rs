@@ -609,6 +609,11 @@ fn compile_route(
             ),
         );
     }
+    let split = rc
+        .split
+        .as_ref()
+        .and_then(|s| compile_split(&field, s, upstream, &rc.upstream.value, upstreams, issues))
+        .map(Arc::new);
     let rewrite = match (&rc.rewrite, rc.strip_prefix, &path) {
         (Some(r), true, _) => {
             issues.at(
@@ -799,6 +804,7 @@ fn compile_route(
         query,
         upstream: upstream?,
         upstream_name: rc.upstream.value.clone(),
+        split,
         rewrite,
         rate_limit,
         auth,
@@ -807,6 +813,89 @@ fn compile_route(
         upgrades,
         cache,
         order: i,
+    })
+}
+
+/// A route's `split` block.
+fn compile_split(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::SplitConfig>,
+    rest: Option<usize>,
+    rest_name: &str,
+    upstreams: &[Arc<UpstreamSpec>],
+    issues: &mut Issues,
+) -> Option<crate::router::Split> {
+    use crate::config::StickyConfig;
+    use gateway_lb::balance::HashOn;
+    let s = &spanned.value;
+    let mut buckets = Vec::new();
+    let mut upper = 0u32;
+    let mut names = vec![(rest_name.to_owned(), rest?)];
+    for (i, t) in s.to.iter().enumerate() {
+        let Some(idx) = upstreams.iter().position(|u| u.name == t.upstream.value) else {
+            issues.at(
+                &t.upstream,
+                format!("{field}.split.to[{i}].upstream"),
+                format!("unknown upstream `{}`", t.upstream.value),
+            );
+            continue;
+        };
+        if !(0.0..=1.0).contains(&t.share.0) {
+            issues.at(
+                &t.upstream,
+                format!("{field}.split.to[{i}].share"),
+                "a share is between 0% and 100%",
+            );
+            continue;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let width = (t.share.0 * f64::from(crate::router::Split::SCALE)).round() as u32;
+        upper = upper.saturating_add(width);
+        buckets.push((idx, upper));
+        names.push((t.upstream.value.clone(), idx));
+    }
+    if upper > crate::router::Split::SCALE {
+        issues.at(
+            spanned,
+            format!("{field}.split.to"),
+            "the shares add up to more than 100%",
+        );
+    }
+    if s.to.is_empty() {
+        issues.at(
+            spanned,
+            format!("{field}.split.to"),
+            "name at least one upstream",
+        );
+    }
+    let header = |name: &str, what: &str, issues: &mut Issues| {
+        let parsed = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes());
+        if parsed.is_err() {
+            issues.at(
+                spanned,
+                format!("{field}.split.{what}"),
+                format!("`{name}` is not a header name"),
+            );
+        }
+        parsed.ok()
+    };
+    let sticky = match &s.sticky {
+        None => None,
+        Some(StickyConfig::ClientIp) => Some(HashOn::ClientIp),
+        Some(StickyConfig::Cookie(c)) => Some(HashOn::Cookie(c.clone())),
+        Some(StickyConfig::Header(h)) => header(h, "sticky.header", issues).map(HashOn::Header),
+    };
+    let override_header = s
+        .override_header
+        .as_ref()
+        .and_then(|h| header(h, "override_header", issues))
+        .map(|h| (h, names));
+    Some(crate::router::Split {
+        buckets,
+        rest: rest?,
+        sticky,
+        override_header,
+        rng: gateway_lb::balance::SeqRng::from_clock(),
     })
 }
 

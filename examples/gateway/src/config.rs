@@ -958,6 +958,44 @@ pub struct UpstreamConfig {
     pub tls: Option<Spanned<UpstreamTlsConfig>>,
 }
 
+/// A weighted traffic split: `to` upstreams get their `share`, `upstream` the rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// The other upstreams and their shares.
+    pub to: Vec<SplitTarget>,
+    /// Keep a caller on one side: hash this instead of choosing at random.
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
+    /// A request header naming the upstream (of this route) to use: for testers. Trusted from
+    /// every client that can reach the route, so only configure it where that is acceptable;
+    /// it is removed before forwarding.
+    #[serde(default)]
+    pub override_header: Option<String>,
+}
+
+/// One side of a split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// The upstream.
+    pub upstream: Spanned<String>,
+    /// Its share of the route's requests (`5%`).
+    pub share: Ratio,
+}
+
+/// What keeps a caller on one side of a split.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StickyConfig {
+    /// The client's address.
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+}
+
 /// How an upstream picks an endpoint.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -1335,8 +1373,11 @@ pub struct RouteConfig {
     /// What the route matches.
     #[serde(default, rename = "match")]
     pub matches: MatchConfig,
-    /// The upstream requests are sent to.
+    /// The upstream requests are sent to (with `split`: the one that gets the remainder).
     pub upstream: Spanned<String>,
+    /// Shares of the route's traffic sent to other upstreams (canary releases, A/B tests).
+    #[serde(default)]
+    pub split: Option<Spanned<SplitConfig>>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,

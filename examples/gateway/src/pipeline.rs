@@ -301,32 +301,44 @@ impl Pipeline {
             None => None,
         };
         let principal = take(&mut req);
+        // A split picks the upstream (after the policies: a tester's override header does not
+        // skip them).
+        let upstream = match &route.split {
+            Some(split) => split.choose(&mut req),
+            None => route.upstream,
+        };
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
             .and_then(|u| upgrade_protocol(&u.0))
             .filter(|p| route.upgrades.contains(p));
         let mut res = match (upgrade, &route.cache) {
-            (Some(_), _) => Box::pin(self.tunnel(route.upstream, req)).await,
+            (Some(_), _) => Box::pin(self.tunnel(upstream, req)).await,
             (None, Some((cache, shared))) => {
                 // Owned, so a `stale-while-revalidate` refresh can run after the answer.
-                let (compiled, dispatch) =
-                    (self.compiled.clone(), self.dispatch[route.upstream].clone());
-                let upstream = route.upstream;
+                let (compiled, dispatch) = (self.compiled.clone(), self.dispatch[upstream].clone());
                 let origin =
                     move |req| async move { forward(&compiled, &dispatch, upstream, req).await };
                 // Answers for an authenticated caller are that caller's: kept apart unless the
                 // route says they are the same for everyone.
-                let res = match principal.as_ref().filter(|_| !shared) {
-                    Some(p) => Box::pin(cache.serve_scoped(req, p.subject(), origin)).await,
-                    None => Box::pin(cache.serve(req, origin)).await,
+                // On a split route each side has its own entries: a canary's answer is never
+                // served to the stable side.
+                let caller = principal.as_ref().filter(|_| !shared).map(|p| p.subject());
+                let side = route.split.as_ref().map(|_| upstream);
+                let res = match (caller, side) {
+                    (None, None) => Box::pin(cache.serve(req, origin)).await,
+                    (Some(p), None) => Box::pin(cache.serve_scoped(req, p, origin)).await,
+                    (caller, Some(side)) => {
+                        let scope = format!("{}@{side}", caller.unwrap_or_default());
+                        Box::pin(cache.serve_scoped(req, &scope, origin)).await
+                    }
                 };
                 res.map(|body| match body.into_cached() {
                     Ok(stored) => ResponseBody::full(stored),
                     Err(streamed) => ResponseBody::boxed(streamed),
                 })
             }
-            (None, None) => self.forward(route.upstream, req).await,
+            (None, None) => self.forward(upstream, req).await,
         };
         // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
         // charged, so it carries the rate-limit headers.

@@ -98,6 +98,8 @@ pub struct Route {
     pub upstream: usize,
     /// The upstream's name.
     pub upstream_name: String,
+    /// A weighted split of the route's traffic across upstreams.
+    pub split: Option<std::sync::Arc<Split>>,
     /// Path rewrite.
     pub rewrite: Rewrite,
     /// Rate limits and quotas.
@@ -114,6 +116,63 @@ pub struct Route {
     pub cache: Option<(gateway_cache::CacheLayer, bool)>,
     /// Position in the configuration file.
     pub order: usize,
+}
+
+/// A weighted split of a route's traffic across upstreams (canary releases, A/B tests).
+#[derive(Debug)]
+pub struct Split {
+    /// Upstream indices with the upper bound of their bucket, out of [`Split::SCALE`], in order;
+    /// the route's own upstream takes what is left.
+    pub buckets: Vec<(usize, u32)>,
+    /// The route's own upstream.
+    pub rest: usize,
+    /// What keeps a caller on one side; random without it.
+    pub sticky: Option<gateway_lb::balance::HashOn>,
+    /// A request header naming the upstream to use, with the names it accepts.
+    pub override_header: Option<(HeaderName, Vec<(String, usize)>)>,
+    /// Random numbers for non-sticky choices.
+    pub rng: gateway_lb::balance::SeqRng,
+}
+
+impl Split {
+    /// Buckets are in millionths of the route's traffic.
+    pub const SCALE: u32 = 1_000_000;
+
+    /// The upstream for a request; the override header, if any, is removed.
+    pub fn choose<B>(&self, req: &mut http::Request<B>) -> usize {
+        use gateway_lb::balance::{BalanceRng, HashOn, stable_hash};
+        if let Some((name, targets)) = &self.override_header
+            && let Some(value) = req.headers_mut().remove(name)
+            && let Some((_, idx)) = value
+                .to_str()
+                .ok()
+                .and_then(|v| targets.iter().find(|(n, _)| n == v.trim()))
+        {
+            return *idx;
+        }
+        let key = self.sticky.as_ref().and_then(|on| match on {
+            HashOn::ClientIp => req
+                .extensions()
+                .get::<gateway_core::ClientIp>()
+                .map(|c| stable_hash(c.ip().to_string().as_bytes())),
+            HashOn::Header(h) => req.headers().get(h).map(|v| stable_hash(v.as_bytes())),
+            HashOn::Cookie(c) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|p| p.trim().split_once('='))
+                .find(|(k, _)| k == c)
+                .map(|(_, v)| stable_hash(v.as_bytes())),
+            HashOn::Path => Some(stable_hash(req.uri().path().as_bytes())),
+        });
+        let roll = key.unwrap_or_else(|| self.rng.next_u64()) % u64::from(Self::SCALE);
+        self.buckets
+            .iter()
+            .find(|(_, upper)| roll < u64::from(*upper))
+            .map_or(self.rest, |(idx, _)| *idx)
+    }
 }
 
 /// Template parameters captured by the matched route, in request extensions.
@@ -581,6 +640,7 @@ mod tests {
             query: Vec::new(),
             upstream: 0,
             upstream_name: "u".into(),
+            split: None,
             rewrite: Rewrite::None,
             rate_limit: None,
             auth: None,

@@ -95,3 +95,106 @@ fn bad_balancing_config_names_the_field() {
         "compiled"
     );
 }
+
+#[tokio::test]
+async fn a_split_sends_its_share_keeps_callers_sticky_and_honours_the_override_header() {
+    let stable = TestUpstream::fixed("stable").await;
+    let canary = TestUpstream::fixed("canary").await;
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  v1:\n    endpoints: [\"{}\"]\n  v2:\n    endpoints: [\"{}\"]\nroutes:\n  - name: sticky\n    match: {{ path_prefix: /sticky }}\n    upstream: v1\n    split: {{ to: [{{ upstream: v2, share: 20% }}], sticky: {{ header: x-user }}, override_header: x-canary }}\n    cache: {{ default_ttl: 60s }}\n  - name: random\n    upstream: v1\n    split: {{ to: [{{ upstream: v2, share: 25% }}] }}\n",
+        stable.addr(),
+        canary.addr()
+    );
+    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let a = addr(&gw);
+    let send = |path: &'static str, headers: Vec<(String, String)>| async move {
+        let mut req = http::Request::get(format!("http://{a}{path}"));
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        gateway_test::send(
+            &gateway_test::client(),
+            req.body(gateway_test::full("")).unwrap(),
+        )
+        .await
+        .text()
+        .to_owned()
+    };
+
+    // Without stickiness: about a quarter goes to the canary.
+    let mut canaries = 0;
+    for _ in 0..400 {
+        canaries += usize::from(send("/r", vec![]).await == "canary");
+    }
+    assert!((60..=140).contains(&canaries), "{canaries} of 400");
+
+    // Sticky by user: each user always lands on the same side, and about 20% of users are
+    // canaries.
+    let mut canary_users = 0;
+    for user in 0..200 {
+        let h = || vec![("x-user".to_owned(), user.to_string())];
+        let first = send("/sticky/a", h()).await;
+        for _ in 0..2 {
+            assert_eq!(send("/sticky/a", h()).await, first, "user {user} moved");
+        }
+        canary_users += usize::from(first == "canary");
+    }
+    assert!((20..=60).contains(&canary_users), "{canary_users} of 200");
+
+    // A tester forces a side; the header does not reach the upstream, and each side's cached
+    // answers stay its own.
+    let forced = vec![
+        ("x-canary".to_owned(), "v2".to_owned()),
+        ("x-user".to_owned(), "tester".to_owned()),
+    ];
+    assert_eq!(send("/sticky/b", forced.clone()).await, "canary");
+    assert_eq!(send("/sticky/b", forced).await, "canary");
+    assert!(
+        canary
+            .requests()
+            .iter()
+            .all(|r| !r.headers.contains_key("x-canary"))
+    );
+    let back = vec![("x-canary".to_owned(), "v1".to_owned())];
+    assert_eq!(send("/sticky/b", back).await, "stable");
+    let unknown = vec![
+        ("x-canary".to_owned(), "v9".to_owned()),
+        ("x-user".to_owned(), "1".to_owned()),
+    ];
+    let plain = send("/sticky/a", vec![("x-user".to_owned(), "1".to_owned())]).await;
+    assert_eq!(
+        send("/sticky/a", unknown).await,
+        plain,
+        "an unknown name changes nothing"
+    );
+}
+
+#[test]
+fn bad_split_config_names_the_field() {
+    let base = "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  v1:\n    endpoints: [\"127.0.0.1:1\"]\n  v2:\n    endpoints: [\"127.0.0.1:2\"]\nroutes:\n  - name: r\n    upstream: v1\n";
+    for (split, want) in [
+        (
+            "    split: { to: [{ upstream: v3, share: 5% }] }",
+            "routes[0].split.to[0].upstream",
+        ),
+        (
+            "    split: { to: [{ upstream: v2, share: 60% }, { upstream: v2, share: 50% }] }",
+            "routes[0].split.to",
+        ),
+        (
+            "    split: { to: [{ upstream: v2, share: 5% }], sticky: { header: \"a b\" } }",
+            "routes[0].split.sticky.header",
+        ),
+    ] {
+        let yaml = format!("{base}{split}\n");
+        let err = match gateway::Config::parse(&yaml, "t.yaml") {
+            Err(e) => e.to_string(),
+            Ok(c) => gateway::Compiled::new(&c, "t.yaml")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        assert!(err.contains(want), "{split}: {err}");
+    }
+}
