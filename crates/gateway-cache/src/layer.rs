@@ -71,7 +71,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
+    /// Shared: a hit clones the entry out of the store, and only the response's own copy of
+    /// the header map is a deep clone.
+    pub(crate) headers: Arc<HeaderMap>,
     pub(crate) body: Bytes,
     pub(crate) timing: Timing,
     pub(crate) lifetime: Duration,
@@ -310,9 +312,44 @@ pub struct CacheLayer {
     key: Arc<dyn MakeCacheKey>,
     unkeyed: Arc<[HeaderName]>,
     status_name: Option<Arc<str>>,
+    status_values: Arc<[(&'static str, HeaderValue)]>,
 }
 
 type Inflight = Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<()>>>>;
+
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The `Cache-Status` parameters this cache writes.
+const STATUS_PARAMS: &[&str] = &[
+    "hit",
+    "hit; detail=coalesced",
+    "hit; fwd=stale; detail=stale-while-revalidate",
+    "hit; fwd=stale; fwd-status=304",
+    "hit; fwd=stale; detail=stale-if-error",
+    "fwd=miss",
+    "fwd=stale",
+    "fwd=miss; stored",
+    "fwd=stale; stored",
+    "fwd=bypass; detail=range",
+    "fwd=miss; detail=only-if-cached",
+];
+
+/// Every `Cache-Status` value for the cache called `name`, made once.
+fn status_values(name: Option<&str>) -> Arc<[(&'static str, HeaderValue)]> {
+    name.map_or_else(
+        || Arc::from(Vec::new()),
+        |name| {
+            STATUS_PARAMS
+                .iter()
+                .filter_map(|p| {
+                    HeaderValue::from_str(&format!("{name}; {p}"))
+                        .ok()
+                        .map(|v| (*p, v))
+                })
+                .collect()
+        },
+    )
+}
 
 /// The one request for a key at the origin (a miss, or a background refresh): others wait for
 /// it, or do not start another, until this is dropped.
@@ -377,6 +414,7 @@ impl CacheLayer {
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
             status_name: Some(Arc::from("gateway")),
+            status_values: status_values(Some("gateway")),
         }
     }
 
@@ -426,6 +464,7 @@ impl CacheLayer {
     /// `Cache-Status` field at all.
     #[must_use]
     pub fn cache_status(mut self, name: Option<&str>) -> Self {
+        self.status_values = status_values(name);
         self.status_name = name.map(Arc::from);
         self
     }
@@ -434,10 +473,17 @@ impl CacheLayer {
     /// `params` when enabled.
     fn mark<B>(&self, res: &mut Response<B>, outcome: CacheOutcome, params: &str) {
         res.extensions_mut().insert(outcome);
-        if let Some(name) = &self.status_name
-            && let Ok(v) = HeaderValue::from_str(&format!("{name}; {params}"))
-        {
-            res.headers_mut().append("cache-status", v);
+        let Some(name) = &self.status_name else {
+            return;
+        };
+        // The usual values are made once, not per response.
+        let made = self
+            .status_values
+            .iter()
+            .find(|(p, _)| *p == params)
+            .map(|(_, v)| v.clone());
+        if let Some(v) = made.or_else(|| HeaderValue::from_str(&format!("{name}; {params}")).ok()) {
+            res.headers_mut().append(CACHE_STATUS, v);
         }
     }
 
@@ -515,6 +561,11 @@ struct Conditions {
 
 impl Conditions {
     fn take(headers: &mut HeaderMap) -> Self {
+        if !headers.contains_key(header::IF_NONE_MATCH)
+            && !headers.contains_key(header::IF_MODIFIED_SINCE)
+        {
+            return Self::default();
+        }
         let none_match = headers.remove(header::IF_NONE_MATCH);
         let modified_since = headers.remove(header::IF_MODIFIED_SINCE);
         Self {
@@ -588,7 +639,7 @@ fn serve<B>(entry: &Entry, head: bool, now: SystemTime) -> Response<CacheBody<B>
         entry.body.clone()
     }));
     *res.status_mut() = entry.status;
-    *res.headers_mut() = entry.headers.clone();
+    *res.headers_mut() = (*entry.headers).clone();
     res.headers_mut().insert(
         header::AGE,
         HeaderValue::from(entry.timing.current_age(now).as_secs()),
@@ -925,8 +976,15 @@ where
     let (mut parts, body) = req.into_parts();
     let mut key = layer.key.make_key(&mut parts);
     let keyed = layer.key.keyed_headers();
-    for name in layer.unkeyed.iter().filter(|n| !keyed.contains(n)) {
-        parts.headers.remove(name);
+    // Most requests carry none of them: look before removing each.
+    let suspect = parts
+        .headers
+        .keys()
+        .any(|k| layer.unkeyed.contains(k) && !keyed.contains(k));
+    if suspect {
+        for name in layer.unkeyed.iter().filter(|n| !keyed.contains(n)) {
+            parts.headers.remove(name);
+        }
     }
     if let Some(s) = scope {
         // A scope goes after a `#` (never part of a request target), so a prefix purge of the
@@ -1079,13 +1137,13 @@ where
             let mut fresh = entry;
             for (name, value) in res.headers() {
                 if name != header::CONTENT_LENGTH {
-                    fresh.headers.insert(name.clone(), value.clone());
+                    Arc::make_mut(&mut fresh.headers).insert(name.clone(), value.clone());
                 }
             }
             fresh.timing = Timing::of(&res, sent_at, received_at);
             let mut as_stored = Response::new(());
             *as_stored.status_mut() = fresh.status;
-            *as_stored.headers_mut() = fresh.headers.clone();
+            *as_stored.headers_mut() = (*fresh.headers).clone();
             fresh.lifetime = layer
                 .policy
                 .freshness_lifetime(&as_stored)
@@ -1130,7 +1188,12 @@ where
         && lifetime.is_some();
     let Some(lifetime) = lifetime.filter(|_| storable) else {
         let mut out = res.map(CacheBody::origin);
-        layer.mark(&mut out, CacheOutcome::Miss, &format!("fwd={fwd}"));
+        let params = if fwd == "stale" {
+            "fwd=stale"
+        } else {
+            "fwd=miss"
+        };
+        layer.mark(&mut out, CacheOutcome::Miss, params);
         return out;
     };
     let timing = Timing::of(&res, sent_at, received_at);
@@ -1138,7 +1201,7 @@ where
     let names = vary_names(&parts.headers);
     let entry = Entry {
         status: parts.status,
-        headers: parts.headers.clone(),
+        headers: Arc::new(parts.headers.clone()),
         body: Bytes::new(),
         timing,
         lifetime,
@@ -1169,7 +1232,12 @@ where
         }
     };
     let mut out = Response::from_parts(parts, body);
-    layer.mark(&mut out, CacheOutcome::Miss, &format!("fwd={fwd}; stored"));
+    let params = if fwd == "stale" {
+        "fwd=stale; stored"
+    } else {
+        "fwd=miss; stored"
+    };
+    layer.mark(&mut out, CacheOutcome::Miss, params);
     out
 }
 
@@ -1181,7 +1249,7 @@ mod tests {
         let now = SystemTime::now();
         Entry {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: Arc::new(HeaderMap::new()),
             body: Bytes::from_static(body.as_bytes()),
             timing: Timing::of(&Response::new(()), now, now),
             lifetime: Duration::from_secs(60),

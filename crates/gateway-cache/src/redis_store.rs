@@ -295,7 +295,7 @@ fn encode(variants: &[Entry]) -> Vec<u8> {
             put_bytes(&mut out, value.as_bytes());
         }
         put_u64(&mut out, e.headers.len() as u64);
-        for (name, value) in &e.headers {
+        for (name, value) in e.headers.iter() {
             put_bytes(&mut out, name.as_str().as_bytes());
             put_bytes(&mut out, value.as_bytes());
         }
@@ -356,7 +356,7 @@ fn decode(b: &[u8]) -> Option<Vec<Entry>> {
         let body = Bytes::from(r.bytes()?);
         out.push(Entry {
             status,
-            headers,
+            headers: std::sync::Arc::new(headers),
             body,
             timing: Timing {
                 request_time,
@@ -383,7 +383,7 @@ mod tests {
         let now = time(1_800_000_000_123);
         let e = Entry {
             status: StatusCode::OK,
-            headers,
+            headers: std::sync::Arc::new(headers),
             body: Bytes::from_static(b"hello"),
             timing: Timing {
                 request_time: now,
