@@ -169,6 +169,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             .set(i64::try_from(stats.dropped).unwrap_or(i64::MAX));
     }
     for u in &shared.compiled().upstreams {
+        for (e, s) in u.endpoints.iter().zip(u.builder.balancer().status()) {
+            let labels = vec![
+                (String::from("upstream"), u.name.clone()),
+                (String::from("endpoint"), e.to_string()),
+            ];
+            m.endpoint_available
+                .get_or_create(&labels)
+                .set(i64::from(s.available));
+            m.endpoint_ejections
+                .get_or_create(&labels)
+                .set(i64::from(s.ejections));
+            m.endpoint_in_flight
+                .get_or_create(&labels)
+                .set(i64::from(s.in_flight));
+        }
         if let Some(b) = &u.breaker {
             let state = match b.handle().state().as_str() {
                 "closed" | "forced_closed" => 0,

@@ -185,6 +185,9 @@ pub(crate) struct GatewayMetrics {
     pub(crate) log_dropped: Gauge,
     pub(crate) breaker_open: Family<Vec<(String, String)>, Gauge>,
     pub(crate) breaker_transitions: Family<Vec<(String, String)>, Gauge>,
+    pub(crate) endpoint_available: Family<Vec<(String, String)>, Gauge>,
+    pub(crate) endpoint_ejections: Family<Vec<(String, String)>, Gauge>,
+    pub(crate) endpoint_in_flight: Family<Vec<(String, String)>, Gauge>,
     pub(crate) spans_exported: Gauge,
     pub(crate) spans_dropped: Gauge,
     pub(crate) exporter: Option<std::sync::Arc<OtlpExporter>>,
@@ -223,6 +226,24 @@ pub(crate) fn build(plan: &ObservePlan) -> std::io::Result<(Observer, GatewayMet
             .gauge_family(
                 "gateway_upstream_breaker_transitions",
                 "Circuit breaker transitions per upstream and target state, since start (monotonic)",
+            )
+            .ok_or_else(none)?,
+        endpoint_available: metrics
+            .gauge_family(
+                "gateway_upstream_endpoint_available",
+                "1 when the endpoint can be picked (healthy, not ejected, not backing off)",
+            )
+            .ok_or_else(none)?,
+        endpoint_ejections: metrics
+            .gauge_family(
+                "gateway_upstream_endpoint_ejections",
+                "Outlier ejections of the endpoint in its current streak (the next one's multiplier)",
+            )
+            .ok_or_else(none)?,
+        endpoint_in_flight: metrics
+            .gauge_family(
+                "gateway_upstream_endpoint_in_flight",
+                "Requests waiting for the endpoint's response head",
             )
             .ok_or_else(none)?,
         spans_exported: metrics

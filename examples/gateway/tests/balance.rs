@@ -58,6 +58,15 @@ async fn weights_health_checks_and_ejections_through_the_gateway() {
     assert_eq!(v[0]["endpoints"][1]["available"], false);
     assert_eq!(v[0]["endpoints"][0]["in_flight"], 0);
     assert!(v[0]["endpoints"][0]["latency_ms"].as_f64().unwrap() > 0.0);
+    let metrics = get(admin, "/metrics").await;
+    let flaky_label = format!("upstream=\"up\",endpoint=\"{}\"", flaky.addr());
+    assert!(
+        metrics.text().contains(&format!(
+            "gateway_upstream_endpoint_available{{{flaky_label}}} 0"
+        )),
+        "{}",
+        metrics.text()
+    );
 }
 
 #[test]
