@@ -54,6 +54,17 @@ pub enum Balance {
     Hash(HashOn),
 }
 
+/// Sticky sessions: the first answer to a client sets a cookie naming its endpoint (by an opaque
+/// id, a hash of its address), and later requests carrying it go back there while it is
+/// available, whatever the algorithm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// The cookie's name.
+    pub name: String,
+    /// Its `Max-Age`; a session cookie without it.
+    pub max_age: Option<Duration>,
+}
+
 /// What a [`Balance::Hash`] keys on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashOn {
@@ -549,6 +560,15 @@ impl Balancer {
                 }
             })
             .collect()
+    }
+
+    /// Whether endpoint `i` can be picked now.
+    pub(crate) fn usable(&self, i: usize) -> bool {
+        self.quiet.load(Ordering::Relaxed) & 1 == 1
+            || self
+                .endpoints
+                .get(i)
+                .is_some_and(|e| e.available(self.now_ms()))
     }
 
     /// Number of endpoints.

@@ -239,3 +239,71 @@ async fn weights_shape_the_share_of_requests() {
         upstream.clone().balancer()
     ));
 }
+
+#[tokio::test]
+async fn a_sticky_cookie_pins_a_client_until_its_endpoint_goes_away() {
+    let a = TestUpstream::fixed("a").await;
+    let (b, status) = TestUpstream::switchable(200).await;
+    let upstream = builder(&[a.addr(), b.addr()])
+        .panic_threshold(0.0)
+        .outlier_detection(Some(OutlierDetection {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: 50,
+            ..OutlierDetection::default()
+        }))
+        .sticky_cookie(Some(gateway_lb::balance::StickyCookie {
+            name: "gw".into(),
+            max_age: Some(Duration::from_secs(3600)),
+        }))
+        .build::<Full<Bytes>>();
+    let call = |cookie: Option<String>| {
+        let upstream = upstream.clone();
+        async move {
+            let mut req = Request::get("/x").header("host", "api");
+            if let Some(c) = cookie {
+                req = req.header("cookie", format!("theme=dark; gw={c}"));
+            }
+            let res = upstream
+                .oneshot(req.body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            let set = res
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (res.status(), set)
+        }
+    };
+    // Round robin sends the first request to `a`; the answer pins the client there.
+    let (_, set) = call(None).await;
+    let set = set.expect("a first answer sets the cookie");
+    assert!(set.starts_with("gw=") && set.contains("Max-Age=3600") && set.contains("HttpOnly"));
+    let id = set["gw=".len()..set.find(';').unwrap()].to_owned();
+    assert!(
+        !id.contains("127.0.0.1"),
+        "the id does not reveal the address"
+    );
+    for _ in 0..6 {
+        let (_, again) = call(Some(id.clone())).await;
+        assert_eq!(again, None, "already pinned: no new cookie");
+    }
+    assert_eq!((a.requests().len(), b.requests().len()), (7, 0));
+    // Pin another client to `b`, then `b` fails and is ejected: that client moves, with a new
+    // cookie, and stays on `a`.
+    let (_, to_b) = call(None).await;
+    let b_id = to_b.unwrap()["gw=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(b.requests().len(), 1);
+    status.store(500, Ordering::SeqCst);
+    call(Some(b_id.clone())).await;
+    let (status_now, moved) = call(Some(b_id.clone())).await;
+    assert_eq!(status_now, StatusCode::OK);
+    let moved = moved.expect("re-pinned");
+    assert!(moved.contains(&id), "{moved}");
+    // An unknown or forged id is just a new client.
+    let (_, fresh) = call(Some("not-an-endpoint".into())).await;
+    assert!(fresh.is_some());
+}

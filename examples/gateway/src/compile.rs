@@ -1297,7 +1297,27 @@ fn balancing(
             success_rate,
         }
     });
+    let sticky = up.sticky.as_ref().and_then(|s| {
+        let name = s.value.cookie.trim();
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            issues.at(
+                s,
+                format!("{field}.sticky.cookie"),
+                format!("`{name}` is not a cookie name"),
+            );
+            return None;
+        }
+        Some(gateway_lb::balance::StickyCookie {
+            name: name.to_owned(),
+            max_age: s.value.max_age.map(|d| d.0),
+        })
+    });
     builder
+        .sticky_cookie(sticky)
         .balance(balance)
         .weights(weights)
         .panic_threshold(up.panic_threshold.map_or(0.5, |r| r.0))

@@ -928,6 +928,9 @@ pub struct UpstreamConfig {
     /// Passive outlier detection; none when absent.
     #[serde(default)]
     pub outlier: Option<Spanned<OutlierConfig>>,
+    /// Sticky sessions by cookie; none when absent.
+    #[serde(default)]
+    pub sticky: Option<Spanned<StickySessionConfig>>,
     /// `http1` (default) or `http2` (h2c with prior knowledge).
     #[serde(default)]
     pub protocol: ProtocolConfig,
@@ -1029,6 +1032,17 @@ pub enum HashConfig {
     Header(String),
     /// A cookie.
     Cookie(String),
+}
+
+/// Sticky sessions: a cookie pins a client to the endpoint that first answered it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySessionConfig {
+    /// The cookie's name.
+    pub cookie: String,
+    /// Its `Max-Age` (default: a session cookie).
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
 }
 
 /// Active health checks of an upstream's endpoints.

@@ -92,6 +92,10 @@ fn bad_balancing_config_names_the_field() {
             "    endpoints: [\"127.0.0.1:1\"]\n    balance: fastest",
             "balance",
         ),
+        (
+            "    endpoints: [\"127.0.0.1:1\"]\n    sticky: { cookie: \"a b\" }",
+            "upstreams.up.sticky.cookie",
+        ),
     ] {
         let err = compile_error(block);
         assert!(err.contains(want), "{block}: {err}");
@@ -99,7 +103,7 @@ fn bad_balancing_config_names_the_field() {
     }
     assert_eq!(
         compile_error(
-            "    endpoints: [\"127.0.0.1:1 weight=5\"]\n    balance: { hash: client_ip }\n    slow_start: 30s\n    panic_threshold: 0%\n    outlier: { success_rate: { min_requests: 10 } }"
+            "    endpoints: [\"127.0.0.1:1 weight=5\"]\n    balance: { hash: client_ip }\n    slow_start: 30s\n    sticky: { cookie: gw, max_age: 1h }\n    panic_threshold: 0%\n    outlier: { success_rate: { min_requests: 10 } }"
         ),
         "compiled"
     );

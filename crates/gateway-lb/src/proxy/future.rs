@@ -54,6 +54,7 @@ pin_project! {
             body_timeout: Option<Duration>,
             permit: Option<(CallPermit, DefaultClassifier)>,
             load: Option<InFlight>,
+            set_cookie: Option<http::HeaderValue>,
             uploaded: Option<Arc<AtomicBool>>,
             span: Option<ClientSpan>,
             endpoint: Arc<str>,
@@ -133,7 +134,11 @@ impl ResponseFuture {
         fut: Exchange,
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
-        (permit, load): (Option<(CallPermit, DefaultClassifier)>, Option<InFlight>),
+        (permit, load, set_cookie): (
+            Option<(CallPermit, DefaultClassifier)>,
+            Option<InFlight>,
+            Option<http::HeaderValue>,
+        ),
         uploaded: Option<Arc<AtomicBool>>,
         span: Option<ClientSpan>,
         endpoint: Arc<str>,
@@ -145,6 +150,7 @@ impl ResponseFuture {
                 body_timeout,
                 permit,
                 load,
+                set_cookie,
                 uploaded,
                 span,
                 endpoint,
@@ -187,6 +193,7 @@ impl Future for ResponseFuture {
                 body_timeout,
                 permit,
                 load,
+                set_cookie,
                 uploaded,
                 span,
                 endpoint,
@@ -210,6 +217,11 @@ impl Future for ResponseFuture {
                     record(permit.take(), &res);
                     if let Some(load) = load.take() {
                         load.finish(&res);
+                    }
+                    if let Some(cookie) = set_cookie.take()
+                        && res.extensions().get::<Rejection>().is_none()
+                    {
+                        res.headers_mut().append(http::header::SET_COOKIE, cookie);
                     }
                     tag(&mut res, endpoint, *start);
                     if let Some(span) = span.take() {

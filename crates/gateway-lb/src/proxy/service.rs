@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    balance::{Balance, BalanceRng, Balancer, HashOn, InFlight, SeqRng, stable_hash},
+    balance::{Balance, BalanceRng, Balancer, HashOn, InFlight, SeqRng, StickyCookie, stable_hash},
     health::{CheckKind, HealthCheck, HealthTasks, OutlierDetection, Streak},
 };
 
@@ -88,6 +88,7 @@ struct Balancing {
     outlier: Option<OutlierDetection>,
     health: Option<HealthCheck>,
     rng: Option<Arc<dyn BalanceRng>>,
+    sticky: Option<StickyCookie>,
     made: Arc<OnceLock<Arc<Balancer>>>,
 }
 
@@ -101,6 +102,7 @@ impl Default for Balancing {
             outlier: None,
             health: None,
             rng: None,
+            sticky: None,
             made: Arc::default(),
         }
     }
@@ -149,6 +151,13 @@ impl UpstreamBuilder {
     #[must_use]
     pub fn health_check(self, check: Option<HealthCheck>) -> Self {
         self.balancing(|b| b.health = check)
+    }
+
+    /// Sticky sessions by cookie (default off).
+    #[must_use]
+    pub fn sticky_cookie(mut self, sticky: Option<StickyCookie>) -> Self {
+        self.balancing.sticky = sticky;
+        self
     }
 
     /// The random numbers balancing uses (default [`SeqRng::from_clock`]); for tests.
@@ -319,6 +328,11 @@ impl UpstreamBuilder {
         });
         let balancer = self.balancer();
         let health = self.balancing.health.clone();
+        let sticky = self
+            .balancing
+            .sticky
+            .as_ref()
+            .map(|s| Sticky::new(s, &self.endpoints));
         let pool = Pool::new(
             self.endpoints
                 .iter()
@@ -352,6 +366,7 @@ impl UpstreamBuilder {
                 endpoints: self.endpoints.into_boxed_slice(),
                 balancer,
                 health,
+                sticky,
                 request_timeout: self.request_timeout,
                 body_timeout: self.body_timeout,
                 host: self.host,
@@ -376,6 +391,7 @@ struct Shared {
     host_values: Box<[HeaderValue]>,
     balancer: Arc<Balancer>,
     health: Option<HealthCheck>,
+    sticky: Option<Sticky>,
     request_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
     host: HostHeader,
@@ -466,6 +482,19 @@ impl<B> Upstream<B> {
     /// The endpoint for a request, skipping endpoints whose breaker refuses the call.
     fn pick(&self, parts: &http::request::Parts) -> Option<(usize, Option<CallPermit>)> {
         let balancer = &self.shared.balancer;
+        if let Some(sticky) = &self.shared.sticky
+            && let Some(i) = sticky.endpoint(parts)
+            && balancer.usable(i)
+        {
+            match &self.shared.breakers {
+                None => return Some((i, None)),
+                Some(breakers) => {
+                    if let Ok(permit) = breakers[i].try_acquire() {
+                        return Some((i, Some(permit)));
+                    }
+                }
+            }
+        }
         let key = match balancer.algorithm() {
             Balance::Hash(on) => hash_key(on, parts),
             _ => None,
@@ -577,6 +606,13 @@ where
                     .into_response(),
             );
         };
+        // A client not (or no longer) pinned to this endpoint gets the cookie that pins it.
+        let set_cookie = self
+            .shared
+            .sticky
+            .as_ref()
+            .filter(|s| s.endpoint(&parts) != Some(idx))
+            .map(|s| s.set_cookie[idx].clone());
         self.prepare(idx, &mut parts, self.shared.protocol);
         let span = client_span(&mut parts, &self.shared.endpoints[idx]);
         let load = InFlight::start(&self.shared.balancer, idx);
@@ -590,7 +626,7 @@ where
             Box::pin(fut),
             shared.request_timeout,
             shared.body_timeout,
-            (permit.map(|p| (p, shared.classifier)), load),
+            (permit.map(|p| (p, shared.classifier)), load, set_cookie),
             uploaded,
             span,
             shared.endpoint_names[idx].clone(),
@@ -923,4 +959,50 @@ where
     };
     conn.abort();
     passed
+}
+
+/// Sticky sessions: each endpoint's opaque id and its `Set-Cookie` value, made once.
+#[derive(Debug)]
+struct Sticky {
+    name: String,
+    ids: Box<[String]>,
+    set_cookie: Box<[HeaderValue]>,
+}
+
+impl Sticky {
+    fn new(config: &StickyCookie, endpoints: &[Endpoint]) -> Self {
+        let ids: Box<[String]> = endpoints
+            .iter()
+            .map(|e| format!("{:016x}", stable_hash(e.to_string().as_bytes())))
+            .collect();
+        let set_cookie = ids
+            .iter()
+            .map(|id| {
+                let mut v = format!("{}={id}; Path=/; HttpOnly; SameSite=Lax", config.name);
+                if let Some(age) = config.max_age {
+                    v.push_str(&format!("; Max-Age={}", age.as_secs()));
+                }
+                HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+            })
+            .collect();
+        Self {
+            name: config.name.clone(),
+            ids,
+            set_cookie,
+        }
+    }
+
+    /// The endpoint the request's cookie pins it to, if any.
+    fn endpoint(&self, parts: &http::request::Parts) -> Option<usize> {
+        let value = parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == self.name)?
+            .1;
+        self.ids.iter().position(|id| id == value)
+    }
 }
