@@ -65,7 +65,8 @@ pub fn status_code(reason: Option<RejectReason>, status: StatusCode) -> u8 {
             | RejectReason::ShuttingDown
             | RejectReason::DependencyFailed,
         ) => 14,
-        Some(RejectReason::BadRequest) => 13,
+        Some(RejectReason::BadRequest | RejectReason::TransformFailed) => 13,
+        Some(RejectReason::Sunset) => 12,
         None => match status.as_u16() {
             400 => 13,
             401 => 16,

@@ -45,6 +45,11 @@ pub enum RejectReason {
     /// A dependency the decision needs (a rate-limit store, a key set) failed and its policy is
     /// to fail closed.
     DependencyFailed,
+    /// The API version is past its sunset (`410 Gone`).
+    Sunset,
+    /// A configured transform could not be applied safely (a templated header value would
+    /// have contained CR, LF or NUL).
+    TransformFailed,
 }
 
 impl RejectReason {
@@ -67,6 +72,8 @@ impl RejectReason {
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::DependencyFailed => "dependency_failed",
+            Self::Sunset => "sunset",
+            Self::TransformFailed => "transform_failed",
         }
     }
 }

@@ -805,6 +805,16 @@ fn compile_route(
         upstream: upstream?,
         upstream_name: rc.upstream.value.clone(),
         split,
+        transform: rc
+            .transform
+            .as_ref()
+            .and_then(|t| compile_transform(&field, t, issues))
+            .map(Arc::new),
+        lifecycle: rc
+            .version
+            .as_ref()
+            .and_then(|v| compile_lifecycle(&field, v, issues))
+            .map(Arc::new),
         rewrite,
         rate_limit,
         auth,
@@ -813,6 +823,122 @@ fn compile_route(
         upgrades,
         cache,
         order: i,
+    })
+}
+
+/// A route's `transform` block: request and response header rules.
+fn compile_transform(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::TransformConfig>,
+    issues: &mut Issues,
+) -> Option<(
+    gateway_transform::headers::HeaderRules,
+    gateway_transform::headers::HeaderRules,
+)> {
+    let rules = |c: &crate::config::HeaderRulesConfig,
+                 what: &str,
+                 issues: &mut Issues|
+     -> Option<gateway_transform::headers::HeaderRules> {
+        let mut b = gateway_transform::headers::HeaderRules::builder();
+        let fail = |e: gateway_transform::headers::RuleError, issues: &mut Issues| {
+            issues.at(spanned, format!("{field}.transform.{what}"), e.0);
+        };
+        for h in &c.remove {
+            b = match b.remove(h) {
+                Ok(b) => b,
+                Err(e) => {
+                    fail(e, issues);
+                    return None;
+                }
+            };
+        }
+        for (from, to) in &c.rename {
+            b = match b.rename(from, to) {
+                Ok(b) => b,
+                Err(e) => {
+                    fail(e, issues);
+                    return None;
+                }
+            };
+        }
+        for (op, map) in [("set", &c.set), ("add", &c.add), ("append", &c.append)] {
+            for (h, v) in map {
+                let next = match op {
+                    "set" => b.set(h, v),
+                    "add" => b.add(h, v),
+                    _ => b.append(h, v),
+                };
+                b = match next {
+                    Ok(b) => b,
+                    Err(e) => {
+                        issues.at(spanned, format!("{field}.transform.{what}.{op}.{h}"), e.0);
+                        return None;
+                    }
+                };
+            }
+        }
+        Some(b.build())
+    };
+    let v = &spanned.value;
+    let request = rules(&v.request_headers, "request_headers", issues);
+    let response = rules(&v.response_headers, "response_headers", issues);
+    Some((request?, response?))
+}
+
+/// A route's `version` block.
+fn compile_lifecycle(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::VersionConfig>,
+    issues: &mut Issues,
+) -> Option<gateway_transform::lifecycle::Lifecycle> {
+    use gateway_transform::lifecycle::{AfterSunset, Lifecycle, parse_date};
+    let v = &spanned.value;
+    let mut date = |s: &Option<String>, what: &str| match s.as_deref().map(parse_date) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            issues.at(spanned, format!("{field}.version.{what}"), e);
+            None
+        }
+    };
+    let deprecated_at = date(&v.deprecated_at, "deprecated_at");
+    let sunset_at = date(&v.sunset_at, "sunset_at");
+    if let (Some(d), Some(s)) = (deprecated_at, sunset_at)
+        && s < d
+    {
+        issues.at(
+            spanned,
+            format!("{field}.version.sunset_at"),
+            "the sunset comes before the deprecation",
+        );
+    }
+    if let Some(next) = &v.successor
+        && HeaderValue::from_str(next).is_err()
+    {
+        issues.at(
+            spanned,
+            format!("{field}.version.successor"),
+            "not a valid URL or path",
+        );
+    }
+    let after_sunset = match v.after_sunset {
+        crate::config::AfterSunsetConfig::Gone => AfterSunset::Gone,
+        crate::config::AfterSunsetConfig::Redirect => {
+            if v.successor.is_none() {
+                issues.at(
+                    spanned,
+                    format!("{field}.version.after_sunset"),
+                    "`redirect` needs a `successor`",
+                );
+            }
+            AfterSunset::Redirect
+        }
+    };
+    Some(Lifecycle {
+        deprecated_at,
+        sunset_at,
+        successor: v.successor.clone(),
+        after_sunset,
     })
 }
 

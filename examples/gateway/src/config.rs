@@ -961,6 +961,68 @@ pub struct UpstreamConfig {
     pub tls: Option<Spanned<UpstreamTlsConfig>>,
 }
 
+/// A route's header transforms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Rules for the request sent upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRulesConfig,
+    /// Rules for the response sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConfig,
+}
+
+/// Header rules, applied in this order: `remove`, `rename`, `set`, `add`, `append`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConfig {
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// `old: new` renames.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Headers set (replaced), values templated.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Headers set only when absent.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
+    /// Header lines appended.
+    #[serde(default)]
+    pub append: std::collections::BTreeMap<String, String>,
+}
+
+/// An API version's lifecycle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionConfig {
+    /// `2027-01-01`, `2027-01-01T12:00:00Z` or an HTTP-date.
+    #[serde(default)]
+    pub deprecated_at: Option<String>,
+    /// When the version stops being served (same forms).
+    #[serde(default)]
+    pub sunset_at: Option<String>,
+    /// The replacement (URL or absolute path), linked from every response.
+    #[serde(default)]
+    pub successor: Option<String>,
+    /// `gone` (default: `410` with a problem body) or `redirect` (`308` to the successor).
+    #[serde(default)]
+    pub after_sunset: AfterSunsetConfig,
+}
+
+/// What happens after the sunset.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterSunsetConfig {
+    /// `410 Gone`.
+    #[default]
+    Gone,
+    /// `308` to the successor.
+    Redirect,
+}
+
 /// A weighted traffic split: `to` upstreams get their `share`, `upstream` the rest.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1392,6 +1454,12 @@ pub struct RouteConfig {
     /// Shares of the route's traffic sent to other upstreams (canary releases, A/B tests).
     #[serde(default)]
     pub split: Option<Spanned<SplitConfig>>,
+    /// Header transforms, request and response.
+    #[serde(default)]
+    pub transform: Option<Spanned<TransformConfig>>,
+    /// The API version's lifecycle: deprecation, sunset, successor.
+    #[serde(default)]
+    pub version: Option<Spanned<VersionConfig>>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,

@@ -268,6 +268,12 @@ impl Pipeline {
         route: &Route,
         mut req: Request<ClientBody>,
     ) -> (Response<ResponseBody>, Option<gateway_core::Principal>) {
+        // A retired API version is answered here, whatever else the route says.
+        if let Some(lifecycle) = &route.lifecycle
+            && let Some(gone) = lifecycle.refusal(std::time::SystemTime::now())
+        {
+            return (gone, None);
+        }
         // Client IP lists, then authentication (credentials stripped, `Principal` inserted), then
         // the limits that may key on the principal.
         if let Some(filter) = &route.ip_filter
@@ -307,6 +313,24 @@ impl Pipeline {
             Some(split) => split.choose(&mut req),
             None => route.upstream,
         };
+        // Header transforms, after every policy: they never decide who gets in.
+        if let Some(rules) = &route.transform
+            && !rules.0.is_empty()
+        {
+            let (mut parts, body) = req.into_parts();
+            let mut headers = std::mem::take(&mut parts.headers);
+            let request_id = headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let ctx = transform_context(route, &parts, principal.as_ref(), request_id.as_deref());
+            let applied = rules.0.apply(&mut headers, &ctx);
+            parts.headers = headers;
+            if applied.is_err() {
+                return (transform_failed(), principal);
+            }
+            req = Request::from_parts(parts, body);
+        }
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
@@ -344,6 +368,21 @@ impl Pipeline {
         // charged, so it carries the rate-limit headers.
         if let Some(admission) = admission {
             admission.apply(&mut res);
+        }
+        if let Some(rules) = &route.transform
+            && !rules.1.is_empty()
+        {
+            let ctx = gateway_transform::template::Context {
+                route: Some(route.id.as_str()),
+                ..gateway_transform::template::Context::default()
+            }
+            .with_principal(principal.as_ref());
+            if rules.1.apply(res.headers_mut(), &ctx).is_err() {
+                res = transform_failed();
+            }
+        }
+        if let Some(lifecycle) = &route.lifecycle {
+            lifecycle.annotate(res.headers_mut());
         }
         (res, principal)
     }
@@ -634,6 +673,44 @@ fn strip_internal(headers: &mut http::HeaderMap, prefixes: &[String]) {
     for name in doomed.into_iter().flatten() {
         headers.remove(&name);
     }
+}
+
+/// What a request's header templates can read.
+fn transform_context<'a>(
+    route: &'a Route,
+    parts: &'a http::request::Parts,
+    principal: Option<&'a gateway_core::Principal>,
+    request_id: Option<&'a str>,
+) -> gateway_transform::template::Context<'a> {
+    gateway_transform::template::Context {
+        client_ip: parts
+            .extensions
+            .get::<gateway_core::ClientIp>()
+            .map(gateway_core::ClientIp::ip),
+        route: Some(route.id.as_str()),
+        request_id,
+        method: Some(parts.method.as_str()),
+        path: parts
+            .extensions
+            .get::<gateway_core::NormalizedPath>()
+            .map(gateway_core::NormalizedPath::as_str),
+        params: parts
+            .extensions
+            .get::<crate::router::PathParams>()
+            .map_or(&[], |p| p.0.as_slice()),
+        ..gateway_transform::template::Context::default()
+    }
+    .with_principal(principal)
+}
+
+/// A transform that would have sent a split header: the request fails instead.
+fn transform_failed() -> Response<ResponseBody> {
+    reject(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        RejectReason::TransformFailed,
+        ResponseFlags::empty(),
+        "a configured header transform could not be applied safely",
+    )
 }
 
 /// Sends an admitted request through its upstream's bulkhead, resilience stack and client.

@@ -100,6 +100,10 @@ pub struct Route {
     pub upstream_name: String,
     /// A weighted split of the route's traffic across upstreams.
     pub split: Option<std::sync::Arc<Split>>,
+    /// Header rules for the request and the response.
+    pub transform: Option<std::sync::Arc<(HeaderRules, HeaderRules)>>,
+    /// The API version's lifecycle.
+    pub lifecycle: Option<std::sync::Arc<gateway_transform::lifecycle::Lifecycle>>,
     /// Path rewrite.
     pub rewrite: Rewrite,
     /// Rate limits and quotas.
@@ -117,6 +121,8 @@ pub struct Route {
     /// Position in the configuration file.
     pub order: usize,
 }
+
+use gateway_transform::headers::HeaderRules;
 
 /// A weighted split of a route's traffic across upstreams (canary releases, A/B tests).
 #[derive(Debug)]
@@ -641,6 +647,8 @@ mod tests {
             upstream: 0,
             upstream_name: "u".into(),
             split: None,
+            transform: None,
+            lifecycle: None,
             rewrite: Rewrite::None,
             rate_limit: None,
             auth: None,
