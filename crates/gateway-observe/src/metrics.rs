@@ -134,7 +134,6 @@ pub struct HttpMetrics {
     duration: Family<ServerLabels, Histogram, Buckets>,
     request_size: Family<ServerLabels, Histogram, Buckets>,
     response_size: Family<ServerLabels, Histogram, Buckets>,
-    active: Family<MethodLabels, Gauge>,
     client_duration: Family<ClientLabels, Histogram, Buckets>,
     rate_limit: Family<DecisionLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
@@ -142,7 +141,82 @@ pub struct HttpMetrics {
     rejections: Family<RejectionLabels, Counter>,
     status_class: bool,
     unmatched: Shared,
+    /// The active-request gauge of each method label, made once (no label lookup per request).
+    active_by_method: Arc<[Gauge]>,
+    /// Tells this registry's entries apart in the per-thread handle cache.
+    id: u64,
 }
+
+/// Method labels, in the order of [`method_index`].
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "_OTHER",
+];
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+/// The three server histograms of one (registry, method, status, route), cached per thread so
+/// a request costs one cheap hash instead of three `Family` lookups (each a lock and a SipHash
+/// of the label set).
+#[derive(Clone)]
+struct ServerHandles {
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct HandleKey {
+    registry: u64,
+    method: u8,
+    status: u16,
+    route: Arc<str>,
+}
+
+/// FNV-1a: the key is a few bytes and never attacker-chosen beyond a route name.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type HandleCache =
+    std::collections::HashMap<HandleKey, ServerHandles, std::hash::BuildHasherDefault<Fnv>>;
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<HandleCache> = std::cell::RefCell::default();
+}
+
+/// Registries made so far (each gets its own id).
+static REGISTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for HttpMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,10 +261,20 @@ impl HttpMetrics {
             response_size.clone(),
         );
         let active = Family::<MethodLabels, Gauge>::default();
+        let active_by_method: Arc<[Gauge]> = METHODS
+            .iter()
+            .map(|m| {
+                active
+                    .get_or_create(&MethodLabels {
+                        http_request_method: Cow::Borrowed(m),
+                    })
+                    .clone()
+            })
+            .collect();
         registry.register(
             "http_server_active_requests",
             "HTTP server requests in flight (http.server.active_requests)",
-            active.clone(),
+            active,
         );
         let rate_limit = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -221,7 +305,6 @@ impl HttpMetrics {
             duration,
             request_size,
             response_size,
-            active,
             client_duration,
             rate_limit,
             cache,
@@ -229,6 +312,8 @@ impl HttpMetrics {
             rejections,
             status_class: config.status_class,
             unmatched: Shared(Arc::from(UNMATCHED)),
+            active_by_method,
+            id: REGISTRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -272,39 +357,57 @@ impl HttpMetrics {
     }
 
     pub(crate) fn started(&self, method: &Method) {
-        self.active
-            .get_or_create(&MethodLabels {
-                http_request_method: method_label(method),
-            })
-            .inc();
+        self.active_by_method[method_index(method)].inc();
+    }
+
+    /// The server histograms for these labels, from the per-thread cache when possible.
+    fn server_handles(&self, method: &Method, status: u16, route: &Shared) -> ServerHandles {
+        let status_key = if self.status_class {
+            status / 100
+        } else {
+            status
+        };
+        let key = HandleKey {
+            registry: self.id,
+            method: u8::try_from(method_index(method)).unwrap_or(9),
+            status: status_key,
+            route: route.0.clone(),
+        };
+        if let Some(h) = HANDLES.with(|c| c.borrow().get(&key).cloned()) {
+            return h;
+        }
+        let labels = ServerLabels {
+            http_request_method: method_label(method),
+            http_response_status_code: self.status_label(status),
+            http_route: route.clone(),
+        };
+        let handles = ServerHandles {
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_size: self.request_size.get_or_create(&labels).clone(),
+            response_size: self.response_size.get_or_create(&labels).clone(),
+        };
+        HANDLES.with(|c| {
+            let mut c = c.borrow_mut();
+            // Bounded like the label sets themselves; a flood of new routes just starts over.
+            if c.len() >= 4096 {
+                c.clear();
+            }
+            c.insert(key, handles.clone());
+        });
+        handles
     }
 
     pub(crate) fn finished(&self, s: &Sample<'_>) {
-        let method = method_label(s.method);
-        self.active
-            .get_or_create(&MethodLabels {
-                http_request_method: method.clone(),
-            })
-            .dec();
+        self.active_by_method[method_index(s.method)].dec();
         let route = s
             .route
             .map_or_else(|| self.unmatched.clone(), |r| Shared(r.clone()));
-        let labels = ServerLabels {
-            http_request_method: method,
-            http_response_status_code: self.status_label(s.status),
-            http_route: route.clone(),
-        };
-        self.duration
-            .get_or_create(&labels)
-            .observe(s.duration.as_secs_f64());
+        let handles = self.server_handles(s.method, s.status, &route);
+        handles.duration.observe(s.duration.as_secs_f64());
         #[allow(clippy::cast_precision_loss)]
         {
-            self.request_size
-                .get_or_create(&labels)
-                .observe(s.bytes_in as f64);
-            self.response_size
-                .get_or_create(&labels)
-                .observe(s.bytes_out as f64);
+            handles.request_size.observe(s.bytes_in as f64);
+            handles.response_size.observe(s.bytes_out as f64);
         }
         if let Some(call) = s.upstream {
             self.client_duration
@@ -388,4 +491,69 @@ fn method_label(m: &Method) -> Cow<'static, str> {
         Method::TRACE => "TRACE",
         _ => "_OTHER",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(route: &'a Arc<str>, status: u16, method: &'a Method) -> Sample<'a> {
+        Sample {
+            method,
+            route: Some(route),
+            status,
+            duration: Duration::from_millis(3),
+            bytes_in: 0,
+            bytes_out: 10,
+            rejection: None,
+            upstream: None,
+            rate_limit: None,
+            cache: None,
+            auth_failure: None,
+        }
+    }
+
+    fn count(text: &str, labels: &str) -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("http_server_request_duration_seconds_count") && l.contains(labels)
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    }
+
+    #[test]
+    fn cached_handles_never_mix_registries_statuses_or_routes() {
+        let (a, b) = (
+            HttpMetrics::new(&MetricsConfig::default()),
+            HttpMetrics::new(&MetricsConfig {
+                status_class: true,
+                ..MetricsConfig::default()
+            }),
+        );
+        let (orders, users): (Arc<str>, Arc<str>) = (Arc::from("orders"), Arc::from("users"));
+        let get = Method::GET;
+        for _ in 0..3 {
+            a.finished(&sample(&orders, 200, &get));
+        }
+        a.finished(&sample(&orders, 404, &get));
+        a.finished(&sample(&users, 200, &get));
+        b.finished(&sample(&orders, 201, &get));
+        b.finished(&sample(&orders, 204, &get));
+        let (ta, tb) = (a.encode(), b.encode());
+        let code =
+            |c: &str, r: &str| format!("http_response_status_code=\"{c}\",http_route=\"{r}\"");
+        assert_eq!(count(&ta, &code("200", "orders")).as_deref(), Some("3"));
+        assert_eq!(count(&ta, &code("404", "orders")).as_deref(), Some("1"));
+        assert_eq!(count(&ta, &code("200", "users")).as_deref(), Some("1"));
+        assert_eq!(
+            count(&tb, &code("2xx", "orders")).as_deref(),
+            Some("2"),
+            "{tb}"
+        );
+        assert_eq!(
+            count(&tb, &code("200", "orders")),
+            None,
+            "no leak from the other registry"
+        );
+    }
 }

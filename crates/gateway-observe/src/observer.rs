@@ -110,6 +110,9 @@ impl Observer {
     /// as active. Call [`Observation::finish`] with the response.
     pub fn start<B: Body>(&self, req: &mut Request<B>) -> Observation {
         let id = self.inner.ids.assign(req);
+        // The header value made by `assign`, reused on the response (no second validation and
+        // copy).
+        let id_value = req.headers().get(self.inner.ids.header()).cloned();
         self.inner.metrics.started(req.method());
         let span = self.inner.tracer.as_ref().map(|t| {
             let trust = req
@@ -139,6 +142,7 @@ impl Observer {
             started: Instant::now(),
             time: SystemTime::now(),
             id,
+            id_value,
             method: req.method().clone(),
             version: req.version(),
             raw_path: self
@@ -149,7 +153,7 @@ impl Observer {
             client_ip: req.extensions().get::<ClientIp>().map(|c| c.ip()),
             trace_id: match &span {
                 Some(s) => Some(format!("{:032x}", s.context.trace_id)),
-                None => trace_id(req.headers().get("traceparent")),
+                None => trace_id(req.headers().get(&TRACEPARENT)),
             },
             span,
             bytes_in: req.body().size_hint().exact().unwrap_or(0),
@@ -158,6 +162,8 @@ impl Observer {
         }
     }
 }
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The trace id of a well-formed W3C `traceparent`, as 32 hex digits.
 fn trace_id(v: Option<&HeaderValue>) -> Option<String> {
@@ -172,6 +178,7 @@ pub struct Observation {
     started: Instant,
     time: SystemTime,
     id: RequestId,
+    id_value: Option<HeaderValue>,
     method: Method,
     version: Version,
     raw_path: Option<String>,
@@ -224,7 +231,11 @@ impl Observation {
     /// [`NormalizedPath`]) when the service put them there.
     pub fn finish<B: Body>(self, res: Response<B>) -> Response<ObservedBody<B>> {
         let (mut parts, body) = res.into_parts();
-        if let Ok(v) = HeaderValue::from_str(self.id.as_str()) {
+        let value = self
+            .id_value
+            .clone()
+            .or_else(|| HeaderValue::from_str(self.id.as_str()).ok());
+        if let Some(v) = value {
             parts
                 .headers
                 .insert(self.observer.inner.ids.header().clone(), v);
