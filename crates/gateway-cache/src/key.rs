@@ -121,13 +121,8 @@ impl MakeCacheKey for CacheKey {
         let host = req
             .uri
             .authority()
-            .map(|a| a.as_str().to_ascii_lowercase())
-            .or_else(|| {
-                req.headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_ascii_lowercase)
-            })
+            .map(http::uri::Authority::as_str)
+            .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or_default();
         let tls = req
             .extensions
@@ -138,7 +133,13 @@ impl MakeCacheKey for CacheKey {
             .scheme_str()
             .unwrap_or(if tls { "https" } else { "http" });
         let path = req.uri.path();
-        let mut key = format!("{scheme}://{host}{path}");
+        let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 16);
+        key.push_str(scheme);
+        key.push_str("://");
+        let at = key.len();
+        key.push_str(host);
+        key[at..].make_ascii_lowercase();
+        key.push_str(path);
         if let Some(query) = req.uri.query() {
             let (kept, rewrite) = self.keyed_query(query);
             if !kept.is_empty() {

@@ -46,6 +46,7 @@
 
 mod classify;
 mod client_ip;
+mod cookie;
 pub mod grpc;
 mod path;
 mod principal;
@@ -59,6 +60,7 @@ pub use client_ip::{
     ClientIp, ConnectionInfo, ForwardedHeader, ResolveClientIp, ResolveClientIpLayer,
     TrustedProxies, TrustedProxiesError,
 };
+pub use cookie::cookie;
 pub use path::{PathError, normalize_path};
 pub use principal::{AuthFailureReason, AuthMethod, Principal};
 pub use problem::{PROBLEM_JSON, Problem, ProblemValue, RejectReason, Rejection, ResponseFlags};

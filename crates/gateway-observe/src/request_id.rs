@@ -82,7 +82,16 @@ impl RequestIds {
         a.write_u64(n);
         let mut b = self.seed.build_hasher();
         b.write_u64(!n);
-        RequestId(Arc::from(format!("{:016x}{:016x}", a.finish(), b.finish())))
+        // Hex by hand: `format!` was a tenth of a cache hit's instructions.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, word) in [a.finish(), b.finish()].into_iter().enumerate() {
+            for k in 0..16 {
+                let nibble = (word >> (60 - 4 * k)) & 0xf;
+                out[i * 16 + k] = HEX[usize::try_from(nibble).unwrap_or(0)];
+            }
+        }
+        RequestId(Arc::from(std::str::from_utf8(&out).unwrap_or_default()))
     }
 
     /// The id for `req` (trusted inbound or new), inserted in its extensions and in its header

@@ -162,15 +162,9 @@ impl Split {
                 .get::<gateway_core::ClientIp>()
                 .map(|c| stable_hash(c.ip().to_string().as_bytes())),
             HashOn::Header(h) => req.headers().get(h).map(|v| stable_hash(v.as_bytes())),
-            HashOn::Cookie(c) => req
-                .headers()
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|p| p.trim().split_once('='))
-                .find(|(k, _)| k == c)
-                .map(|(_, v)| stable_hash(v.as_bytes())),
+            HashOn::Cookie(c) => {
+                gateway_core::cookie(req.headers(), c).map(|v| stable_hash(v.as_bytes()))
+            }
             HashOn::Path => Some(stable_hash(req.uri().path().as_bytes())),
         });
         let roll = key.unwrap_or_else(|| self.rng.next_u64()) % u64::from(Self::SCALE);

@@ -142,13 +142,7 @@ fn bad_transform_and_version_config_names_the_field() {
         let yaml = format!(
             "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  up:\n    endpoints: [\"127.0.0.1:1\"]\nroutes:\n  - name: r\n    upstream: up\n{route}\n"
         );
-        let err = match gateway::Config::parse(&yaml, "t.yaml") {
-            Err(e) => e.to_string(),
-            Ok(c) => gateway::Compiled::new(&c, "t.yaml")
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-        };
+        let err = support::config_error(&yaml);
         assert!(err.contains(want), "{route}: {err}");
     }
 }

@@ -913,15 +913,9 @@ fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<u64> {
             Some(stable_hash(ip.to_canonical().to_string().as_bytes()))
         }
         HashOn::Header(name) => parts.headers.get(name).map(|v| stable_hash(v.as_bytes())),
-        HashOn::Cookie(name) => parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| stable_hash(v.as_bytes())),
+        HashOn::Cookie(name) => {
+            gateway_core::cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes()))
+        }
         HashOn::Path => Some(stable_hash(parts.uri.path().as_bytes())),
     }
 }
@@ -994,15 +988,7 @@ impl Sticky {
 
     /// The endpoint the request's cookie pins it to, if any.
     fn endpoint(&self, parts: &http::request::Parts) -> Option<usize> {
-        let value = parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == self.name)?
-            .1;
+        let value = gateway_core::cookie(&parts.headers, &self.name)?;
         self.ids.iter().position(|id| id == value)
     }
 }

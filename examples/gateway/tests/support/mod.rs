@@ -35,3 +35,15 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
+
+/// The error a configuration fails with (parse or compile, file name `t.yaml`); empty when it
+/// compiles.
+pub fn config_error(yaml: &str) -> String {
+    match Config::parse(yaml, "t.yaml") {
+        Err(e) => e.to_string(),
+        Ok(c) => Compiled::new(&c, "t.yaml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    }
+}
