@@ -230,16 +230,45 @@ impl Compiled {
             let field = format!("upstreams.{name}");
             let mut endpoints = Vec::new();
             let mut weights = Vec::new();
-            for (i, e) in up.endpoints.iter().enumerate() {
-                let mut words = e.value.split_whitespace();
+            // Lines of the endpoints file, reported against the `endpoints_file` key with the
+            // file's own line number.
+            let mut listed: Vec<(&serde_saphyr::Spanned<String>, String, String)> = up
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e, format!("{field}.endpoints[{i}]"), e.value.clone()))
+                .collect();
+            if let Some(file) = &up.endpoints_file {
+                match std::fs::read_to_string(&file.value) {
+                    Ok(text) => {
+                        for (n, line) in text.lines().enumerate() {
+                            let line = line.split('#').next().unwrap_or_default().trim();
+                            if !line.is_empty() {
+                                listed.push((
+                                    file,
+                                    format!("{field}.endpoints_file ({}:{})", file.value, n + 1),
+                                    line.to_owned(),
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => issues.at(
+                        file,
+                        format!("{field}.endpoints_file"),
+                        format!("cannot read `{}`: {e}", file.value),
+                    ),
+                }
+            }
+            for (e, at, value) in &listed {
+                let mut words = value.split_whitespace();
                 let address = words.next().unwrap_or_default();
                 let mut weight = 1;
                 for word in words {
                     match word.strip_prefix("weight=").map(str::parse::<u32>) {
                         Some(Ok(w)) if w > 0 => weight = w,
                         _ => issues.at(
-                            e,
-                            format!("{field}.endpoints[{i}]"),
+                            *e,
+                            at.clone(),
                             format!("`{word}`: expected `weight=N` with N at least 1"),
                         ),
                     }
@@ -249,14 +278,14 @@ impl Compiled {
                         endpoints.push(ep);
                         weights.push(weight);
                     }
-                    Err(err) => issues.at(e, format!("{field}.endpoints[{i}]"), err.to_string()),
+                    Err(err) => issues.at(*e, at.clone(), err.to_string()),
                 }
             }
-            if up.endpoints.is_empty() {
+            if listed.is_empty() {
                 issues.at(
                     spanned,
                     format!("{field}.endpoints"),
-                    "at least one endpoint is required",
+                    "at least one endpoint is required (in `endpoints` or `endpoints_file`)",
                 );
             }
             let host = match &up.host {
@@ -302,7 +331,7 @@ impl Compiled {
                 Some(tls) => builder.tls(tls),
                 None => builder,
             };
-            let builder = balancing(&field, spanned, builder, weights, &mut issues);
+            let builder = balancing(&field, spanned, builder, weights.clone(), &mut issues);
             let per_endpoint = up.breaker.as_ref().is_some_and(|b| b.value.per_endpoint);
             let breaker = up
                 .breaker
@@ -345,9 +374,20 @@ impl Compiled {
             let kept = previous.and_then(|p| {
                 let unchanged = p.source.get("upstreams").and_then(|u| u.get(name))
                     == config.source.get("upstreams").and_then(|u| u.get(name));
+                // With an endpoints file, the YAML can be unchanged while the endpoints are not.
                 p.upstreams
                     .iter()
-                    .find(|u| unchanged && u.name == *name)
+                    .find(|u| {
+                        unchanged
+                            && u.name == *name
+                            && u.endpoints == endpoints
+                            && u.builder
+                                .balancer()
+                                .status()
+                                .iter()
+                                .map(|s| s.weight)
+                                .eq(weights.iter().copied())
+                    })
                     .cloned()
             });
             if let Some(kept) = kept {
@@ -1069,6 +1109,7 @@ fn named_files(config: &Config) -> Vec<std::path::PathBuf> {
         }
     }
     for u in config.upstreams.values() {
+        files.extend(u.value.endpoints_file.as_ref().map(|f| f.value.clone()));
         if let Some(t) = &u.value.tls {
             let t = &t.value;
             files.extend([&t.ca_file, &t.cert, &t.key].into_iter().flatten().cloned());

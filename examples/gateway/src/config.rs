@@ -911,7 +911,12 @@ impl Default for ShutdownConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port` endpoints, each optionally followed by ` weight=N`.
+    #[serde(default)]
     pub endpoints: Vec<Spanned<String>>,
+    /// A file of more endpoints, one per line in the same form (`#` comments): discovery by
+    /// file. With `reload.watch`, a change to it is applied like a reload.
+    #[serde(default)]
+    pub endpoints_file: Option<Spanned<String>>,
     /// How an endpoint is picked (default `round_robin`).
     #[serde(default)]
     pub balance: BalanceConfig,

@@ -205,3 +205,58 @@ fn bad_split_config_names_the_field() {
         assert!(err.contains(want), "{split}: {err}");
     }
 }
+
+#[tokio::test]
+async fn an_endpoints_file_moves_traffic_without_dropping_requests_in_flight() {
+    let (old, mut gate) = TestUpstream::gated().await;
+    let new = TestUpstream::fixed("new").await;
+    let dir = std::env::temp_dir().join(format!("gateway-discovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("endpoints.txt");
+    std::fs::write(&list, format!("# the orders pool\n{}\n", old.addr())).unwrap();
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nreload: {{ watch: true, interval: 20ms }}\nupstreams:\n  up:\n    endpoints_file: \"{}\"\nroutes:\n  - name: all\n    upstream: up\n",
+        list.display()
+    );
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let config = gateway::Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    let name = file.display().to_string();
+    let gw = gateway::start(gateway::Compiled::new(&config, &name).unwrap()).unwrap();
+    gw.set_config_file(&file);
+    let a = addr(&gw);
+
+    // A request is held by the old endpoint while the file moves the pool to the new one.
+    let held = tokio::spawn(async move { get(a, "/slow").await });
+    gate.arrived().await;
+    std::fs::write(&list, format!("{} weight=2\n", new.addr())).unwrap();
+    let moved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let v = view(gw.admin_addr().unwrap()).await;
+            if v[0]["endpoints"][0]["endpoint"] == new.addr().to_string() {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the file change was applied");
+    assert_eq!(moved[0]["endpoints"][0]["weight"], 2);
+    assert_eq!(get(a, "/x").await.text(), "new");
+    gate.open();
+    assert_eq!(
+        held.await.unwrap().text(),
+        "done",
+        "the request in flight finished"
+    );
+
+    // A broken file is refused: the running endpoints stay, and the error names the line.
+    std::fs::write(&list, format!("{}\nnot an endpoint!\n", new.addr())).unwrap();
+    let err = support::config_error(&yaml);
+    assert!(
+        err.contains("endpoints_file") && err.contains(":2)"),
+        "{err}"
+    );
+    assert_eq!(get(a, "/x").await.text(), "new");
+    let _ = std::fs::remove_dir_all(&dir);
+}
