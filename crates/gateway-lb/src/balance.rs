@@ -562,6 +562,46 @@ impl Balancer {
             .collect()
     }
 
+    /// Takes over what `old` knows of endpoints both have (`pairs` of (index here, index in
+    /// `old`)): health, ejections and their multiplier, `Retry-After` back-off, slow-start
+    /// progress and latency. For a rebuilt endpoint list (a reload, a discovery change), so an
+    /// ejected or unhealthy endpoint does not come back just because the list changed. Health
+    /// is taken over only `with_health` (when this balancer's endpoints are actively checked:
+    /// without checks nothing would ever mark them healthy again).
+    pub fn inherit(&self, old: &Balancer, pairs: &[(usize, usize)], with_health: bool) {
+        // Both clocks count milliseconds from their own start; `old` started first.
+        let shift = u64::try_from(self.base.saturating_duration_since(old.base).as_millis())
+            .unwrap_or(u64::MAX);
+        let moved = |v: u64| {
+            if v == 0 {
+                0
+            } else {
+                v.saturating_sub(shift).max(1)
+            }
+        };
+        for &(new, was) in pairs {
+            let (Some(e), Some(o)) = (self.endpoints.get(new), old.endpoints.get(was)) else {
+                continue;
+            };
+            if with_health {
+                e.healthy
+                    .store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            for (to, from) in [
+                (&e.ejected_until, &o.ejected_until),
+                (&e.back_off_until, &o.back_off_until),
+                (&e.returned_at, &o.returned_at),
+            ] {
+                to.store(moved(from.load(Ordering::Relaxed)), Ordering::Relaxed);
+            }
+            e.ejections
+                .store(o.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+            e.ewma_us
+                .store(o.ewma_us.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.invalidate();
+    }
+
     /// Whether endpoint `i` can be picked now.
     pub(crate) fn usable(&self, i: usize) -> bool {
         self.quiet.load(Ordering::Relaxed) & 1 == 1

@@ -524,4 +524,30 @@ mod tests {
         let j = jittered(Duration::from_secs(10), 0.1, u64::MAX);
         assert!(j <= Duration::from_secs(11) && j >= Duration::from_secs(9));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rebuilt_balancer_keeps_what_was_learnt_about_the_endpoints_it_still_has() {
+        let old = balancer(3, OutlierDetection::default());
+        old.eject(1, old.now_ms(), old.outlier.as_ref().unwrap());
+        old.checked(2, false);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The list changes: endpoint 1 is now at index 0, endpoint 2 at index 1, one is new.
+        let new = balancer(3, OutlierDetection::default());
+        new.inherit(&old, &[(0, 1), (1, 2)], true);
+        let s = new.status();
+        let left = s[0].ejected_for.unwrap();
+        assert!(
+            left <= Duration::from_secs(20) && left > Duration::from_secs(19),
+            "{left:?}"
+        );
+        assert_eq!(s[0].ejections, 1);
+        assert!(!s[1].healthy);
+        assert!(s[2].available, "a new endpoint starts available");
+        let unchecked = balancer(2, OutlierDetection::default());
+        unchecked.inherit(&old, &[(0, 2)], false);
+        assert!(
+            unchecked.status()[0].healthy,
+            "no checks: nothing could bring it back"
+        );
+    }
 }

@@ -394,6 +394,17 @@ impl Compiled {
                 upstreams.push(kept);
                 continue;
             }
+            // A changed upstream keeps what was learnt about the endpoints it still has.
+            if let Some(old) = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name)) {
+                let pairs: Vec<(usize, usize)> = endpoints
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| old.endpoints.iter().position(|o| o == e).map(|j| (i, j)))
+                    .collect();
+                builder
+                    .balancer()
+                    .inherit(&old.builder.balancer(), &pairs, up.health.is_some());
+            }
             upstreams.push(Arc::new(UpstreamSpec {
                 name: name.clone(),
                 endpoints,
