@@ -319,11 +319,7 @@ impl Pipeline {
         {
             let (mut parts, body) = req.into_parts();
             let mut headers = std::mem::take(&mut parts.headers);
-            let request_id = headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let ctx = transform_context(route, &parts, principal.as_ref(), request_id.as_deref());
+            let ctx = transform_context(route, &parts, principal.as_ref());
             let applied = rules.0.apply(&mut headers, &ctx);
             parts.headers = headers;
             if applied.is_err() {
@@ -680,7 +676,6 @@ fn transform_context<'a>(
     route: &'a Route,
     parts: &'a http::request::Parts,
     principal: Option<&'a gateway_core::Principal>,
-    request_id: Option<&'a str>,
 ) -> gateway_transform::template::Context<'a> {
     gateway_transform::template::Context {
         client_ip: parts
@@ -688,7 +683,11 @@ fn transform_context<'a>(
             .get::<gateway_core::ClientIp>()
             .map(gateway_core::ClientIp::ip),
         route: Some(route.id.as_str()),
-        request_id,
+        // The id the observer assigned (whatever header carries it).
+        request_id: parts
+            .extensions
+            .get::<gateway_observe::RequestId>()
+            .map(gateway_observe::RequestId::as_str),
         method: Some(parts.method.as_str()),
         path: parts
             .extensions

@@ -650,3 +650,40 @@ async fn all_of_requires_every_provider_through_the_gateway() {
         "401"
     );
 }
+
+/// A token claim is attacker-controlled text: a subject carrying CR LF must not split the header
+/// a transform builds from it. The request fails closed; nothing reaches the upstream.
+#[tokio::test]
+async fn a_token_subject_with_crlf_cannot_inject_a_header_through_a_transform() {
+    let up = TestUpstream::echo().await;
+    let (key, jwk) = es256();
+    let providers = format!(
+        "auth_providers:\n  corp_jwt:\n    jwt:\n      issuers: [https://idp.example]\n      audiences: [api]\n      algorithms: [ES256]\n      jwks: {{ keys: [ {jwk} ] }}\n"
+    );
+    let gw = start(
+        &config(
+            "    auth: { any_of: [corp_jwt] }\n    transform: { request_headers: { set: { x-user: \"${principal.sub}\" } } }\n",
+            &providers,
+        ),
+        up.addr(),
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims = |sub: &str| serde_json::json!({ "sub": sub, "iss": "https://idp.example", "aud": "api", "exp": exp });
+    let fine = jwt(&key, &claims("alice"));
+    let (status, _) = get_with(addr(&gw), "/", &format!("authorization: Bearer {fine}\r\n")).await;
+    assert_eq!(status, "200");
+    assert_eq!(up.last_request().headers["x-user"], "alice");
+    let seen = up.requests().len();
+
+    let evil = jwt(&key, &claims("alice\r\nx-admin: true"));
+    let (status, res) =
+        get_with(addr(&gw), "/", &format!("authorization: Bearer {evil}\r\n")).await;
+    assert_eq!(status, "500", "{res}");
+    assert!(res.contains("application/problem+json"), "{res}");
+    assert!(!res.to_ascii_lowercase().contains("x-admin"), "{res}");
+    assert_eq!(up.requests().len(), seen, "nothing reached the upstream");
+}

@@ -35,7 +35,7 @@ async fn request_and_response_headers_are_transformed_from_the_caller_and_route(
     })
     .await;
     let gw = start(
-        "  - name: orders\n    match: { path_template: \"/orders/{id}\" }\n    upstream: up\n    auth: { any_of: [api_key] }\n    transform:\n      request_headers:\n        set: { x-consumer: \"${principal.consumer}\", x-order: \"${path.id}\", x-route: \"${route}\" }\n        remove: [x-debug]\n      response_headers:\n        remove: [server]\n        rename: { x-old: x-new }\n        add: { x-served-to: \"${principal.consumer}\" }\n",
+        "  - name: orders\n    match: { path_template: \"/orders/{id}\" }\n    upstream: up\n    auth: { any_of: [api_key] }\n    transform:\n      request_headers:\n        set: { x-consumer: \"${principal.consumer}\", x-order: \"${path.id}\", x-route: \"${route}\", x-rid: \"${request_id}\" }\n        remove: [x-debug]\n      response_headers:\n        remove: [server]\n        rename: { x-old: x-new }\n        add: { x-served-to: \"${principal.consumer}\" }\n",
         up.addr(),
     );
     let res = request(
@@ -52,6 +52,7 @@ async fn request_and_response_headers_are_transformed_from_the_caller_and_route(
     );
     assert_eq!(seen.headers["x-order"], "42");
     assert_eq!(seen.headers["x-route"], "orders");
+    assert_eq!(seen.headers["x-rid"], seen.headers["x-request-id"], "the assigned id");
     assert!(!seen.headers.contains_key("x-debug"));
     let lower = res.to_ascii_lowercase();
     assert!(!lower.contains("internal/1.2.3"), "{res}");
