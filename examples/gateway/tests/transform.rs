@@ -52,7 +52,10 @@ async fn request_and_response_headers_are_transformed_from_the_caller_and_route(
     );
     assert_eq!(seen.headers["x-order"], "42");
     assert_eq!(seen.headers["x-route"], "orders");
-    assert_eq!(seen.headers["x-rid"], seen.headers["x-request-id"], "the assigned id");
+    assert_eq!(
+        seen.headers["x-rid"], seen.headers["x-request-id"],
+        "the assigned id"
+    );
     assert!(!seen.headers.contains_key("x-debug"));
     let lower = res.to_ascii_lowercase();
     assert!(!lower.contains("internal/1.2.3"), "{res}");
