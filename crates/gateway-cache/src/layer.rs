@@ -625,10 +625,19 @@ where
     if matches!(body.inner, Inner::Tee { .. })
         && let Ok(rt) = tokio::runtime::Handle::try_current()
     {
-        rt.spawn(async move {
-            let mut body = std::pin::pin!(body);
-            while let Some(Ok(_)) = body.frame().await {}
-        });
+        rt.spawn(drain(body));
+    }
+}
+
+/// Reads a body being stored to its end; any other body is just dropped.
+async fn drain<B>(body: CacheBody<B>)
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if matches!(body.inner, Inner::Tee { .. }) {
+        let mut body = std::pin::pin!(body);
+        while let Some(Ok(_)) = body.frame().await {}
     }
 }
 
@@ -1068,8 +1077,7 @@ where
                             false,
                         )
                         .await;
-                        let mut body = std::pin::pin!(res.into_body());
-                        while let Some(Ok(_)) = body.frame().await {}
+                        drain(res.into_body()).await;
                     });
                 }
                 return answer(

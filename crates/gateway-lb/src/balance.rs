@@ -78,6 +78,39 @@ pub enum HashOn {
     Path,
 }
 
+impl HashOn {
+    /// The request's key: `None` when it has none (no such header or cookie). The client IP
+    /// is the resolved one ([`gateway_core::ClientIp`]), else the peer's.
+    pub fn key(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Option<u64> {
+        match self {
+            Self::ClientIp => {
+                let ip = extensions
+                    .get::<gateway_core::ClientIp>()
+                    .map(gateway_core::ClientIp::ip)
+                    .or_else(|| {
+                        extensions
+                            .get::<gateway_core::ConnectionInfo>()
+                            .map(|c| c.peer.ip())
+                    })?;
+                Some(match ip.to_canonical() {
+                    std::net::IpAddr::V4(v4) => stable_hash(&v4.octets()),
+                    std::net::IpAddr::V6(v6) => stable_hash(&v6.octets()),
+                })
+            }
+            Self::Header(name) => headers.get(name).map(|v| stable_hash(v.as_bytes())),
+            Self::Cookie(name) => {
+                gateway_core::cookie(headers, name).map(|v| stable_hash(v.as_bytes()))
+            }
+            Self::Path => Some(stable_hash(uri.path().as_bytes())),
+        }
+    }
+}
+
 /// Random numbers for balancing; injectable, so tests are deterministic.
 pub trait BalanceRng: Send + Sync + fmt::Debug + 'static {
     /// The next number.

@@ -146,7 +146,7 @@ impl Split {
 
     /// The upstream for a request; the override header, if any, is removed.
     pub fn choose<B>(&self, req: &mut http::Request<B>) -> usize {
-        use gateway_lb::balance::{BalanceRng, HashOn, stable_hash};
+        use gateway_lb::balance::BalanceRng;
         if let Some((name, targets)) = &self.override_header
             && let Some(value) = req.headers_mut().remove(name)
             && let Some((_, idx)) = value
@@ -156,17 +156,10 @@ impl Split {
         {
             return *idx;
         }
-        let key = self.sticky.as_ref().and_then(|on| match on {
-            HashOn::ClientIp => req
-                .extensions()
-                .get::<gateway_core::ClientIp>()
-                .map(|c| stable_hash(c.ip().to_string().as_bytes())),
-            HashOn::Header(h) => req.headers().get(h).map(|v| stable_hash(v.as_bytes())),
-            HashOn::Cookie(c) => {
-                gateway_core::cookie(req.headers(), c).map(|v| stable_hash(v.as_bytes()))
-            }
-            HashOn::Path => Some(stable_hash(req.uri().path().as_bytes())),
-        });
+        let key = self
+            .sticky
+            .as_ref()
+            .and_then(|on| on.key(req.uri(), req.headers(), req.extensions()));
         let roll = key.unwrap_or_else(|| self.rng.next_u64()) % u64::from(Self::SCALE);
         self.buckets
             .iter()

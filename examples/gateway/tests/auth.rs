@@ -263,6 +263,22 @@ fn es256() -> (jsonwebtoken::EncodingKey, String) {
     (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
 }
 
+/// The `corp_jwt` provider: ES256 tokens from `https://idp.example` for `api`, roles in `roles`.
+fn es256_provider(jwk: &str) -> String {
+    format!(
+        "auth_providers:\n  corp_jwt:\n    jwt:\n      issuers: [https://idp.example]\n      audiences: [api]\n      algorithms: [ES256]\n      roles_claim: roles\n      jwks: {{ keys: [ {jwk} ] }}\n"
+    )
+}
+
+/// An `exp` five minutes ahead.
+fn in_five_minutes() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300
+}
+
 fn jwt(key: &jsonwebtoken::EncodingKey, claims: &serde_json::Value) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     h.kid = Some("k1".into());
@@ -273,9 +289,7 @@ fn jwt(key: &jsonwebtoken::EncodingKey, claims: &serde_json::Value) -> String {
 async fn jwt_bearer_tokens_authenticate_and_are_not_forwarded() {
     let up = TestUpstream::echo().await;
     let (key, jwk) = es256();
-    let providers = format!(
-        "auth_providers:\n  corp_jwt:\n    jwt:\n      issuers: [https://idp.example]\n      audiences: [api]\n      algorithms: [ES256]\n      roles_claim: roles\n      jwks: {{ keys: [ {jwk} ] }}\n"
-    );
+    let providers = es256_provider(&jwk);
     let gw = start(
         &config(
             "    auth: { any_of: [corp_jwt, api_key], roles: [orders.read] }\n",
@@ -283,11 +297,7 @@ async fn jwt_bearer_tokens_authenticate_and_are_not_forwarded() {
         ),
         up.addr(),
     );
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
+    let exp = in_five_minutes();
     let good = jwt(
         &key,
         &serde_json::json!({ "sub": "u1", "iss": "https://idp.example", "aud": "api", "exp": exp, "roles": ["orders.read"] }),
@@ -657,9 +667,7 @@ async fn all_of_requires_every_provider_through_the_gateway() {
 async fn a_token_subject_with_crlf_cannot_inject_a_header_through_a_transform() {
     let up = TestUpstream::echo().await;
     let (key, jwk) = es256();
-    let providers = format!(
-        "auth_providers:\n  corp_jwt:\n    jwt:\n      issuers: [https://idp.example]\n      audiences: [api]\n      algorithms: [ES256]\n      jwks: {{ keys: [ {jwk} ] }}\n"
-    );
+    let providers = es256_provider(&jwk);
     let gw = start(
         &config(
             "    auth: { any_of: [corp_jwt] }\n    transform: { request_headers: { set: { x-user: \"${principal.sub}\" } } }\n",
@@ -667,11 +675,7 @@ async fn a_token_subject_with_crlf_cannot_inject_a_header_through_a_transform() 
         ),
         up.addr(),
     );
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
+    let exp = in_five_minutes();
     let claims = |sub: &str| serde_json::json!({ "sub": sub, "iss": "https://idp.example", "aud": "api", "exp": exp });
     let fine = jwt(&key, &claims("alice"));
     let (status, _) = get_with(addr(&gw), "/", &format!("authorization: Bearer {fine}\r\n")).await;

@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    balance::{Balance, BalanceRng, Balancer, HashOn, InFlight, SeqRng, StickyCookie, stable_hash},
+    balance::{Balance, BalanceRng, Balancer, InFlight, SeqRng, StickyCookie, stable_hash},
     health::{CheckKind, HealthCheck, HealthTasks, OutlierDetection, Streak},
 };
 
@@ -496,7 +496,7 @@ impl<B> Upstream<B> {
             }
         }
         let key = match balancer.algorithm() {
-            Balance::Hash(on) => hash_key(on, parts),
+            Balance::Hash(on) => on.key(&parts.uri, &parts.headers, &parts.extensions),
             _ => None,
         };
         let Some(breakers) = &self.shared.breakers else {
@@ -893,31 +893,6 @@ pub(crate) fn timeout_response() -> Response<ResponseBody> {
             ResponseFlags::UPSTREAM_TIMEOUT,
         )
         .into_response()
-}
-
-/// The key a [`Balance::Hash`] hashes: `None` when the request has none (then the pick is
-/// random).
-fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<u64> {
-    match on {
-        HashOn::ClientIp => {
-            let ip = parts
-                .extensions
-                .get::<ClientIp>()
-                .map(|c| c.ip())
-                .or_else(|| {
-                    parts
-                        .extensions
-                        .get::<ConnectionInfo>()
-                        .map(|c| c.peer.ip())
-                })?;
-            Some(stable_hash(ip.to_canonical().to_string().as_bytes()))
-        }
-        HashOn::Header(name) => parts.headers.get(name).map(|v| stable_hash(v.as_bytes())),
-        HashOn::Cookie(name) => {
-            gateway_core::cookie(&parts.headers, name).map(|v| stable_hash(v.as_bytes()))
-        }
-        HashOn::Path => Some(stable_hash(parts.uri.path().as_bytes())),
-    }
 }
 
 /// One active check of endpoint `idx`.
