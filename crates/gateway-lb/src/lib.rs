@@ -17,7 +17,10 @@
 //! poll_ready` by one owner, so sharing it between connections needs a `Buffer` (a channel hop
 //! and a task per request), and it has no weights, hashing, health or ejection. The balancer
 //! here is lock-free (atomics per endpoint) and is read through `&self` by every connection of
-//! every core.
+//! every core. Endpoint sources still are tower [`Discover`](discover::Discover) streams (see
+//! [`discover`]: DNS A/AAAA/SRV built in): a change rebuilds the upstream with
+//! [`UpstreamBuilder::with_endpoints`], which keeps what was learnt about the endpoints it still
+//! has.
 //!
 //! # Example
 //!
@@ -58,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod balance;
+pub mod discover;
 pub mod health;
 mod proxy;
 

@@ -3,7 +3,7 @@
 //! Real parts, not mocks: [`TestUpstream`] is a hyper server on `127.0.0.1:0` speaking HTTP/1.1
 //! and HTTP/2 (prior knowledge) that records every request and counts connections; [`client`]
 //! and [`raw_exchange`] talk to servers over real sockets. [`TestRedis`] is a private
-//! `redis-server` per test.
+//! `redis-server` per test. [`TestDns`] is a DNS server whose records a test changes.
 
 use std::{
     convert::Infallible,
@@ -32,8 +32,10 @@ use tokio::{
     task::JoinHandle,
 };
 
+pub mod dns;
 pub mod pki;
 pub mod redis;
+pub use dns::TestDns;
 pub use pki::TestCa;
 pub use redis::{TestRedis, silent_listener};
 

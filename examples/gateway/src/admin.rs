@@ -325,8 +325,18 @@ async fn upstreams(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                     })
                 })
                 .collect();
+            let discovery = u.discovered.as_ref().map(|f| {
+                let state = f.state();
+                serde_json::json!({
+                    "source": f.target,
+                    "endpoints": state.endpoints.as_ref().map_or(0, |e| e.len()),
+                    "errors": state.errors,
+                    "last_error": state.last_error.as_deref(),
+                })
+            });
             serde_json::json!({
                 "name": u.name,
+                "discovery": discovery,
                 "balance": format!("{:?}", balancer.algorithm()),
                 "bulkhead": bulkhead,
                 "endpoint_breakers": endpoint_breakers,

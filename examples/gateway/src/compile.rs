@@ -75,6 +75,11 @@ pub struct Compiled {
     pub admin_token: Option<gateway_auth::ApiKeyHash>,
     /// The `observe` block (used at start).
     pub(crate) observe: crate::observe::ObservePlan,
+    /// The configuration text and its file name, re-applied when discovered endpoints change.
+    pub(crate) text: Arc<str>,
+    pub(crate) file: String,
+    /// The names followed by `discovery` blocks (kept by every reload).
+    pub(crate) discovery: Arc<crate::discovery::Discovery>,
     /// With `reload.watch`, how often to poll the files (read at start).
     pub watch: Option<Duration>,
     /// Files the configuration names (CA bundles, certificates): a watched reload also follows
@@ -104,6 +109,8 @@ pub struct UpstreamSpec {
     pub health: std::sync::OnceLock<Option<gateway_lb::health::HealthTasks>>,
     /// Hedging of slow idempotent requests, with one budget shared by every worker.
     pub hedge: Option<HedgeLayer>,
+    /// The discovered endpoints' source (`discovery`), kept alive by the specs that use it.
+    pub(crate) discovered: Option<Arc<crate::discovery::Followed>>,
 }
 
 impl UpstreamSpec {
@@ -224,6 +231,7 @@ impl Compiled {
             internal_prefixes.push(lower);
         }
 
+        let discovery = previous.map_or_else(Arc::default, |p| p.discovery.clone());
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for (name, spanned) in &config.upstreams {
             let up = &spanned.value;
@@ -281,11 +289,27 @@ impl Compiled {
                     Err(err) => issues.at(*e, at.clone(), err.to_string()),
                 }
             }
-            if listed.is_empty() {
+            let discovered = up.discovery.as_ref().and_then(|d| {
+                let (key, target, discover, wait) = dns_discovery(&field, name, d, &mut issues)?;
+                match discovery.follow(&key, target, discover, wait) {
+                    Ok(followed) => {
+                        for (e, w) in followed.endpoints().iter() {
+                            endpoints.push(e.clone());
+                            weights.push(*w);
+                        }
+                        Some(followed)
+                    }
+                    Err(e) => {
+                        issues.at(d, format!("{field}.discovery.dns"), e);
+                        None
+                    }
+                }
+            });
+            if listed.is_empty() && up.discovery.is_none() {
                 issues.at(
                     spanned,
                     format!("{field}.endpoints"),
-                    "at least one endpoint is required (in `endpoints` or `endpoints_file`)",
+                    "at least one endpoint is required (in `endpoints`, `endpoints_file` or `discovery`)",
                 );
             }
             let host = match &up.host {
@@ -414,6 +438,7 @@ impl Compiled {
                 retry,
                 deadline: up.timeouts.total.map(|d| d.0),
                 health: std::sync::OnceLock::new(),
+                discovered,
                 hedge: up.hedge.as_ref().map(|h| {
                     HedgeLayer::new(h.after.0).budget(
                         h.budget.0 as f32,
@@ -525,6 +550,9 @@ impl Compiled {
             admin_token,
             observe,
             source: config.source.clone(),
+            text: config.text.clone(),
+            file: file.to_owned(),
+            discovery,
             watch: config.reload.watch.then_some(config.reload.interval.0),
             files: named_files(config),
         }))
@@ -1133,6 +1161,102 @@ fn named_files(config: &Config) -> Vec<std::path::PathBuf> {
         }
     }
     files.into_iter().map(std::path::PathBuf::from).collect()
+}
+
+/// An upstream's `discovery.dns` block: the registry key, a description, the source, and how
+/// long to wait for its first answer.
+fn dns_discovery(
+    field: &str,
+    name: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::DiscoveryConfig>,
+    issues: &mut Issues,
+) -> Option<(String, String, gateway_lb::discover::DnsDiscover, Duration)> {
+    use gateway_lb::discover::{
+        DnsDiscover, DnsTarget,
+        dns::{DnsResolver, Family},
+    };
+    let d = &spanned.value.dns;
+    let at = format!("{field}.discovery.dns");
+    let target = match (&d.name, d.port, &d.srv) {
+        (Some(name), Some(port), None) => DnsTarget::Host {
+            name: name.clone(),
+            port,
+        },
+        (None, None, Some(srv)) => DnsTarget::Srv { name: srv.clone() },
+        (Some(_), None, None) => {
+            issues.at(spanned, at, "`name` needs a `port`");
+            return None;
+        }
+        _ => {
+            issues.at(
+                spanned,
+                at,
+                "give either `name` and `port` (A/AAAA records) or `srv`",
+            );
+            return None;
+        }
+    };
+    let mut servers = Vec::new();
+    for (i, s) in d.servers.iter().enumerate() {
+        let parsed = s
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()));
+        match parsed {
+            Ok(addr) => servers.push(addr),
+            Err(_) => issues.at(
+                spanned,
+                format!("{at}.servers[{i}]"),
+                format!("`{s}` is not an IP address (with an optional port)"),
+            ),
+        }
+    }
+    let resolver = if servers.is_empty() {
+        match DnsResolver::from_system() {
+            Ok(r) => r,
+            Err(e) => {
+                issues.at(spanned, format!("{at}.servers"), e.to_string());
+                return None;
+            }
+        }
+    } else {
+        DnsResolver::new(servers)
+    };
+    let timeout = d.timeout.map_or(Duration::from_secs(2), |t| t.0);
+    let min_ttl = d.min_ttl.map_or(Duration::from_secs(1), |t| t.0);
+    let max_ttl = d.max_ttl.map_or(Duration::from_secs(300), |t| t.0);
+    if timeout.is_zero() || min_ttl.is_zero() || min_ttl > max_ttl {
+        issues.at(
+            spanned,
+            at,
+            "`timeout` and `min_ttl` must be above zero and `min_ttl` at most `max_ttl`",
+        );
+        return None;
+    }
+    // Each server is asked twice per question; a host name is two questions (A and AAAA).
+    let wait = (timeout * 4 * u32::try_from(resolver.servers().len()).unwrap_or(u32::MAX))
+        .min(Duration::from_secs(30))
+        + Duration::from_secs(1);
+    let described = match &target {
+        DnsTarget::Host { name, port } => format!("dns {name}:{port}"),
+        DnsTarget::Srv { name } => format!("srv {name}"),
+    };
+    let key = format!(
+        "{name} {described} {:?} {:?} {timeout:?} {min_ttl:?} {max_ttl:?} {} {:?}",
+        d.family,
+        resolver.servers(),
+        d.https,
+        d.srv
+    );
+    let discover = DnsDiscover::new(resolver.timeout(timeout), target)
+        .family(match d.family {
+            crate::config::FamilyConfig::Any => Family::Any,
+            crate::config::FamilyConfig::Ipv4 => Family::V4,
+            crate::config::FamilyConfig::Ipv6 => Family::V6,
+        })
+        .tls(d.https)
+        .min_ttl(min_ttl)
+        .max_ttl(max_ttl);
+    Some((key, described, discover, wait))
 }
 
 /// Compiles an upstream's `tls` block.

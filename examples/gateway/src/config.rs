@@ -80,6 +80,9 @@ pub struct Config {
     /// survives, and what the admin API shows (redacted).
     #[serde(skip)]
     pub source: serde_json::Value,
+    /// The text it was parsed from (re-applied when discovered endpoints change).
+    #[serde(skip)]
+    pub(crate) text: std::sync::Arc<str>,
 }
 
 /// The HTTP cache's store.
@@ -917,6 +920,9 @@ pub struct UpstreamConfig {
     /// file. With `reload.watch`, a change to it is applied like a reload.
     #[serde(default)]
     pub endpoints_file: Option<Spanned<String>>,
+    /// Endpoints discovered at run time (`dns`), added to the listed ones.
+    #[serde(default)]
+    pub discovery: Option<Spanned<DiscoveryConfig>>,
     /// How an endpoint is picked (default `round_robin`).
     #[serde(default)]
     pub balance: BalanceConfig,
@@ -1110,6 +1116,60 @@ pub struct StickySessionConfig {
     /// Its `Max-Age` (default: a session cookie).
     #[serde(default)]
     pub max_age: Option<HumanDuration>,
+}
+
+/// Where an upstream's endpoints are discovered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Follow DNS records.
+    pub dns: DnsDiscoveryConfig,
+}
+
+/// DNS discovery: A/AAAA records of `name` on `port`, or the SRV records `srv`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscoveryConfig {
+    /// A host name whose A/AAAA records are the endpoints (with `port`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The port of every address of `name`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// An SRV name (`_http._tcp.api.internal`): targets, ports and weights from the records.
+    #[serde(default)]
+    pub srv: Option<String>,
+    /// `any` (default), `ipv4` or `ipv6`.
+    #[serde(default)]
+    pub family: FamilyConfig,
+    /// Name servers (`10.0.0.2`, `10.0.0.2:5353`); default: `/etc/resolv.conf`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Re-resolve no sooner than this after an answer, whatever its TTL (default 1s).
+    #[serde(default)]
+    pub min_ttl: Option<HumanDuration>,
+    /// Re-resolve no later than this (default 5m).
+    #[serde(default)]
+    pub max_ttl: Option<HumanDuration>,
+    /// Wait this long for each answer (default 2s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Endpoints are `https://` (set `tls.server_name` to verify certificates by name).
+    #[serde(default)]
+    pub https: bool,
+}
+
+/// Address families DNS discovery asks for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyConfig {
+    /// A and AAAA.
+    #[default]
+    Any,
+    /// A only.
+    Ipv4,
+    /// AAAA only.
+    Ipv6,
 }
 
 /// Active health checks of an upstream's endpoints.
@@ -1673,6 +1733,7 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let mut config = Self::parse_typed(text, file)?;
         config.source = serde_saphyr::from_str::<serde_json::Value>(text).unwrap_or_default();
+        config.text = text.into();
         Ok(config)
     }
 

@@ -26,6 +26,7 @@ mod auth;
 mod compile;
 pub mod config;
 mod demo;
+mod discovery;
 mod observe;
 mod pipeline;
 mod purge;

@@ -161,6 +161,17 @@ pub(crate) fn from_file(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     }
 }
 
+/// Re-applies the running configuration (the text it was loaded from, not the file as it is
+/// now): discovered endpoints changed. Everything else compiles to what runs, so only the
+/// upstreams whose endpoints moved are rebuilt.
+pub(crate) fn refresh(shared: &Shared) -> Result<ReloadReport, ConfigError> {
+    let _one_at_a_time = shared.reload.lock.lock().unwrap_or_else(|e| e.into_inner());
+    let current = shared.compiled();
+    let next = Config::parse(&current.text, &current.file)
+        .and_then(|c| Compiled::reload(&c, &current.file, &current))?;
+    Ok(apply(shared, next))
+}
+
 /// With `reload.watch`, starts (once) a thread that polls the configuration file and the files
 /// it names, and reloads when their contents change.
 pub(crate) fn watch(shared: &Arc<Shared>) {

@@ -205,6 +205,7 @@ pub fn start(compiled: Arc<Compiled>) -> io::Result<RunningGateway> {
         shutdown,
     });
 
+    crate::discovery::watch_changes(&shared);
     let mut threads = Vec::with_capacity(workers);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     for (i, sockets) in per_worker.into_iter().enumerate() {

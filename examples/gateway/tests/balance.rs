@@ -260,3 +260,117 @@ async fn an_endpoints_file_moves_traffic_without_dropping_requests_in_flight() {
     assert_eq!(get(a, "/x").await.text(), "new");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Compiling waits (bounded) for the first DNS answer: the test's DNS server runs on another
+// worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failures() {
+    use gateway_test::dns::{Record, TestDns};
+    let (old, mut gate) = TestUpstream::gated().await;
+    let new = TestUpstream::fixed("new").await;
+    let dns = TestDns::start().await;
+    let srv = |port, weight| Record::Srv {
+        priority: 0,
+        weight,
+        port,
+        target: "pool.test".into(),
+    };
+    dns.set(
+        "pool.test",
+        0,
+        vec![Record::A("127.0.0.1".parse().unwrap())],
+    );
+    dns.set("_orders._tcp.test", 0, vec![srv(old.addr().port(), 1)]);
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    discovery:\n      dns: {{ srv: _orders._tcp.test, servers: [\"{}\"], family: ipv4, min_ttl: 20ms }}\nroutes:\n  - name: all\n    upstream: up\n",
+        dns.addr()
+    );
+    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let (a, admin) = (addr(&gw), gw.admin_addr().unwrap());
+    let v = view(admin).await;
+    assert_eq!(v[0]["endpoints"][0]["endpoint"], old.addr().to_string());
+    assert_eq!(v[0]["discovery"]["source"], "srv _orders._tcp.test");
+
+    // A request is held by the old endpoint while DNS moves the pool to the new one.
+    let held = tokio::spawn(async move { get(a, "/slow").await });
+    gate.arrived().await;
+    dns.set("_orders._tcp.test", 0, vec![srv(new.addr().port(), 4)]);
+    let moved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let v = view(admin).await;
+            if v[0]["endpoints"][0]["endpoint"] == new.addr().to_string() {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the DNS change was applied");
+    assert_eq!(moved[0]["endpoints"][0]["weight"], 4);
+    assert_eq!(moved[0]["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(get(a, "/x").await.text(), "new");
+    gate.open();
+    assert_eq!(
+        held.await.unwrap().text(),
+        "done",
+        "the request in flight finished"
+    );
+
+    // DNS fails: the endpoints stay, the errors are counted and shown.
+    dns.fail_with(Some(2));
+    let failing = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let v = view(admin).await;
+            if v[0]["discovery"]["errors"].as_u64().unwrap_or(0) > 0 {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the DNS failure was seen");
+    assert!(
+        failing[0]["discovery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("SERVFAIL"),
+        "{failing}"
+    );
+    assert_eq!(get(a, "/x").await.text(), "new");
+}
+
+// Compiling waits (bounded) for the first DNS answer: the test's DNS server runs on another
+// worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_config_errors_name_the_field() {
+    use gateway_test::dns::TestDns;
+    let dns = TestDns::start().await;
+    let server = dns.addr();
+    // NXDOMAIN at start is a configuration error, with the name.
+    let err = compile_error(&format!(
+        "    discovery:\n      dns: {{ name: missing.test, port: 80, servers: [\"{server}\"] }}"
+    ));
+    assert!(
+        err.contains("upstreams.up.discovery.dns") && err.contains("missing.test"),
+        "{err}"
+    );
+    for (block, want) in [
+        ("dns: { name: a.test }", "needs a `port`"),
+        (
+            "dns: { name: a.test, port: 80, srv: _x._tcp.test }",
+            "either",
+        ),
+        (
+            "dns: { srv: _x._tcp.test, servers: [\"nope\"] }",
+            "servers[0]",
+        ),
+        (
+            "dns: { srv: _x._tcp.test, min_ttl: 10s, max_ttl: 1s }",
+            "min_ttl",
+        ),
+    ] {
+        let err = compile_error(&format!("    discovery:\n      {block}"));
+        assert!(err.contains(want), "{block}: {err}");
+    }
+}

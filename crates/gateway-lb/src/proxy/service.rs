@@ -60,6 +60,7 @@ pub enum Protocol {
 pub struct UpstreamBuilder {
     endpoints: Vec<Endpoint>,
     endpoint_breakers: Option<Arc<[CircuitBreakerHandle]>>,
+    endpoint_breaker_config: Option<gateway_breaker::CircuitBreakerConfig>,
     endpoint_classifier: DefaultClassifier,
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
@@ -241,6 +242,7 @@ impl UpstreamBuilder {
         classifier: DefaultClassifier,
     ) -> Self {
         self.endpoint_classifier = classifier;
+        self.endpoint_breaker_config = Some(config.clone());
         self.endpoint_breakers = Some(
             self.endpoints
                 .iter()
@@ -248,6 +250,54 @@ impl UpstreamBuilder {
                 .collect(),
         );
         self
+    }
+
+    /// A builder like this one over another endpoint list (with weights), for a discovery
+    /// change: what was learnt about endpoints both lists have (health when actively checked,
+    /// ejections, `Retry-After` back-off, slow start, latency, per-endpoint breakers) carries
+    /// over; new endpoints start fresh. Upstreams built from this builder keep their own
+    /// balancer, so requests in flight on them finish where they are.
+    ///
+    /// ```
+    /// use gateway_lb::Upstream;
+    ///
+    /// let a = "10.0.0.1:80".parse().unwrap();
+    /// let b = "10.0.0.2:80".parse().unwrap();
+    /// let old = Upstream::builder([a]);
+    /// let new = old.with_endpoints(&[(b, 3)]);
+    /// assert_eq!(new.balancer().status()[0].weight, 3);
+    /// assert_eq!(old.balancer().status().len(), 1);
+    /// ```
+    #[must_use]
+    pub fn with_endpoints(&self, endpoints: &[(Endpoint, u32)]) -> Self {
+        let mut next = self.clone();
+        next.endpoints = endpoints.iter().map(|(e, _)| e.clone()).collect();
+        let pairs: Vec<(usize, usize)> = next
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.endpoints.iter().position(|o| o == e).map(|j| (i, j)))
+            .collect();
+        if let (Some(old), Some(config)) = (&self.endpoint_breakers, &self.endpoint_breaker_config)
+        {
+            next.endpoint_breakers = Some({
+                next.endpoints
+                    .iter()
+                    .map(|e| {
+                        self.endpoints
+                            .iter()
+                            .position(|o| o == e)
+                            .and_then(|j| old.get(j).cloned())
+                            .unwrap_or_else(|| CircuitBreakerHandle::new(config.clone()))
+                    })
+                    .collect()
+            });
+        }
+        let next = next.weights(endpoints.iter().map(|(_, w)| (*w).max(1)).collect());
+        let with_health = self.balancing.health.is_some();
+        next.balancer()
+            .inherit(&self.balancer(), &pairs, with_health);
+        next
     }
 
     /// The per-endpoint breakers set by [`endpoint_breakers`](Self::endpoint_breakers).
@@ -444,6 +494,7 @@ impl Upstream<()> {
         UpstreamBuilder {
             endpoints: endpoints.into_iter().collect(),
             endpoint_breakers: None,
+            endpoint_breaker_config: None,
             endpoint_classifier: DefaultClassifier::new(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Some(Duration::from_secs(15)),

@@ -1,0 +1,195 @@
+//! Discovered endpoints (`upstreams.<name>.discovery.dns`).
+//!
+//! Each followed name gets a thread with a small runtime that runs
+//! [`gateway_lb::discover::EndpointSet`] over a [`DnsDiscover`]. Compiling a configuration asks
+//! [`Discovery::follow`] for the current endpoints: the first time a name is followed it waits
+//! (bounded) for the first answer, and an error there is a configuration error. When a
+//! followed set changes, [`watch_changes`] re-applies the running configuration (the text it
+//! was loaded from, see [`crate::reload::refresh`]): the upstream is rebuilt with the new
+//! endpoints, keeping what was learnt about those it still has, and requests in flight finish
+//! on the endpoints they had.
+//!
+//! Failure policy: after the first answer, DNS failures and empty answers keep the last
+//! endpoints (counted and shown by `GET /upstreams`); only an answer naming other endpoints
+//! changes them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use gateway_lb::{
+    Endpoint,
+    discover::{DiscoveryState, DnsDiscover, EndpointSet},
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::server::Shared;
+
+/// The names being followed, shared by a configuration and every reload of it.
+#[derive(Debug)]
+pub(crate) struct Discovery {
+    entries: Mutex<HashMap<String, Weak<Followed>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+/// One followed name; its thread stops when the last configuration using it goes.
+#[derive(Debug)]
+pub(crate) struct Followed {
+    /// What is followed (`srv _api._tcp.example`, `dns api.example:8080`).
+    pub(crate) target: String,
+    state: Mutex<Arc<DiscoveryState>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Followed {
+    /// The current endpoints and weights.
+    pub(crate) fn endpoints(&self) -> Arc<[(Endpoint, u32)]> {
+        self.state()
+            .endpoints
+            .clone()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// What is known: endpoints, errors.
+    pub(crate) fn state(&self) -> Arc<DiscoveryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Discovery {
+    /// The followed entry for `key`, started (and its first answer awaited, at most `wait`)
+    /// if nobody follows it yet.
+    pub(crate) fn follow(
+        self: &Arc<Self>,
+        key: &str,
+        target: String,
+        discover: DnsDiscover,
+        wait: Duration,
+    ) -> Result<Arc<Followed>, String> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, w| w.strong_count() > 0);
+        if let Some(live) = entries.get(key).and_then(Weak::upgrade) {
+            return Ok(live);
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let followed = Arc::new(Followed {
+            target,
+            state: Mutex::default(),
+            _stop: stop_tx,
+        });
+        let weak = Arc::downgrade(&followed);
+        let registry = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("gateway-discovery".into())
+            .spawn(move || run(discover, weak, registry, stop_rx, &first_tx))
+            .map_err(|e| format!("cannot start discovery: {e}"))?;
+        match first_rx.recv_timeout(wait) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("no answer within {wait:?}")),
+        }
+        entries.insert(key.to_owned(), Arc::downgrade(&followed));
+        Ok(followed)
+    }
+}
+
+fn run(
+    discover: DnsDiscover,
+    followed: Weak<Followed>,
+    registry: Weak<Discovery>,
+    mut stop: oneshot::Receiver<()>,
+    first: &std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = first.send(Err(format!("cannot start discovery: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut set = EndpointSet::follow(discover);
+        let ready = set.ready().await;
+        let Some(f) = followed.upgrade() else { return };
+        *f.state.lock().unwrap_or_else(|e| e.into_inner()) = set.state();
+        drop(f);
+        if let Err(e) = ready {
+            let _ = first.send(Err(e.to_string()));
+            return;
+        }
+        let _ = first.send(Ok(()));
+        loop {
+            let state = tokio::select! {
+                _ = &mut stop => return,
+                s = set.updated() => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let Some(f) = followed.upgrade() else { return };
+            let moved = {
+                let mut held = f.state.lock().unwrap_or_else(|e| e.into_inner());
+                let moved = match (&held.endpoints, &state.endpoints) {
+                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                *held = state;
+                moved
+            };
+            if moved {
+                tracing::info!(target = %f.target, "discovered endpoints changed");
+                if let Some(r) = registry.upgrade() {
+                    r.changed.send_modify(|g| *g += 1);
+                }
+            }
+        }
+    });
+}
+
+/// Re-applies the running configuration whenever a followed set changes (a thread that stops
+/// with the gateway).
+pub(crate) fn watch_changes(shared: &Arc<Shared>) {
+    let mut changed = shared.compiled().discovery.changed.subscribe();
+    let weak = Arc::downgrade(shared);
+    let mut stopped = shared.stopped_signal();
+    let spawned = std::thread::Builder::new()
+        .name("gateway-discovery-apply".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+                tracing::error!("cannot start the discovery follower");
+                return;
+            };
+            rt.block_on(async move {
+                loop {
+                    tokio::select! {
+                        () = crate::server::shutting_down(&mut stopped) => return,
+                        r = changed.changed() => if r.is_err() { return },
+                    }
+                    let Some(shared) = weak.upgrade() else { return };
+                    if let Err(e) = crate::reload::refresh(&shared) {
+                        for line in e.to_string().lines() {
+                            tracing::error!("discovered endpoints not applied: {line}");
+                        }
+                    }
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the discovery follower");
+    }
+}
