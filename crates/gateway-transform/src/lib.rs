@@ -1,4 +1,4 @@
-//! Request and response transforms for tower API gateways (first part).
+//! Request and response transforms for tower API gateways.
 //!
 //! - [`template`]: header values built from the request (`${principal.sub}`, `${client_ip}`,
 //!   `${route}`, `${request_id}`, `${path.id}`, `${header.x-tenant}`, `${method}`), compiled
@@ -8,6 +8,18 @@
 //! - [`lifecycle`]: an API version's lifecycle: `Deprecation` (RFC 9745), `Sunset` (RFC 8594)
 //!   and a `Link` to the successor on every response; after the sunset, `410 Gone` with a problem
 //!   body, or a redirect to the successor.
+//! - [`rewrite`]: the forwarded path from a template or a linear-time regex, and query
+//!   parameter edits (`remove`, `rename`, `set`, `add`, `keep_only`); results that would climb,
+//!   split or smuggle (dot segments, `?`, `#`, control characters) are refused.
+//! - [`version`]: which API version a request asks for, from the path (`/v2/...`), a header, a
+//!   query parameter or the `Accept` media type (`application/vnd.example.v2+json`, q-values
+//!   honoured), with a default; unknown versions are `400`/`404`/`406` problems.
+//! - [`json`]: a strict JSON parser (duplicate keys, depth, size, lone surrogates, integers that
+//!   would lose precision and byte order marks are refused), JSON Pointer edits (`set`, `add`,
+//!   `remove`, `rename`, `copy`), and JSON media type checks.
+//! - [`xml`]: XML <-> JSON with a documented, deterministic mapping (attributes, text, repeated
+//!   elements, namespaces); no DTDs or entities beyond the predefined ones, with depth, size and
+//!   node limits.
 //!
 //! ```
 //! use gateway_transform::{headers::HeaderRules, template::Context};
@@ -34,10 +46,14 @@
 //! assert!(rules.apply(&mut HeaderMap::new(), &evil).is_err());
 //! ```
 //!
-//! Not built yet (see the crate README): path and query rewrites by template or regex, JSON body
-//! edits, XML <-> JSON, JSON Schema and OpenAPI validation, version extraction and routing, and
-//! response aggregation.
+//! Not built yet: JSON Schema and OpenAPI validation, and response aggregation; the reference
+//! gateway uses `rewrite` so far (body edits, XML conversion and version routing are library
+//! APIs for now).
 
 pub mod headers;
+pub mod json;
 pub mod lifecycle;
+pub mod rewrite;
 pub mod template;
+pub mod version;
+pub mod xml;

@@ -889,6 +889,11 @@ fn compile_route(
             .as_ref()
             .and_then(|t| compile_transform(&field, t, issues))
             .map(Arc::new),
+        uri_rewrite: rc
+            .transform
+            .as_ref()
+            .and_then(|t| compile_uri_rewrite(&field, t, issues))
+            .map(Arc::new),
         lifecycle: rc
             .version
             .as_ref()
@@ -962,6 +967,98 @@ fn compile_transform(
     let request = rules(&v.request_headers, "request_headers", issues);
     let response = rules(&v.response_headers, "response_headers", issues);
     Some((request?, response?))
+}
+
+/// A route's `transform.path` and `transform.query`; `None` when neither is given (or on error).
+fn compile_uri_rewrite(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::TransformConfig>,
+    issues: &mut Issues,
+) -> Option<gateway_transform::rewrite::Rewrite> {
+    use crate::config::{OnNoMatchConfig, PathRewriteConfig};
+    use gateway_transform::rewrite::{OnNoMatch, PathRewrite, QueryRules, RegexRewrite, Rewrite};
+    let v = &spanned.value;
+    let path = match &v.path {
+        None => None,
+        Some(PathRewriteConfig::Template(t)) => match PathRewrite::template(t) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                issues.at(spanned, format!("{field}.transform.path"), e.to_string());
+                return None;
+            }
+        },
+        Some(PathRewriteConfig::Regex {
+            regex,
+            replace,
+            on_no_match,
+        }) => {
+            let on = match on_no_match {
+                OnNoMatchConfig::Keep => OnNoMatch::Keep,
+                OnNoMatchConfig::Reject => OnNoMatch::Reject,
+            };
+            match RegexRewrite::new(regex, replace, on) {
+                Ok(r) => Some(PathRewrite::Regex(r)),
+                Err(e) => {
+                    issues.at(
+                        spanned,
+                        format!("{field}.transform.path.regex"),
+                        e.to_string(),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let q = &v.query;
+    let mut b = QueryRules::builder();
+    let mut failed = None;
+    let mut step =
+        |name: String,
+         r: Result<
+            gateway_transform::rewrite::QueryRulesBuilder,
+            gateway_transform::rewrite::RewriteError,
+        >,
+         b: &mut Option<gateway_transform::rewrite::QueryRulesBuilder>| {
+            match r {
+                Ok(next) => *b = Some(next),
+                Err(e) => {
+                    failed.get_or_insert((name, e.to_string()));
+                }
+            }
+        };
+    let mut cur = Some(b);
+    for n in &q.remove {
+        if let Some(b) = cur.take() {
+            step(format!("remove.{n}"), b.remove(n), &mut cur);
+        }
+    }
+    for (from, to) in &q.rename {
+        if let Some(b) = cur.take() {
+            step(format!("rename.{from}"), b.rename(from, to), &mut cur);
+        }
+    }
+    for (n, t) in &q.set {
+        if let Some(b) = cur.take() {
+            step(format!("set.{n}"), b.set(n, t), &mut cur);
+        }
+    }
+    for (n, t) in &q.add {
+        if let Some(b) = cur.take() {
+            step(format!("add.{n}"), b.add(n, t), &mut cur);
+        }
+    }
+    if let Some(keep) = &q.keep_only
+        && let Some(b) = cur.take()
+    {
+        step(String::from("keep_only"), b.keep_only(keep), &mut cur);
+    }
+    if let Some((at, e)) = failed {
+        issues.at(spanned, format!("{field}.transform.query.{at}"), e);
+        return None;
+    }
+    b = cur?;
+    let query = b.build();
+    (path.is_some() || !query.is_empty()).then_some(Rewrite { path, query })
 }
 
 /// A route's `version` block.

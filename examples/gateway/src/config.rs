@@ -982,6 +982,63 @@ pub struct TransformConfig {
     /// Rules for the response sent to the client.
     #[serde(default)]
     pub response_headers: HeaderRulesConfig,
+    /// The path forwarded: a template (`/internal/users/${path.id}`) or a regex rewrite.
+    #[serde(default)]
+    pub path: Option<PathRewriteConfig>,
+    /// Query parameter edits, applied in this order: `remove`, `rename`, `set`, `add`,
+    /// `keep_only`.
+    #[serde(default)]
+    pub query: QueryRulesConfig,
+}
+
+/// A path rewrite: a template string, or `{ regex, replace, on_no_match }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PathRewriteConfig {
+    /// A template; substituted values are encoded as one segment each.
+    Template(String),
+    /// A regex with a replacement.
+    Regex {
+        /// Matched against the path (linear-time `regex` syntax).
+        regex: String,
+        /// `$1` / `${name}` captures.
+        replace: String,
+        /// `keep` (default: forward the path as it is) or `reject` (`404`).
+        #[serde(default)]
+        on_no_match: OnNoMatchConfig,
+    },
+}
+
+/// What a regex path rewrite does with a path it does not match.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoMatchConfig {
+    /// Forward the path unchanged.
+    #[default]
+    Keep,
+    /// Answer `404`.
+    Reject,
+}
+
+/// Query parameter edits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRulesConfig {
+    /// Parameters removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// `old: new` renames.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Parameters set (every occurrence replaced), values templated.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Occurrences appended, values templated.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, String>,
+    /// When given, every other parameter is removed.
+    #[serde(default)]
+    pub keep_only: Option<Vec<String>>,
 }
 
 /// Header rules, applied in this order: `remove`, `rename`, `set`, `add`, `append`.

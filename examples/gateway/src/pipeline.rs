@@ -253,7 +253,10 @@ impl Pipeline {
         if let Some(ip) = client_ip {
             ext.insert(ip);
         }
-        if let Some(path) = path {
+        // A transform's rewritten path, when there is one, is the one logged.
+        if let Some(path) = path
+            && ext.get::<gateway_core::NormalizedPath>().is_none()
+        {
             ext.insert(path);
         }
         if let Some(principal) = principal {
@@ -327,6 +330,32 @@ impl Pipeline {
             }
             req = Request::from_parts(parts, body);
         }
+        // Path and query rewrites, after every policy: the rewritten path is the one forwarded
+        // and logged.
+        let mut rewritten = None;
+        if let Some(rw) = &route.uri_rewrite {
+            let (mut parts, body) = req.into_parts();
+            let ctx = transform_context(route, &parts, principal.as_ref());
+            match rw.apply(parts.uri.path(), parts.uri.query(), &ctx) {
+                Ok(pq) => {
+                    rewritten = Some(gateway_core::NormalizedPath::new(pq.path()));
+                    parts.uri = Uri::from(pq);
+                }
+                Err(e) => {
+                    let detail = if e.status().is_client_error() {
+                        e.to_string()
+                    } else {
+                        String::from("the request could not be rewritten")
+                    };
+                    let flags = ResponseFlags::empty();
+                    return (
+                        reject(e.status(), RejectReason::TransformFailed, flags, &detail),
+                        principal,
+                    );
+                }
+            }
+            req = Request::from_parts(parts, body);
+        }
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
@@ -379,6 +408,9 @@ impl Pipeline {
         }
         if let Some(lifecycle) = &route.lifecycle {
             lifecycle.annotate(res.headers_mut());
+        }
+        if let Some(path) = rewritten {
+            res.extensions_mut().insert(path);
         }
         (res, principal)
     }

@@ -102,6 +102,8 @@ pub struct Route {
     pub split: Option<std::sync::Arc<Split>>,
     /// Header rules for the request and the response.
     pub transform: Option<std::sync::Arc<(HeaderRules, HeaderRules)>>,
+    /// Path and query rewrite (`transform.path`, `transform.query`), after every policy.
+    pub uri_rewrite: Option<std::sync::Arc<gateway_transform::rewrite::Rewrite>>,
     /// The API version's lifecycle.
     pub lifecycle: Option<std::sync::Arc<gateway_transform::lifecycle::Lifecycle>>,
     /// Path rewrite.
@@ -635,6 +637,7 @@ mod tests {
             upstream_name: "u".into(),
             split: None,
             transform: None,
+            uri_rewrite: None,
             lifecycle: None,
             rewrite: Rewrite::None,
             rate_limit: None,
