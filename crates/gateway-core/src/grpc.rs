@@ -67,6 +67,7 @@ pub fn status_code(reason: Option<RejectReason>, status: StatusCode) -> u8 {
         ) => 14,
         Some(RejectReason::BadRequest | RejectReason::TransformFailed) => 13,
         Some(RejectReason::Sunset) => 12,
+        Some(RejectReason::ValidationFailed) => 3,
         None => match status.as_u16() {
             400 => 13,
             401 => 16,

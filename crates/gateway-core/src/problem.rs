@@ -50,6 +50,8 @@ pub enum RejectReason {
     /// A configured transform could not be applied safely (a templated header value would
     /// have contained CR, LF or NUL).
     TransformFailed,
+    /// The request does not match the route's schema or API description.
+    ValidationFailed,
 }
 
 impl RejectReason {
@@ -74,6 +76,7 @@ impl RejectReason {
             Self::DependencyFailed => "dependency_failed",
             Self::Sunset => "sunset",
             Self::TransformFailed => "transform_failed",
+            Self::ValidationFailed => "validation_failed",
         }
     }
 }

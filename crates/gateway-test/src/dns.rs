@@ -63,6 +63,7 @@ struct State {
     queries: AtomicUsize,
     tcp_queries: AtomicUsize,
     truncate_udp: AtomicBool,
+    no_glue: AtomicBool,
 }
 
 /// A DNS server on `127.0.0.1:<free port>`; stops when dropped.
@@ -182,6 +183,11 @@ impl TestDns {
         self.state.truncate_udp.store(on, Ordering::SeqCst);
     }
 
+    /// Leaves SRV targets' addresses out of answers (`true`), so clients must look them up.
+    pub fn without_glue(&self, on: bool) {
+        self.state.no_glue.store(on, Ordering::SeqCst);
+    }
+
     /// Questions received so far (UDP and TCP).
     pub fn queries(&self) -> usize {
         self.state.queries.load(Ordering::SeqCst)
@@ -282,6 +288,7 @@ fn respond(state: &State, query: &[u8], truncate: bool) -> Option<Vec<u8>> {
                 }
                 if let Record::Srv { target, .. } = r
                     && qtype == 33
+                    && !state.no_glue.load(Ordering::SeqCst)
                     && let Some((t_ttl, glue)) = zone.names.get(&key(target))
                 {
                     for g in glue

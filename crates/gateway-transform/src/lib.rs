@@ -53,7 +53,9 @@
 pub mod headers;
 pub mod json;
 pub mod lifecycle;
+pub mod openapi;
 pub mod rewrite;
 pub mod template;
+pub mod validate;
 pub mod version;
 pub mod xml;

@@ -395,9 +395,11 @@ impl Compiled {
                     None
                 }
             });
+            let unchanged = previous.is_some_and(|p| {
+                p.source.get("upstreams").and_then(|u| u.get(name))
+                    == config.source.get("upstreams").and_then(|u| u.get(name))
+            });
             let kept = previous.and_then(|p| {
-                let unchanged = p.source.get("upstreams").and_then(|u| u.get(name))
-                    == config.source.get("upstreams").and_then(|u| u.get(name));
                 // With an endpoints file, the YAML can be unchanged while the endpoints are not.
                 p.upstreams
                     .iter()
@@ -418,8 +420,32 @@ impl Compiled {
                 upstreams.push(kept);
                 continue;
             }
+            let old = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name));
+            // Only the endpoints moved (a file or DNS change): the same upstream over the new
+            // list. Breakers, budgets and the bulkhead carry over; the balancer and per-endpoint
+            // breakers keep what they knew of the endpoints still there.
+            if let Some(old) = old.filter(|_| unchanged) {
+                let list: Vec<(Endpoint, u32)> = endpoints
+                    .iter()
+                    .cloned()
+                    .zip(weights.iter().copied())
+                    .collect();
+                upstreams.push(Arc::new(UpstreamSpec {
+                    name: name.clone(),
+                    endpoints,
+                    builder: old.builder.with_endpoints(&list),
+                    breaker: old.breaker.clone(),
+                    bulkhead: old.bulkhead.clone(),
+                    retry: old.retry.clone(),
+                    deadline: old.deadline,
+                    health: std::sync::OnceLock::new(),
+                    discovered,
+                    hedge: old.hedge.clone(),
+                }));
+                continue;
+            }
             // A changed upstream keeps what was learnt about the endpoints it still has.
-            if let Some(old) = previous.and_then(|p| p.upstreams.iter().find(|u| u.name == *name)) {
+            if let Some(old) = old {
                 let pairs: Vec<(usize, usize)> = endpoints
                     .iter()
                     .enumerate()
@@ -889,6 +915,34 @@ fn compile_route(
             .as_ref()
             .and_then(|t| compile_transform(&field, t, issues))
             .map(Arc::new),
+        request_body: rc
+            .transform
+            .as_ref()
+            .and_then(|t| {
+                t.value.request_body.as_ref().and_then(|b| {
+                    compile_body_rules(&format!("{field}.transform.request_body"), t, b, issues)
+                })
+            })
+            .map(Arc::new),
+        response_body: rc
+            .transform
+            .as_ref()
+            .and_then(|t| {
+                t.value.response_body.as_ref().and_then(|b| {
+                    compile_body_rules(&format!("{field}.transform.response_body"), t, b, issues)
+                })
+            })
+            .map(Arc::new),
+        validation: rc
+            .validate
+            .as_ref()
+            .and_then(|v| compile_validation(&field, v, issues))
+            .map(Arc::new),
+        versions: rc
+            .versions
+            .as_ref()
+            .and_then(|v| compile_versions(&field, v, rc, upstreams, issues))
+            .map(Arc::new),
         uri_rewrite: rc
             .transform
             .as_ref()
@@ -897,7 +951,7 @@ fn compile_route(
         lifecycle: rc
             .version
             .as_ref()
-            .and_then(|v| compile_lifecycle(&field, v, issues))
+            .and_then(|v| compile_lifecycle(&format!("{field}.version"), &v.value, v, issues))
             .map(Arc::new),
         rewrite,
         rate_limit,
@@ -1061,19 +1115,257 @@ fn compile_uri_rewrite(
     (path.is_some() || !query.is_empty()).then_some(Rewrite { path, query })
 }
 
-/// A route's `version` block.
-fn compile_lifecycle(
+/// A `transform.request_body` / `transform.response_body` block.
+fn compile_body_rules<T>(
+    at: &str,
+    spanned: &serde_saphyr::Spanned<T>,
+    c: &crate::config::BodyTransformConfig,
+    issues: &mut Issues,
+) -> Option<crate::body::BodyRules> {
+    use crate::{body::Convert, config::ConvertConfig};
+    let mut b = gateway_transform::json::JsonEdits::builder();
+    let fail = |what: String, e: gateway_transform::json::JsonError, issues: &mut Issues| {
+        issues.at(spanned, format!("{at}.json.{what}"), e.to_string());
+        None::<crate::body::BodyRules>
+    };
+    for p in &c.json.remove {
+        b = match b.remove(p) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("remove.{p}"), e, issues),
+        };
+    }
+    for (from, to) in &c.json.rename {
+        b = match b.rename(from, to) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("rename.{from}"), e, issues),
+        };
+    }
+    for (p, v) in &c.json.set {
+        b = match b.set(p, v.clone()) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("set.{p}"), e, issues),
+        };
+    }
+    for (p, v) in &c.json.add {
+        b = match b.add(p, v.clone()) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("add.{p}"), e, issues),
+        };
+    }
+    let edits = b.build();
+    let convert = c.convert.map(|k| match k {
+        ConvertConfig::XmlToJson => Convert::XmlToJson,
+        ConvertConfig::JsonToXml => Convert::JsonToXml,
+    });
+    if edits.is_empty() && convert.is_none() {
+        issues.at(spanned, at.to_owned(), "give `json` edits or a `convert`");
+        return None;
+    }
+    let mut to_xml = gateway_transform::xml::JsonToXml::default();
+    if let Some(root) = &c.xml_root {
+        to_xml.root.clone_from(root);
+    }
+    let max_bytes = c
+        .max_bytes
+        .map_or(1024 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX));
+    Some(crate::body::BodyRules {
+        edits,
+        convert,
+        to_xml,
+        max_bytes,
+    })
+}
+
+/// A route's `validate` block.
+fn compile_validation(
     field: &str,
-    spanned: &serde_saphyr::Spanned<crate::config::VersionConfig>,
+    spanned: &serde_saphyr::Spanned<crate::config::ValidateConfig>,
+    issues: &mut Issues,
+) -> Option<crate::body::Validation> {
+    use crate::config::ParamInConfig;
+    use gateway_transform::validate::{ParamLocation, ParamSpec, Schema};
+    let v = &spanned.value;
+    let at = format!("{field}.validate");
+    let mut ok = true;
+    let body = v.body.as_ref().and_then(|s| match Schema::compile(s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            issues.at(spanned, format!("{at}.body"), e.to_string());
+            ok = false;
+            None
+        }
+    });
+    let mut params = Vec::new();
+    for (i, p) in v.params.iter().enumerate() {
+        match Schema::compile(&p.schema) {
+            Ok(schema) => {
+                let location = match p.location {
+                    ParamInConfig::Query => ParamLocation::Query,
+                    ParamInConfig::Header => ParamLocation::Header,
+                    ParamInConfig::Path => ParamLocation::Path,
+                };
+                params.push(ParamSpec::new(p.name.clone(), location, schema).required(p.required));
+            }
+            Err(e) => {
+                issues.at(spanned, format!("{at}.params[{i}].schema"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    let openapi = match &v.openapi {
+        None => None,
+        Some(file) => {
+            let doc = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read `{file}`: {e}"))
+                .and_then(|text| {
+                    serde_saphyr::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| format!("`{file}` is not JSON or YAML: {e}"))
+                })
+                .and_then(|doc| {
+                    gateway_transform::openapi::OpenApi::from_value(&doc)
+                        .map_err(|e| format!("`{file}`: {e}"))
+                });
+            match doc {
+                Ok(api) => Some(api),
+                Err(e) => {
+                    issues.at(spanned, format!("{at}.openapi"), e);
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    if ok && body.is_none() && params.is_empty() && openapi.is_none() {
+        issues.at(
+            spanned,
+            at,
+            "give a `body` schema, `params` or an `openapi` document",
+        );
+        return None;
+    }
+    let max_bytes = v
+        .max_bytes
+        .map_or(1024 * 1024, |b| usize::try_from(b.0).unwrap_or(usize::MAX));
+    ok.then_some(crate::body::Validation {
+        body,
+        params,
+        openapi,
+        max_bytes,
+    })
+}
+
+/// A route's `versions` block.
+fn compile_versions(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::VersionsConfig>,
+    rc: &crate::config::RouteConfig,
+    upstreams: &[Arc<UpstreamSpec>],
+    issues: &mut Issues,
+) -> Option<crate::router::Versions> {
+    use crate::config::VersionSourceConfig;
+    use gateway_transform::version::{VersionSelector, VersionSource};
+    let v = &spanned.value;
+    let at = format!("{field}.versions");
+    if rc.split.is_some() {
+        issues.at(
+            spanned,
+            at,
+            "a route has either `versions` or `split`, not both",
+        );
+        return None;
+    }
+    let mut b = VersionSelector::builder().versions(v.map.keys().cloned());
+    let mut vary: Vec<&str> = Vec::new();
+    for (i, source) in v.from.iter().enumerate() {
+        let made = match source {
+            VersionSourceConfig::Path { pattern, strip } => VersionSource::path(pattern, *strip),
+            VersionSourceConfig::Header(name) => {
+                vary.push(name);
+                VersionSource::header(name)
+            }
+            VersionSourceConfig::Query(name) => VersionSource::query(name),
+            VersionSourceConfig::Accept(pattern) => {
+                vary.push("accept");
+                VersionSource::accept(pattern)
+            }
+        };
+        match made {
+            Ok(s) => b = b.source(s),
+            Err(e) => {
+                issues.at(spanned, format!("{at}.from[{i}]"), e.to_string());
+                return None;
+            }
+        }
+    }
+    if let Some(d) = &v.default {
+        b = b.default_version(d.clone());
+    }
+    let selector = match b.build() {
+        Ok(s) => s,
+        Err(e) => {
+            issues.at(spanned, at, e.to_string());
+            return None;
+        }
+    };
+    let mut entries = Vec::new();
+    for (name, e) in &v.map {
+        let upstream = match &e.upstream {
+            None => upstreams.iter().position(|u| u.name == rc.upstream.value),
+            Some(up) => {
+                let found = upstreams.iter().position(|u| u.name == *up);
+                if found.is_none() {
+                    issues.at(
+                        spanned,
+                        format!("{at}.map.{name}.upstream"),
+                        format!("unknown upstream `{up}`"),
+                    );
+                }
+                found
+            }
+        };
+        let lifecycle_config = crate::config::VersionConfig {
+            deprecated_at: e.deprecated_at.clone(),
+            sunset_at: e.sunset_at.clone(),
+            successor: e.successor.clone(),
+            after_sunset: e.after_sunset,
+        };
+        let has_lifecycle =
+            e.deprecated_at.is_some() || e.sunset_at.is_some() || e.successor.is_some();
+        let lifecycle = has_lifecycle
+            .then(|| {
+                compile_lifecycle(
+                    &format!("{at}.map.{name}"),
+                    &lifecycle_config,
+                    spanned,
+                    issues,
+                )
+            })
+            .flatten();
+        entries.push((name.clone(), upstream?, lifecycle));
+    }
+    let vary = (!vary.is_empty())
+        .then(|| HeaderValue::from_str(&vary.join(", ")).ok())
+        .flatten();
+    Some(crate::router::Versions {
+        selector,
+        entries,
+        vary,
+    })
+}
+
+/// A route's `version` block.
+fn compile_lifecycle<T>(
+    field: &str,
+    v: &crate::config::VersionConfig,
+    spanned: &serde_saphyr::Spanned<T>,
     issues: &mut Issues,
 ) -> Option<gateway_transform::lifecycle::Lifecycle> {
     use gateway_transform::lifecycle::{AfterSunset, Lifecycle, parse_date};
-    let v = &spanned.value;
     let mut date = |s: &Option<String>, what: &str| match s.as_deref().map(parse_date) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
-            issues.at(spanned, format!("{field}.version.{what}"), e);
+            issues.at(spanned, format!("{field}.{what}"), e);
             None
         }
     };
@@ -1084,7 +1376,7 @@ fn compile_lifecycle(
     {
         issues.at(
             spanned,
-            format!("{field}.version.sunset_at"),
+            format!("{field}.sunset_at"),
             "the sunset comes before the deprecation",
         );
     }
@@ -1093,7 +1385,7 @@ fn compile_lifecycle(
     {
         issues.at(
             spanned,
-            format!("{field}.version.successor"),
+            format!("{field}.successor"),
             "not a valid URL or path",
         );
     }
@@ -1103,7 +1395,7 @@ fn compile_lifecycle(
             if v.successor.is_none() {
                 issues.at(
                     spanned,
-                    format!("{field}.version.after_sunset"),
+                    format!("{field}.after_sunset"),
                     "`redirect` needs a `successor`",
                 );
             }
@@ -1307,6 +1599,9 @@ fn dns_discovery(
             ),
         }
     }
+    if servers.len() != d.servers.len() {
+        return None;
+    }
     let resolver = if servers.is_empty() {
         match DnsResolver::from_system() {
             Ok(r) => r,
@@ -1329,20 +1624,20 @@ fn dns_discovery(
         );
         return None;
     }
-    // Each server is asked twice per question; a host name is two questions (A and AAAA).
-    let wait = (timeout * 4 * u32::try_from(resolver.servers().len()).unwrap_or(u32::MAX))
+    // Each server is asked twice per question (and again over TCP when truncated); a host name
+    // is two questions (A and AAAA), an SRV name one plus two per target without addresses.
+    let wait = (timeout * 8 * u32::try_from(resolver.servers().len()).unwrap_or(u32::MAX))
         .min(Duration::from_secs(30))
         + Duration::from_secs(1);
     let described = match &target {
         DnsTarget::Host { name, port } => format!("dns {name}:{port}"),
         DnsTarget::Srv { name } => format!("srv {name}"),
     };
+    // The configured servers, not the ones read from /etc/resolv.conf: the same block is the
+    // same follower even if that file changes.
     let key = format!(
-        "{name} {described} {:?} {:?} {timeout:?} {min_ttl:?} {max_ttl:?} {} {:?}",
-        d.family,
-        resolver.servers(),
-        d.https,
-        d.srv
+        "{name} {described} {:?} {:?} {timeout:?} {min_ttl:?} {max_ttl:?} {}",
+        d.family, d.servers, d.https
     );
     let discover = DnsDiscover::new(resolver.timeout(timeout), target)
         .family(match d.family {

@@ -989,6 +989,161 @@ pub struct TransformConfig {
     /// `keep_only`.
     #[serde(default)]
     pub query: QueryRulesConfig,
+    /// Edits and conversion of JSON / XML request bodies.
+    #[serde(default)]
+    pub request_body: Option<BodyTransformConfig>,
+    /// Edits and conversion of JSON / XML response bodies.
+    #[serde(default)]
+    pub response_body: Option<BodyTransformConfig>,
+}
+
+/// A body transform: JSON Pointer edits and an XML <-> JSON conversion.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyTransformConfig {
+    /// JSON Pointer edits, applied in this order: `remove`, `rename`, `set`, `add`.
+    #[serde(default)]
+    pub json: JsonEditsConfig,
+    /// `xml_to_json` (XML bodies become JSON, then the edits apply) or `json_to_xml` (the
+    /// edits apply, then JSON bodies become XML).
+    #[serde(default)]
+    pub convert: Option<ConvertConfig>,
+    /// The root element for JSON that is not an object with one key (default `root`).
+    #[serde(default)]
+    pub xml_root: Option<String>,
+    /// Largest body transformed (default 1MiB): a larger request is `413`, a larger response
+    /// `502`.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// JSON Pointer (RFC 6901) edits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonEditsConfig {
+    /// Pointers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// `from: to` moves.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Values set (created or replaced; missing parent objects are created).
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Values set only where absent.
+    #[serde(default)]
+    pub add: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A body conversion.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvertConfig {
+    /// XML bodies become JSON.
+    XmlToJson,
+    /// JSON bodies become XML.
+    JsonToXml,
+}
+
+/// Request validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// A JSON Schema for the request body (drafts 4 to 2020-12, by `$schema`).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Query, header and path parameters.
+    #[serde(default)]
+    pub params: Vec<ParamConfig>,
+    /// An OpenAPI 3.0 / 3.1 document (JSON or YAML file) describing the route's operations.
+    #[serde(default)]
+    pub openapi: Option<String>,
+    /// Largest body validated (default 1MiB; larger is `413`).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// A validated parameter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamConfig {
+    /// Its name.
+    pub name: String,
+    /// `query`, `header` or `path`.
+    #[serde(rename = "in")]
+    pub location: ParamInConfig,
+    /// Whether a request without it is refused.
+    #[serde(default)]
+    pub required: bool,
+    /// Its JSON Schema (the value is coerced by the schema's `type`).
+    pub schema: serde_json::Value,
+}
+
+/// Where a parameter is.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamInConfig {
+    /// The query string.
+    Query,
+    /// A request header.
+    Header,
+    /// A `path_template` parameter.
+    Path,
+}
+
+/// API versions of a route: where the version is read, and each version's upstream and
+/// lifecycle.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsConfig {
+    /// Sources, asked in order.
+    pub from: Vec<VersionSourceConfig>,
+    /// The version of requests that name none.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Each known version.
+    pub map: std::collections::BTreeMap<String, VersionEntryConfig>,
+}
+
+/// Where a version is read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum VersionSourceConfig {
+    /// The first path segment, e.g. `v{version}`.
+    Path {
+        /// The segment's pattern, with `{version}` once.
+        pattern: String,
+        /// Drop the segment before forwarding (`/v2/users` -> `/users`).
+        #[serde(default)]
+        strip: bool,
+    },
+    /// A header.
+    Header(String),
+    /// A query parameter.
+    Query(String),
+    /// The `Accept` media type, e.g. `application/vnd.example.v{version}+json`.
+    Accept(String),
+}
+
+/// One version: its upstream (default: the route's) and its lifecycle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionEntryConfig {
+    /// The upstream for this version.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// As in a route's `version` block.
+    #[serde(default)]
+    pub deprecated_at: Option<String>,
+    /// As in a route's `version` block.
+    #[serde(default)]
+    pub sunset_at: Option<String>,
+    /// As in a route's `version` block.
+    #[serde(default)]
+    pub successor: Option<String>,
+    /// As in a route's `version` block.
+    #[serde(default)]
+    pub after_sunset: AfterSunsetConfig,
 }
 
 /// A path rewrite: a template string, or `{ regex, replace, on_no_match }`.
@@ -1582,6 +1737,13 @@ pub struct RouteConfig {
     /// The API version's lifecycle: deprecation, sunset, successor.
     #[serde(default)]
     pub version: Option<Spanned<VersionConfig>>,
+    /// API versions: selection from the path, a header, the query or `Accept`, with an
+    /// upstream and a lifecycle per version.
+    #[serde(default)]
+    pub versions: Option<Spanned<VersionsConfig>>,
+    /// Request validation: JSON Schema for the body and parameters, or an OpenAPI document.
+    #[serde(default)]
+    pub validate: Option<Spanned<ValidateConfig>>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,

@@ -162,29 +162,56 @@ fn run(
 }
 
 /// Re-applies the running configuration whenever a followed set changes (a thread that stops
-/// with the gateway).
+/// with the gateway). A refresh that fails (it also re-reads the files the configuration names)
+/// is recorded like a failed reload and retried every 5 s until one succeeds.
 pub(crate) fn watch_changes(shared: &Arc<Shared>) {
-    let mut changed = shared.compiled().discovery.changed.subscribe();
     let weak = Arc::downgrade(shared);
     let mut stopped = shared.stopped_signal();
+    let mut registry = shared.compiled().discovery.clone();
     let spawned = std::thread::Builder::new()
         .name("gateway-discovery-apply".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 tracing::error!("cannot start the discovery follower");
                 return;
             };
             rt.block_on(async move {
+                let mut changed = registry.changed.subscribe();
+                let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
                 loop {
-                    tokio::select! {
+                    let retry_due = async {
+                        match retry.as_mut() {
+                            Some(sleep) => sleep.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let owner_gone = tokio::select! {
                         () = crate::server::shutting_down(&mut stopped) => return,
-                        r = changed.changed() => if r.is_err() { return },
-                    }
+                        r = changed.changed() => r.is_err(),
+                        () = retry_due => false,
+                    };
                     let Some(shared) = weak.upgrade() else { return };
+                    // A configuration applied with a registry of its own (a fresh
+                    // `Compiled::new`): follow that one from now on.
+                    let now = shared.compiled().discovery.clone();
+                    if !Arc::ptr_eq(&now, &registry) {
+                        registry = now;
+                        changed = registry.changed.subscribe();
+                    }
+                    if owner_gone {
+                        continue;
+                    }
+                    retry = None;
                     if let Err(e) = crate::reload::refresh(&shared) {
                         for line in e.to_string().lines() {
-                            tracing::error!("discovered endpoints not applied: {line}");
+                            tracing::error!(
+                                "discovered endpoints not applied (retrying in 5s): {line}"
+                            );
                         }
+                        retry = Some(Box::pin(tokio::time::sleep(Duration::from_secs(5))));
                     }
                 }
             });

@@ -23,6 +23,7 @@
 
 mod admin;
 mod auth;
+mod body;
 mod compile;
 pub mod config;
 mod demo;

@@ -16,7 +16,6 @@ use http::{
     header::{CONNECTION, CONTENT_LENGTH, HOST, UPGRADE},
     uri::{Authority, PathAndQuery},
 };
-use http_body_util::Limited;
 use hyper::body::Incoming;
 use std::{
     convert::Infallible,
@@ -34,7 +33,7 @@ use crate::{
 };
 
 /// The client's body, counted against `limits.max_body_bytes` while it streams.
-pub type ClientBody = Limited<Incoming>;
+pub type ClientBody = crate::body::ClientBody;
 
 /// The request body type forwarded upstream: the client's body, streamed through, or buffered by
 /// the retry layer for replay.
@@ -277,6 +276,14 @@ impl Pipeline {
         {
             return (gone, None);
         }
+        // The API version asked for: its upstream, its lifecycle, and the path without it.
+        let version = match &route.versions {
+            Some(versions) => match select_version(versions, &mut req) {
+                Ok(entry) => Some(entry),
+                Err(res) => return (res, None),
+            },
+            None => None,
+        };
         // Client IP lists, then authentication (credentials stripped, `Principal` inserted), then
         // the limits that may key on the principal.
         if let Some(filter) = &route.ip_filter
@@ -312,10 +319,33 @@ impl Pipeline {
         let principal = take(&mut req);
         // A split picks the upstream (after the policies: a tester's override header does not
         // skip them).
-        let upstream = match &route.split {
-            Some(split) => split.choose(&mut req),
-            None => route.upstream,
+        let upstream = match (&route.split, version) {
+            (_, Some((up, _))) => up,
+            (Some(split), None) => split.choose(&mut req),
+            (None, None) => route.upstream,
         };
+        // Validation sees the request as the client sent it (before any transform).
+        if let Some(validation) = &route.validation {
+            let (parts, body) = req.into_parts();
+            let params = parts
+                .extensions
+                .get::<crate::router::PathParams>()
+                .map_or(&[][..], |p| p.0.as_slice());
+            let mut body = Some(body);
+            match Box::pin(validation.check(&parts, params, &mut body)).await {
+                crate::body::Checked::Refused(problem) => {
+                    return (problem.into_response(), principal);
+                }
+                crate::body::Checked::Valid(read) => {
+                    let body = match (read, body) {
+                        (Some(bytes), _) => ClientBody::buffered(bytes),
+                        (None, Some(body)) => body,
+                        (None, None) => ClientBody::buffered(Bytes::new()),
+                    };
+                    req = Request::from_parts(parts, body);
+                }
+            }
+        }
         // Header transforms, after every policy: they never decide who gets in.
         if let Some(rules) = &route.transform
             && !rules.0.is_empty()
@@ -356,6 +386,21 @@ impl Pipeline {
             }
             req = Request::from_parts(parts, body);
         }
+        if let Some(rules) = &route.request_body
+            && rules.applies(req.headers().get(http::header::CONTENT_TYPE))
+        {
+            req = match Box::pin(transform_request_body(rules, req)).await {
+                Ok(req) => req,
+                Err(res) => return (res, principal),
+            };
+        }
+        // A response body to transform must come uncompressed.
+        if route.response_body.is_some() {
+            req.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
@@ -389,6 +434,11 @@ impl Pipeline {
             }
             (None, None) => self.forward(upstream, req).await,
         };
+        if let Some(rules) = &route.response_body
+            && res.extensions().get::<gateway_core::Rejection>().is_none()
+        {
+            res = Box::pin(transform_response_body(rules, res)).await;
+        }
         // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
         // charged, so it carries the rate-limit headers.
         if let Some(admission) = admission {
@@ -408,6 +458,14 @@ impl Pipeline {
         }
         if let Some(lifecycle) = &route.lifecycle {
             lifecycle.annotate(res.headers_mut());
+        }
+        if let Some((_, lifecycle)) = version {
+            if let Some(lifecycle) = lifecycle {
+                lifecycle.annotate(res.headers_mut());
+            }
+            if let Some(vary) = route.versions.as_ref().and_then(|v| v.vary.clone()) {
+                res.headers_mut().append(http::header::VARY, vary);
+            }
         }
         if let Some(path) = rewritten {
             res.extensions_mut().insert(path);
@@ -613,7 +671,10 @@ impl Pipeline {
         parts.extensions.insert(client_ip);
         parts.extensions.insert(conn);
         let max = usize::try_from(limits.max_body_bytes.0).unwrap_or(usize::MAX);
-        Ok((route, Request::from_parts(parts, Limited::new(body, max))))
+        Ok((
+            route,
+            Request::from_parts(parts, ClientBody::streamed(body, max)),
+        ))
     }
 }
 
@@ -732,6 +793,149 @@ fn transform_context<'a>(
         ..gateway_transform::template::Context::default()
     }
     .with_principal(principal)
+}
+
+/// Picks the request's API version (`versions`): its upstream and lifecycle; a retired
+/// version or an unknown one is answered here. A path version segment with `strip` is removed
+/// from the forwarded path.
+#[allow(clippy::result_large_err)]
+fn select_version<'r>(
+    versions: &'r crate::router::Versions,
+    req: &mut Request<ClientBody>,
+) -> Result<(usize, Option<&'r gateway_transform::lifecycle::Lifecycle>), Response<ResponseBody>> {
+    let selected = versions
+        .selector
+        .select(req.uri().path(), req.uri().query(), req.headers())
+        .map_err(|e| versions.selector.problem(&e).into_response())?;
+    let Some((_, upstream, lifecycle)) = versions
+        .entries
+        .iter()
+        .find(|(name, _, _)| *name == selected.version)
+    else {
+        return Err(reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            RejectReason::BadRequest,
+            ResponseFlags::empty(),
+            "the API version could not be selected",
+        ));
+    };
+    if let Some(gone) = lifecycle
+        .as_ref()
+        .and_then(|l| l.refusal(std::time::SystemTime::now()))
+    {
+        return Err(gone);
+    }
+    if selected.strip_path_prefix.is_some() {
+        let path = selected.forward_path(req.uri().path());
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        if let Ok(pq) = PathAndQuery::from_maybe_shared(Bytes::from(pq)) {
+            *req.uri_mut() = Uri::from(pq);
+        }
+    }
+    Ok((*upstream, lifecycle.as_ref()))
+}
+
+/// Reads, edits or converts a request body (`transform.request_body`).
+async fn transform_request_body(
+    rules: &crate::body::BodyRules,
+    req: Request<ClientBody>,
+) -> Result<Request<ClientBody>, Response<ResponseBody>> {
+    let (mut parts, body) = req.into_parts();
+    let bytes = match crate::body::read_whole(body, rules.max_bytes).await {
+        Ok(bytes) => bytes,
+        Err(crate::body::ReadError::TooLarge) => {
+            return Err(reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RejectReason::PayloadTooLarge,
+                ResponseFlags::empty(),
+                &format!("the body is larger than {} bytes", rules.max_bytes),
+            ));
+        }
+        Err(crate::body::ReadError::Failed) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                RejectReason::BadRequest,
+                ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                "the body could not be read",
+            ));
+        }
+    };
+    match rules.apply(&bytes) {
+        Ok((body, content_type)) => {
+            set_body_headers(&mut parts.headers, body.len(), content_type);
+            Ok(Request::from_parts(parts, ClientBody::buffered(body)))
+        }
+        Err(e) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            RejectReason::TransformFailed,
+            ResponseFlags::empty(),
+            &format!("the body could not be transformed: {}", e.detail()),
+        )),
+    }
+}
+
+/// Reads, edits or converts an upstream's answer (`transform.response_body`); one that cannot
+/// be is `502` (a configured edit is never skipped).
+async fn transform_response_body(
+    rules: &crate::body::BodyRules,
+    res: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let status = res.status();
+    // Nothing to transform: no body, or part of one.
+    if matches!(
+        status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
+    ) || !rules.applies(res.headers().get(http::header::CONTENT_TYPE))
+    {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let failed = |detail: &str| {
+        reject(
+            StatusCode::BAD_GATEWAY,
+            RejectReason::TransformFailed,
+            ResponseFlags::empty(),
+            detail,
+        )
+    };
+    if parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|e| e != "identity")
+    {
+        return failed("the upstream's answer is compressed and cannot be transformed");
+    }
+    let bytes = match crate::body::read_whole(body, rules.max_bytes).await {
+        Ok(bytes) => bytes,
+        Err(crate::body::ReadError::TooLarge) => {
+            return failed("the upstream's answer is too large to transform");
+        }
+        Err(crate::body::ReadError::Failed) => {
+            return failed("the upstream's answer could not be read");
+        }
+    };
+    match rules.apply(&bytes) {
+        Ok((body, content_type)) => {
+            set_body_headers(&mut parts.headers, body.len(), content_type);
+            // The representation changed: the upstream's validators no longer describe it.
+            parts.headers.remove(http::header::ETAG);
+            parts.headers.remove(http::header::LAST_MODIFIED);
+            Response::from_parts(parts, ResponseBody::full(body))
+        }
+        Err(_) => failed("the upstream's answer could not be transformed"),
+    }
+}
+
+/// After a body was replaced: its length, its type, no transfer coding.
+fn set_body_headers(headers: &mut http::HeaderMap, len: usize, content_type: Option<&'static str>) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(ct) = content_type {
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
 }
 
 /// A transform that would have sent a split header: the request fails instead.

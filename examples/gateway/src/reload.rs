@@ -136,6 +136,14 @@ pub(crate) fn from_file(shared: &Shared) -> Result<ReloadReport, ConfigError> {
             Config::load(&path).and_then(|c| Compiled::reload(&c, &file, &shared.compiled()))
         }
     };
+    finish(shared, result)
+}
+
+/// Applies a compiled configuration, or records why there is none (the running one stays).
+fn finish(
+    shared: &Shared,
+    result: Result<Arc<Compiled>, ConfigError>,
+) -> Result<ReloadReport, ConfigError> {
     match result {
         Ok(next) => {
             *shared
@@ -168,8 +176,8 @@ pub(crate) fn refresh(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     let _one_at_a_time = shared.reload.lock.lock().unwrap_or_else(|e| e.into_inner());
     let current = shared.compiled();
     let next = Config::parse(&current.text, &current.file)
-        .and_then(|c| Compiled::reload(&c, &current.file, &current))?;
-    Ok(apply(shared, next))
+        .and_then(|c| Compiled::reload(&c, &current.file, &current));
+    finish(shared, next)
 }
 
 /// With `reload.watch`, starts (once) a thread that polls the configuration file and the files

@@ -102,6 +102,14 @@ pub struct Route {
     pub split: Option<std::sync::Arc<Split>>,
     /// Header rules for the request and the response.
     pub transform: Option<std::sync::Arc<(HeaderRules, HeaderRules)>>,
+    /// Request body edits and conversion (`transform.request_body`).
+    pub(crate) request_body: Option<std::sync::Arc<crate::body::BodyRules>>,
+    /// Response body edits and conversion (`transform.response_body`).
+    pub(crate) response_body: Option<std::sync::Arc<crate::body::BodyRules>>,
+    /// Request validation (`validate`).
+    pub(crate) validation: Option<std::sync::Arc<crate::body::Validation>>,
+    /// API versions (`versions`): selection, an upstream and a lifecycle per version.
+    pub(crate) versions: Option<std::sync::Arc<Versions>>,
     /// Path and query rewrite (`transform.path`, `transform.query`), after every policy.
     pub uri_rewrite: Option<std::sync::Arc<gateway_transform::rewrite::Rewrite>>,
     /// The API version's lifecycle.
@@ -637,6 +645,10 @@ mod tests {
             upstream_name: "u".into(),
             split: None,
             transform: None,
+            request_body: None,
+            response_body: None,
+            validation: None,
+            versions: None,
             uri_rewrite: None,
             lifecycle: None,
             rewrite: Rewrite::None,
@@ -926,4 +938,19 @@ mod tests {
                 .contains("does not capture")
         );
     }
+}
+
+/// A route's API versions.
+#[derive(Debug)]
+pub(crate) struct Versions {
+    /// Reads the version from the request.
+    pub(crate) selector: gateway_transform::version::VersionSelector,
+    /// Each known version: (name, upstream index, lifecycle).
+    pub(crate) entries: Vec<(
+        String,
+        usize,
+        Option<gateway_transform::lifecycle::Lifecycle>,
+    )>,
+    /// Request headers the version is read from (`Vary` on every answer).
+    pub(crate) vary: Option<http::HeaderValue>,
 }

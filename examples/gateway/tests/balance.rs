@@ -282,7 +282,7 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
     );
     dns.set("_orders._tcp.test", 0, vec![srv(old.addr().port(), 1)]);
     let yaml = format!(
-        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    discovery:\n      dns: {{ srv: _orders._tcp.test, servers: [\"{}\"], family: ipv4, min_ttl: 20ms }}\nroutes:\n  - name: all\n    upstream: up\n",
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    discovery:\n      dns: {{ srv: _orders._tcp.test, servers: [\"{}\"], family: ipv4, min_ttl: 20ms }}\n    breaker: {{ consecutive_failures: 3, open_for: 1h }}\nroutes:\n  - name: all\n    upstream: up\n",
         dns.addr()
     );
     let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
@@ -317,6 +317,48 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
         "the request in flight finished"
     );
 
+    // Answers that name the same endpoints change nothing: no re-apply.
+    let generation = |v: serde_json::Value| v["reload"]["generation"].as_u64().unwrap();
+    let config = |admin| async move {
+        serde_json::from_str::<serde_json::Value>(get(admin, "/config").await.text()).unwrap()
+    };
+    let applied = generation(config(admin).await);
+    let queries = dns.queries();
+    while dns.queries() < queries + 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(generation(config(admin).await), applied);
+    // The upstream is the same one over a new list: its breaker state carries over.
+    let force = |state: &'static str| {
+        let body = format!("{{\"state\":\"{state}\"}}");
+        let req = format!(
+            "POST /upstreams/up/breaker HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        async move { gateway_test::raw_exchange(admin, req.as_bytes()).await }
+    };
+    let forced = force("open").await;
+    assert!(forced.contains("\"forced_open\""), "{forced}");
+    dns.set(
+        "_orders._tcp.test",
+        0,
+        vec![srv(new.addr().port(), 4), srv(old.addr().port(), 1)],
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while view(admin).await[0]["endpoints"].as_array().unwrap().len() != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second endpoint was added");
+    assert_eq!(view(admin).await[0]["breaker"]["state"], "forced_open");
+    assert_eq!(
+        get(a, "/x").await.status,
+        503,
+        "the forced-open breaker still refuses"
+    );
+    force("reset").await;
+
     // DNS fails: the endpoints stay, the errors are counted and shown.
     dns.fail_with(Some(2));
     let failing = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -337,7 +379,8 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
             .contains("SERVFAIL"),
         "{failing}"
     );
-    assert_eq!(get(a, "/x").await.text(), "new");
+    assert_eq!(failing[0]["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(get(a, "/x").await.status, 200);
 }
 
 // Compiling waits (bounded) for the first DNS answer: the test's DNS server runs on another

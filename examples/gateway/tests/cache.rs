@@ -272,6 +272,21 @@ async fn with_a_redis_store_instances_share_entries() {
     let two = support::start(&yaml, up.addr());
     let first = request(addr(&one), "GET", "/orders/5", "").await;
     assert!(first.contains("fwd=miss; stored"), "{first}");
+    // A Redis store finishes the write in a task after the answer: wait for the key to land.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("{}*", redis.prefix());
+    for _ in 0..1000 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let second = request(addr(&two), "GET", "/orders/5", "").await;
     assert!(
         second.contains("cache-status: gateway; hit"),

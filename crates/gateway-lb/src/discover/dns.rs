@@ -23,8 +23,6 @@ use tokio::{
     net::{TcpStream, UdpSocket},
 };
 
-use crate::balance::{BalanceRng, SeqRng};
-
 const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
 const TYPE_AAAA: u16 = 28;
@@ -190,8 +188,17 @@ impl DnsResolver {
             Family::V4 => &[TYPE_A],
             Family::V6 => &[TYPE_AAAA],
         };
+        // With both families, one that fails (a resolver that mishandles AAAA, say) does not
+        // throw away the other's answer; both failing is the first one's error.
+        let mut first_error = None;
         for &qtype in types {
-            let answer = self.query(name, qtype).await?;
+            let answer = match self.query(name, qtype).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             out.ttl = min_ttl(out.ttl, answer.ttl);
             out.addrs
                 .extend(answer.records.into_iter().filter_map(|r| match r {
@@ -199,15 +206,31 @@ impl DnsResolver {
                     Rdata::Srv { .. } => None,
                 }));
         }
-        Ok(out)
+        match first_error {
+            Some(e) if out.ttl.is_none() && out.addrs.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
-    /// The SRV records of `name` (`_service._proto.domain`) with their targets' addresses.
-    /// Targets named `.` (service not offered) are left out.
+    /// The SRV records of `name` (`_service._proto.domain`) of the lowest priority, with their
+    /// targets' addresses (RFC 2782's lower tiers are fallbacks, not looked up). Targets named
+    /// `.` (service not offered) are left out; a target whose addresses cannot be looked up is
+    /// skipped (logged) as long as another one resolves.
     pub async fn lookup_srv(&self, name: &str, family: Family) -> Result<Services, DnsError> {
         let answer = self.query(name, TYPE_SRV).await?;
         let mut ttl = answer.ttl;
         let mut targets = Vec::new();
+        let best = answer
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Rdata::Srv {
+                    priority, target, ..
+                } if !target.is_empty() => Some(*priority),
+                _ => None,
+            })
+            .min();
+        let mut first_error = None;
         for record in answer.records {
             let Rdata::Srv {
                 priority,
@@ -218,7 +241,7 @@ impl DnsResolver {
             else {
                 continue;
             };
-            if target.is_empty() {
+            if target.is_empty() || Some(priority) != best {
                 continue;
             }
             let mut addrs: Vec<IpAddr> = answer
@@ -228,9 +251,17 @@ impl DnsResolver {
                 .map(|(_, ip)| *ip)
                 .collect();
             if addrs.is_empty() {
-                let looked_up = self.lookup_ip(&target, family).await?;
-                ttl = min_ttl(ttl, looked_up.ttl);
-                addrs = looked_up.addrs;
+                match self.lookup_ip(&target, family).await {
+                    Ok(looked_up) => {
+                        ttl = min_ttl(ttl, looked_up.ttl);
+                        addrs = looked_up.addrs;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%target, error = %e, "an SRV target could not be resolved; skipped");
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                }
             } else {
                 ttl = min_ttl(ttl, answer.glue_ttl);
             }
@@ -242,7 +273,10 @@ impl DnsResolver {
                 addrs,
             });
         }
-        Ok(Services { targets, ttl })
+        match first_error {
+            Some(e) if targets.is_empty() => Err(e),
+            _ => Ok(Services { targets, ttl }),
+        }
     }
 
     /// One question, asked of each server in turn until one answers.
@@ -251,11 +285,10 @@ impl DnsResolver {
         if self.servers.is_empty() {
             return Err(DnsError::NoServers);
         }
-        let rng = SeqRng::from_clock();
         let mut last = DnsError::Timeout;
         for server in &self.servers {
             for _ in 0..self.attempts {
-                let id = (rng.next_u64() & 0xFFFF) as u16;
+                let id = random_id();
                 let query = encode_query(id, &qname, qtype);
                 match self.exchange(*server, &query, id, &qname, qtype).await {
                     Ok(answer) => return Ok(answer),
@@ -286,12 +319,21 @@ impl DnsResolver {
             // Connected: datagrams from anywhere else are dropped by the kernel.
             socket.connect(server).await?;
             socket.send(query).await?;
-            let mut buf = vec![0u8; usize::from(UDP_PAYLOAD)];
+            // Room for any datagram: a server that ignores EDNS may send more than we offered.
+            let mut buf = vec![0u8; 65_535];
+            let mut last = None;
             loop {
-                let n = socket.recv(&mut buf).await?;
-                // Answers to other questions (late, or forged) are ignored, not errors.
-                if let Some(answer) = decode_answer(&buf[..n], id, qname, qtype).transpose() {
-                    return Ok::<_, std::io::Error>(answer);
+                let n = match socket.recv(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => return Ok::<_, std::io::Error>(last.unwrap_or(Err(DnsError::Io(e)))),
+                };
+                // Answers to other questions (late, or forged) and datagrams that cannot be
+                // read are ignored until the timeout; a definite answer ends the wait.
+                match decode_answer(&buf[..n], id, qname, qtype) {
+                    Ok(Some(answer)) => return Ok(Ok(answer)),
+                    Ok(None) => {}
+                    Err(e @ (DnsError::NxDomain(_) | DnsError::Rcode(_))) => return Ok(Err(e)),
+                    Err(e) => last = Some(Err(e)),
                 }
             }
         };
@@ -332,6 +374,15 @@ impl Family {
             Self::V6 => ip.is_ipv6(),
         }
     }
+}
+
+/// An unpredictable query id (RFC 5452 §9.2): `RandomState`'s keys come from the operating
+/// system's random source, so its hash of a counter cannot be guessed from the clock.
+fn random_id() -> u16 {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (std::collections::hash_map::RandomState::new().hash_one(n) & 0xFFFF) as u16
 }
 
 fn min_ttl(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -525,7 +576,16 @@ fn decode_answer(msg: &[u8], id: u16, qname: &str, qtype: u16) -> Result<Option<
         3 => return Err(DnsError::NxDomain(qname.to_owned())),
         c => return Err(DnsError::Rcode(c)),
     }
-    let truncated = flags & 0x0200 != 0;
+    if flags & 0x0200 != 0 {
+        // Truncated: whatever follows may be cut anywhere; the question is asked over TCP.
+        return Ok(Some(Answer {
+            truncated: true,
+            records: Vec::new(),
+            ttl: None,
+            glue: Vec::new(),
+            glue_ttl: None,
+        }));
+    }
     // Every record: (owner, type, ttl, rdata start, rdata len); section boundary kept.
     let mut cnames: Vec<(String, String, u32)> = Vec::new();
     let mut found: Vec<(String, u32, Rdata)> = Vec::new();
@@ -612,7 +672,7 @@ fn decode_answer(msg: &[u8], id: u16, qname: &str, qtype: u16) -> Result<Option<
         .collect();
     let secs = |t: Option<u32>| t.map(|t| Duration::from_secs(u64::from(t)));
     Ok(Some(Answer {
-        truncated,
+        truncated: false,
         records,
         ttl: secs(ttl),
         glue,
@@ -721,6 +781,59 @@ mod tests {
             vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(got.ttl, Some(Duration::from_secs(10)));
+    }
+
+    #[tokio::test]
+    async fn srv_targets_without_glue_are_looked_up_and_broken_ones_skipped() {
+        let dns = TestDns::start().await;
+        dns.without_glue(true);
+        let srv = |priority, port, target: &str| Record::Srv {
+            priority,
+            weight: 1,
+            port,
+            target: target.into(),
+        };
+        dns.set(
+            "_http._tcp.api.test",
+            60,
+            vec![
+                srv(1, 8080, "a.test"),
+                srv(1, 8081, "gone.test"),
+                srv(2, 8082, "backup.test"),
+            ],
+        );
+        dns.set("a.test", 7, vec![Record::A("10.0.0.1".parse().unwrap())]);
+        let before = dns.queries();
+        let got = resolver(&dns)
+            .lookup_srv("_http._tcp.api.test", Family::V4)
+            .await
+            .unwrap();
+        // The lower tier is not looked up; the target that does not exist is skipped.
+        assert_eq!(got.targets.len(), 1, "{got:?}");
+        assert_eq!(
+            got.targets[0].addrs,
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            got.ttl,
+            Some(Duration::from_secs(7)),
+            "the target's TTL counts"
+        );
+        assert_eq!(dns.queries() - before, 3, "SRV, a.test, gone.test");
+        // Every target broken: the lookup fails.
+        dns.set("_x._tcp.api.test", 60, vec![srv(1, 1, "gone.test")]);
+        assert!(
+            resolver(&dns)
+                .lookup_srv("_x._tcp.api.test", Family::V4)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn query_ids_do_not_repeat_in_sequence() {
+        let ids: std::collections::HashSet<u16> = (0..64).map(|_| random_id()).collect();
+        assert!(ids.len() > 60, "{ids:?}");
     }
 
     #[tokio::test]

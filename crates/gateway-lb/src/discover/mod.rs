@@ -276,8 +276,12 @@ impl futures_core::Stream for DnsDiscover {
                             this.state = Some(State::Waiting(Box::pin(tokio::time::sleep(wait))));
                         }
                         Err(e) => {
-                            this.backoff = (this.backoff * 2)
-                                .clamp(this.min_ttl, this.max_ttl.max(this.min_ttl));
+                            // At least 10 ms: an error that comes at once must not spin.
+                            let floor = this.min_ttl.max(Duration::from_millis(10));
+                            this.backoff = this
+                                .backoff
+                                .saturating_mul(2)
+                                .clamp(floor, this.max_ttl.max(floor));
                             this.state =
                                 Some(State::Waiting(Box::pin(tokio::time::sleep(this.backoff))));
                             return Poll::Ready(Some(Err(e)));
@@ -305,6 +309,8 @@ pub struct DiscoveryState {
 #[derive(Debug)]
 pub struct EndpointSet {
     rx: tokio::sync::watch::Receiver<Arc<DiscoveryState>>,
+    /// The set [`changed`](Self::changed) last returned.
+    last: Option<Arc<[(Endpoint, u32)]>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -370,7 +376,11 @@ impl EndpointSet {
                 }
             }
         });
-        Self { rx, task }
+        Self {
+            rx,
+            last: None,
+            task,
+        }
     }
 
     /// What is known now.
@@ -386,17 +396,18 @@ impl EndpointSet {
     /// Waits for the next set (the first one, when there is none yet); errors in between
     /// are counted, not returned. `None` when the source ended.
     pub async fn changed(&mut self) -> Option<Arc<[(Endpoint, u32)]>> {
-        let seen = self.current();
         loop {
-            self.rx.changed().await.ok()?;
             let now = self.rx.borrow_and_update().endpoints.clone();
-            let same = match (&seen, &now) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (a, b) => a.is_none() && b.is_none(),
+            let new = match (&now, &self.last) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (Some(_), None) => true,
+                (None, _) => false,
             };
-            if !same {
+            if new {
+                self.last.clone_from(&now);
                 return now;
             }
+            self.rx.changed().await.ok()?;
         }
     }
 

@@ -1,0 +1,355 @@
+//! Request bodies and what a route does with whole bodies: validation (`validate`) and
+//! transforms (`transform.request_body` / `transform.response_body`).
+//!
+//! Bodies stream through untouched unless a route needs them whole: then they are read up to
+//! the route's cap (a larger request is `413`; a larger upstream answer `502`), parsed strictly
+//! (duplicate keys, depth, lone surrogates and integers that would lose precision are refused),
+//! and forwarded from memory with a fresh `Content-Length`.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use gateway_core::{Problem, RejectReason, ResponseFlags};
+use gateway_transform::{
+    json::{JsonEdits, JsonLimits, is_json_media_type, json_charset_ok, parse_strict},
+    openapi::OpenApi,
+    validate::{Location, ParamSpec, Schema, Violations, validate_params},
+    xml::{JsonToXml, XmlLimits, json_to_xml, xml_to_json},
+};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// A request body on its way upstream: the client's, streamed (limited to
+    /// `limits.max_body_bytes`), or one a route read whole (validated, transformed).
+    #[project = ClientBodyProj]
+    #[derive(Debug)]
+    pub enum ClientBody {
+        /// Streamed from the client.
+        Streamed {
+            #[pin]
+            body: Limited<Incoming>,
+        },
+        /// Read whole.
+        Buffered {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl ClientBody {
+    /// The client's body, streamed, at most `max` bytes.
+    pub(crate) fn streamed(body: Incoming, max: usize) -> Self {
+        Self::Streamed {
+            body: Limited::new(body, max),
+        }
+    }
+
+    /// A body held in memory.
+    pub(crate) fn buffered(data: Bytes) -> Self {
+        Self::Buffered {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ClientBodyProj::Streamed { body } => body.poll_frame(cx),
+            ClientBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streamed { body } => body.is_end_stream(),
+            Self::Buffered { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streamed { body } => body.size_hint(),
+            Self::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// Over the cap.
+    TooLarge,
+    /// The stream failed (the client went away, the upstream reset).
+    Failed,
+}
+
+/// Reads `body` whole, at most `cap` bytes.
+pub(crate) async fn read_whole<B>(body: B, cap: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, cap).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => {
+            // The client's own `max_body_bytes` limit (inner) or this cap (outer).
+            if e.is::<http_body_util::LengthLimitError>()
+                || e.source()
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                Err(ReadError::TooLarge)
+            } else {
+                Err(ReadError::Failed)
+            }
+        }
+    }
+}
+
+/// Whether the headers announce a body (a length above zero, or chunked).
+pub(crate) fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+fn is_xml_media_type(v: &HeaderValue) -> bool {
+    let Ok(s) = v.to_str() else { return false };
+    let essence = s
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/xml"
+        || essence == "text/xml"
+        || (essence.starts_with("application/") && essence.ends_with("+xml"))
+}
+
+/// A conversion between XML and JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Convert {
+    XmlToJson,
+    JsonToXml,
+}
+
+/// A compiled body transform.
+#[derive(Debug)]
+pub(crate) struct BodyRules {
+    pub(crate) edits: JsonEdits,
+    pub(crate) convert: Option<Convert>,
+    pub(crate) to_xml: JsonToXml,
+    pub(crate) max_bytes: usize,
+}
+
+/// Why a body transform failed (bad JSON, bad XML, an edit that does not fit the document);
+/// the side decides the status (the client's request: `400`; the upstream's answer: `502`).
+#[derive(Debug)]
+pub(crate) struct TransformError(String);
+
+impl TransformError {
+    /// What went wrong, safe to show the client whose body it was.
+    pub(crate) fn detail(&self) -> &str {
+        &self.0
+    }
+}
+
+impl BodyRules {
+    /// Whether a body with this content type is transformed (others pass through untouched).
+    pub(crate) fn applies(&self, content_type: Option<&HeaderValue>) -> bool {
+        let Some(ct) = content_type else { return false };
+        match self.convert {
+            Some(Convert::XmlToJson) => is_xml_media_type(ct),
+            _ => is_json_media_type(ct),
+        }
+    }
+
+    /// Transforms a whole body: the new body and, after a conversion, its new content type.
+    pub(crate) fn apply(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Bytes, Option<&'static str>), TransformError> {
+        let invalid = |e: &dyn std::fmt::Display| TransformError(e.to_string());
+        let limits = JsonLimits {
+            max_bytes: self.max_bytes,
+            ..JsonLimits::default()
+        };
+        let mut value = match self.convert {
+            Some(Convert::XmlToJson) => {
+                let limits = XmlLimits {
+                    max_bytes: self.max_bytes,
+                    ..XmlLimits::default()
+                };
+                xml_to_json(bytes, &limits).map_err(|e| invalid(&e))?
+            }
+            _ => parse_strict(bytes, &limits).map_err(|e| invalid(&e))?,
+        };
+        self.edits.apply(&mut value).map_err(|e| invalid(&e))?;
+        match self.convert {
+            Some(Convert::JsonToXml) => {
+                let xml = json_to_xml(&value, &self.to_xml).map_err(|e| invalid(&e))?;
+                Ok((Bytes::from(xml), Some("application/xml")))
+            }
+            Some(Convert::XmlToJson) => {
+                Ok((Bytes::from(value.to_string()), Some("application/json")))
+            }
+            None => Ok((Bytes::from(value.to_string()), None)),
+        }
+    }
+}
+
+/// A route's compiled `validate` block.
+#[derive(Debug)]
+pub(crate) struct Validation {
+    pub(crate) body: Option<Schema>,
+    pub(crate) params: Vec<ParamSpec>,
+    pub(crate) openapi: Option<OpenApi>,
+    pub(crate) max_bytes: usize,
+}
+
+/// What validating a request decided.
+pub(crate) enum Checked {
+    /// Valid; the body when it was read whole (to forward from memory).
+    Valid(Option<Bytes>),
+    /// Refused with this answer.
+    Refused(Problem),
+}
+
+fn refused(violations: &Violations) -> Problem {
+    let status = if violations.is_unsupported_media_type() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    } else if violations
+        .iter()
+        .all(|v| matches!(v.location, Location::Body))
+    {
+        // The request is well-formed; its content is not what the API accepts.
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    violations
+        .to_problem(status)
+        .reason(RejectReason::ValidationFailed, ResponseFlags::empty())
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> Problem {
+    Problem::new(status)
+        .detail(detail)
+        .reason(RejectReason::ValidationFailed, ResponseFlags::empty())
+}
+
+impl Validation {
+    /// Checks a request; reads its body when a schema needs it.
+    pub(crate) async fn check(
+        &self,
+        parts: &http::request::Parts,
+        params: &[(String, String)],
+        body: &mut Option<ClientBody>,
+    ) -> Checked {
+        let query = parts.uri.query();
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        let announced = has_body(&parts.headers);
+        let needs_body = self.body.is_some() || self.openapi.is_some();
+        let mut bytes = None;
+        let mut value = None;
+        if needs_body && announced {
+            // A body claiming JSON is read as JSON whatever its parameters; anything else on a
+            // validated route is 415 (OpenAPI: unless the operation declares it, see below).
+            let json = content_type.is_some_and(|ct| is_json_media_type(ct) && json_charset_ok(ct));
+            if json {
+                let Some(b) = body.take() else {
+                    return Checked::Refused(problem(StatusCode::BAD_REQUEST, "no body"));
+                };
+                let read = match read_whole(b, self.max_bytes).await {
+                    Ok(read) => read,
+                    Err(ReadError::TooLarge) => {
+                        return Checked::Refused(
+                            Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
+                                .detail(format!("the body is larger than {} bytes", self.max_bytes))
+                                .reason(RejectReason::PayloadTooLarge, ResponseFlags::empty()),
+                        );
+                    }
+                    Err(ReadError::Failed) => {
+                        return Checked::Refused(problem(
+                            StatusCode::BAD_REQUEST,
+                            "the body could not be read",
+                        ));
+                    }
+                };
+                let limits = JsonLimits {
+                    max_bytes: self.max_bytes,
+                    ..JsonLimits::default()
+                };
+                match parse_strict(&read, &limits) {
+                    Ok(v) => value = Some(v),
+                    Err(e) => {
+                        return Checked::Refused(problem(
+                            StatusCode::BAD_REQUEST,
+                            format!("the body is not valid JSON: {e}"),
+                        ));
+                    }
+                }
+                bytes = Some(read);
+            } else if self.openapi.is_none() {
+                return Checked::Refused(
+                    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                        .detail("this route accepts `application/json` bodies (UTF-8)")
+                        .reason(RejectReason::ValidationFailed, ResponseFlags::empty()),
+                );
+            }
+        }
+        if let Some(api) = &self.openapi {
+            let Some((op, op_params)) = api.find(&parts.method, parts.uri.path()) else {
+                return Checked::Refused(problem(
+                    StatusCode::NOT_FOUND,
+                    "no operation of the API description matches this method and path",
+                ));
+            };
+            let ct = if announced { content_type } else { None };
+            if let Err(v) = op.validate(query, &op_params, &parts.headers, value.as_ref(), ct) {
+                return Checked::Refused(refused(&v));
+            }
+        }
+        if !self.params.is_empty()
+            && let Err(v) = validate_params(&self.params, query, params, &parts.headers)
+        {
+            return Checked::Refused(refused(&v));
+        }
+        if let Some(schema) = &self.body {
+            match &value {
+                Some(v) => {
+                    if let Err(v) = schema.validate(v) {
+                        return Checked::Refused(refused(&v));
+                    }
+                }
+                None => {
+                    return Checked::Refused(problem(
+                        StatusCode::BAD_REQUEST,
+                        "this route needs a JSON body",
+                    ));
+                }
+            }
+        }
+        Checked::Valid(bytes)
+    }
+}

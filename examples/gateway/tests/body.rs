@@ -1,0 +1,380 @@
+//! Request validation (JSON Schema, parameters, OpenAPI), body transforms (JSON edits,
+//! XML <-> JSON) and API version routing through the real gateway.
+
+mod support;
+
+use gateway_test::{TestUpstream, raw_exchange};
+use support::addr;
+
+fn start(upstreams: &str, routes: &str) -> gateway::RunningGateway {
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n{upstreams}routes:\n{routes}"
+    );
+    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap_or_else(|e| panic!("{e}")))
+        .unwrap()
+}
+
+fn one_upstream(up: std::net::SocketAddr) -> String {
+    format!("  up:\n    endpoints: [\"{up}\"]\n")
+}
+
+async fn send(
+    gw: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: shop\r\n{headers}");
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("connection: close\r\n\r\n");
+    req.push_str(body);
+    raw_exchange(gw, req.as_bytes()).await
+}
+
+fn status(res: &str) -> u16 {
+    res.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn body_of(res: &str) -> &str {
+    res.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn problem(res: &str) -> serde_json::Value {
+    assert!(res.contains("application/problem+json"), "{res}");
+    serde_json::from_str(body_of(res)).unwrap_or_else(|e| panic!("{e}: {res}"))
+}
+
+const JSON: &str = "content-type: application/json\r\n";
+
+#[tokio::test]
+async fn bodies_and_parameters_are_validated_and_every_error_is_listed() {
+    let up = TestUpstream::echo().await;
+    let gw = start(
+        &one_upstream(up.addr()),
+        "  - name: orders\n    upstream: up\n    validate:\n      max_bytes: 256\n      body: { type: object, required: [name], additionalProperties: false, properties: { name: { type: string }, qty: { type: integer, minimum: 1 } } }\n      params:\n        - { name: page, in: query, schema: { type: integer, minimum: 1 } }\n",
+    );
+    let a = addr(&gw);
+    let ok = send(
+        a,
+        "POST",
+        "/orders?page=2",
+        JSON,
+        r#"{"name":"tea","qty":2}"#,
+    )
+    .await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    assert_eq!(
+        body_of(&ok),
+        r#"{"name":"tea","qty":2}"#,
+        "forwarded as sent"
+    );
+    // JSON whatever the parameters.
+    let ok = send(
+        a,
+        "POST",
+        "/orders",
+        "content-type: Application/JSON; charset=\"UTF-8\"\r\n",
+        r#"{"name":"tea"}"#,
+    )
+    .await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    let served = up.requests().len();
+
+    // Three problems, three errors, each with its pointer.
+    let res = send(
+        a,
+        "POST",
+        "/orders",
+        JSON,
+        r#"{"name":1,"qty":0,"extra":true}"#,
+    )
+    .await;
+    assert_eq!(status(&res), 422, "{res}");
+    let p = problem(&res);
+    let errors = p["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 3, "{p}");
+    let pointers: Vec<&str> = errors
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/name") && pointers.contains(&"/qty"),
+        "{p}"
+    );
+    // A bad parameter is the request's shape: 400.
+    let res = send(a, "POST", "/orders?page=0", JSON, r#"{"name":"tea"}"#).await;
+    assert_eq!(status(&res), 400, "{res}");
+    assert_eq!(problem(&res)["errors"][0]["in"], "query");
+    // Duplicate keys (parser differentials), deep nesting, huge integers: refused.
+    for hostile in [
+        r#"{"name":"tea","name":"admin"}"#.to_owned(),
+        format!("{}{}", "[".repeat(100), "]".repeat(100)),
+        r#"{"name":"tea","qty":18446744073709551616}"#.to_owned(),
+        r#"{"name":"\ud800"}"#.to_owned(),
+    ] {
+        let res = send(a, "POST", "/orders", JSON, &hostile).await;
+        assert_eq!(status(&res), 400, "{hostile}: {res}");
+    }
+    // Not JSON: 415; too large: 413; no body: 400.
+    let res = send(
+        a,
+        "POST",
+        "/orders",
+        "content-type: text/plain\r\n",
+        "name=tea",
+    )
+    .await;
+    assert_eq!(status(&res), 415, "{res}");
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(300));
+    let res = send(a, "POST", "/orders", JSON, &big).await;
+    assert_eq!(status(&res), 413, "{res}");
+    let res = send(a, "POST", "/orders", "", "").await;
+    assert_eq!(status(&res), 400, "{res}");
+    assert_eq!(
+        up.requests().len(),
+        served,
+        "nothing refused reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_openapi_document_drives_validation() {
+    let up = TestUpstream::echo().await;
+    let dir = std::env::temp_dir().join(format!("gateway-openapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = dir.join("petstore.yaml");
+    std::fs::write(
+        &doc,
+        "openapi: 3.0.3\ninfo: { title: pets, version: '1' }\npaths:\n  /pets/{petId}:\n    get:\n      parameters:\n        - { name: petId, in: path, required: true, schema: { type: integer } }\n      responses: { '200': { description: ok } }\n  /pets:\n    post:\n      requestBody:\n        required: true\n        content:\n          application/json:\n            schema: { $ref: '#/components/schemas/Pet' }\n      responses: { '201': { description: ok } }\ncomponents:\n  schemas:\n    Pet:\n      type: object\n      required: [name]\n      properties:\n        name: { type: string }\n        tag: { type: string, nullable: true }\n",
+    )
+    .unwrap();
+    let gw = start(
+        &one_upstream(up.addr()),
+        &format!(
+            "  - name: pets\n    upstream: up\n    validate: {{ openapi: \"{}\" }}\n",
+            doc.display()
+        ),
+    );
+    let a = addr(&gw);
+    assert_eq!(status(&send(a, "GET", "/pets/7", "", "").await), 200);
+    let res = send(a, "GET", "/pets/seven", "", "").await;
+    assert_eq!(status(&res), 400, "{res}");
+    assert_eq!(problem(&res)["errors"][0]["in"], "path");
+    let ok = send(a, "POST", "/pets", JSON, r#"{"name":"rex","tag":null}"#).await;
+    assert_eq!(status(&ok), 200, "{ok}");
+    let res = send(a, "POST", "/pets", JSON, r#"{"tag":"x"}"#).await;
+    assert_eq!(status(&res), 422, "{res}");
+    let res = send(
+        a,
+        "POST",
+        "/pets",
+        "content-type: application/xml\r\n",
+        "<pet/>",
+    )
+    .await;
+    assert_eq!(status(&res), 415, "{res}");
+    let res = send(a, "GET", "/owners", "", "").await;
+    assert_eq!(status(&res), 404, "{res}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn json_bodies_are_edited_and_converted_to_and_from_xml() {
+    let echo = TestUpstream::echo().await;
+    let json_api = TestUpstream::start(|_req: http::Request<hyper::body::Incoming>| async {
+        let mut res = http::Response::new(gateway_test::full(
+            r#"{"order":{"id":"7","secret":"s3cr3t","items":["a","b"]}}"#,
+        ));
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut()
+            .insert("etag", http::HeaderValue::from_static("\"v1\""));
+        res
+    })
+    .await;
+    let gw = start(
+        &format!(
+            "  echo:\n    endpoints: [\"{}\"]\n  api:\n    endpoints: [\"{}\"]\n",
+            echo.addr(),
+            json_api.addr()
+        ),
+        "  - name: edit\n    match: { path_prefix: /edit }\n    upstream: echo\n    transform:\n      request_body: { json: { remove: [/debug], set: { /source: gateway, /meta/v: 2 } } }\n  - name: soap\n    match: { path_prefix: /soap }\n    upstream: echo\n    transform:\n      request_body: { convert: xml_to_json }\n  - name: legacy\n    match: { path_prefix: /legacy }\n    upstream: api\n    transform:\n      response_body: { json: { remove: [/order/secret] }, convert: json_to_xml }\n",
+    );
+    let a = addr(&gw);
+    let res = send(a, "POST", "/edit", JSON, r#"{"debug":true,"name":"tea"}"#).await;
+    assert_eq!(status(&res), 200, "{res}");
+    let forwarded: serde_json::Value = serde_json::from_str(body_of(&res)).unwrap();
+    assert_eq!(
+        forwarded,
+        serde_json::json!({"name": "tea", "source": "gateway", "meta": {"v": 2}})
+    );
+    // A body the edits cannot read is the client's error.
+    let res = send(a, "POST", "/edit", JSON, r#"{"a":1,"a":2}"#).await;
+    assert_eq!(status(&res), 400, "{res}");
+    // Other content types pass through untouched.
+    let res = send(a, "POST", "/edit", "content-type: text/plain\r\n", "as is").await;
+    assert_eq!(body_of(&res), "as is");
+
+    let res = send(
+        a,
+        "POST",
+        "/soap",
+        "content-type: text/xml\r\n",
+        r#"<order id="7"><item>a</item><item>b</item></order>"#,
+    )
+    .await;
+    assert_eq!(status(&res), 200, "{res}");
+    let forwarded: serde_json::Value = serde_json::from_str(body_of(&res)).unwrap();
+    assert_eq!(
+        forwarded,
+        serde_json::json!({"order": {"@id": "7", "item": ["a", "b"]}})
+    );
+    // XXE and billion laughs never reach the parser's entity expansion: refused.
+    for hostile in [
+        r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#,
+        r#"<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><l>&b;</l>"#,
+        "<x>&undefined;</x>",
+    ] {
+        let res = send(
+            a,
+            "POST",
+            "/soap",
+            "content-type: application/xml\r\n",
+            hostile,
+        )
+        .await;
+        assert_eq!(status(&res), 400, "{hostile}: {res}");
+        assert!(!res.contains("root:"), "{res}");
+    }
+
+    let res = send(a, "GET", "/legacy", "", "").await;
+    assert_eq!(status(&res), 200, "{res}");
+    let lower = res.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/xml"), "{res}");
+    assert!(
+        !lower.contains("etag:"),
+        "the upstream's validator no longer applies: {res}"
+    );
+    let xml = body_of(&res);
+    assert!(
+        xml.contains("<id>7</id>") && xml.contains("<items>a</items><items>b</items>"),
+        "{xml}"
+    );
+    assert!(!xml.contains("s3cr3t"), "{xml}");
+    assert_eq!(
+        json_api.last_request().headers["accept-encoding"],
+        "identity",
+        "a body to transform is asked for uncompressed"
+    );
+}
+
+#[tokio::test]
+async fn versions_pick_the_upstream_and_lifecycle_from_path_header_or_accept() {
+    let v1 = TestUpstream::fixed("v1").await;
+    let v2 = TestUpstream::fixed("v2").await;
+    let gw = start(
+        &format!(
+            "  v1:\n    endpoints: [\"{}\"]\n  v2:\n    endpoints: [\"{}\"]\n",
+            v1.addr(),
+            v2.addr()
+        ),
+        "  - name: orders\n    upstream: v2\n    versions:\n      from:\n        - path: { pattern: \"v{version}\", strip: true }\n        - header: api-version\n        - accept: application/vnd.shop.v{version}+json\n      default: \"2\"\n      map:\n        \"1\": { upstream: v1, deprecated_at: 2026-01-01, sunset_at: 2099-01-01, successor: /v2/orders }\n        \"2\": {}\n        \"0\": { upstream: v1, sunset_at: 2020-01-01 }\n",
+    );
+    let a = addr(&gw);
+    let res = send(a, "GET", "/v1/orders?x=1", "", "").await;
+    assert_eq!(body_of(&res), "v1", "{res}");
+    assert_eq!(
+        v1.last_request().uri,
+        "/orders?x=1",
+        "the version segment is stripped"
+    );
+    let lower = res.to_ascii_lowercase();
+    assert!(lower.contains("deprecation: @1767225600"), "{res}");
+    assert!(
+        lower.contains("sunset:") && lower.contains("successor-version"),
+        "{res}"
+    );
+    assert!(lower.contains("vary: api-version, accept"), "{res}");
+
+    assert_eq!(
+        body_of(&send(a, "GET", "/orders", "api-version: 1\r\n", "").await),
+        "v1"
+    );
+    let accept = "accept: application/vnd.shop.v1+json;q=0.4, application/vnd.shop.v2+json\r\n";
+    assert_eq!(body_of(&send(a, "GET", "/orders", accept, "").await), "v2");
+    let res = send(a, "GET", "/orders", "", "").await;
+    assert_eq!(body_of(&res), "v2", "the default");
+    assert!(!res.to_ascii_lowercase().contains("deprecation:"), "{res}");
+    assert_eq!(v2.last_request().uri, "/orders");
+
+    // Unknown versions: 404 in the path, 400 in a header, 406 in Accept; retired: 410.
+    assert_eq!(status(&send(a, "GET", "/v9/orders", "", "").await), 404);
+    let res = send(a, "GET", "/orders", "api-version: 9\r\n", "").await;
+    assert_eq!(status(&res), 400, "{res}");
+    assert!(problem(&res)["versions"].is_array(), "{res}");
+    let res = send(
+        a,
+        "GET",
+        "/orders",
+        "accept: application/vnd.shop.v9+json\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status(&res), 406, "{res}");
+    assert_eq!(status(&send(a, "GET", "/v0/orders", "", "").await), 410);
+}
+
+#[test]
+fn bad_validation_transform_and_version_config_names_the_field() {
+    for (route, want) in [
+        (
+            "    validate: { body: { type: nope } }",
+            "routes[0].validate.body",
+        ),
+        (
+            "    validate: { body: { $ref: \"https://example.com/s.json\" } }",
+            "routes[0].validate.body",
+        ),
+        (
+            "    validate: { openapi: /nonexistent/api.yaml }",
+            "routes[0].validate.openapi",
+        ),
+        ("    validate: {}", "routes[0].validate"),
+        (
+            "    transform: { request_body: { json: { set: { \"no-slash\": 1 } } } }",
+            "routes[0].transform.request_body.json.set.no-slash",
+        ),
+        (
+            "    transform: { response_body: {} }",
+            "routes[0].transform.response_body",
+        ),
+        (
+            "    versions: { from: [ { header: \"bad header\" } ], map: { \"1\": {} } }",
+            "routes[0].versions.from[0]",
+        ),
+        (
+            "    versions: { from: [ { header: v } ], map: { \"1\": { upstream: nope } } }",
+            "routes[0].versions.map.1.upstream",
+        ),
+        (
+            "    versions: { from: [ { header: v } ], default: \"3\", map: { \"1\": {} } }",
+            "routes[0].versions",
+        ),
+        (
+            "    versions: { from: [ { header: v } ], map: { \"1\": { sunset_at: soon } } }",
+            "routes[0].versions.map.1.sunset_at",
+        ),
+    ] {
+        let yaml = format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  up:\n    endpoints: [\"127.0.0.1:1\"]\nroutes:\n  - name: r\n    upstream: up\n{route}\n"
+        );
+        let err = support::config_error(&yaml);
+        assert!(err.contains(want), "{route}: {err}");
+    }
+}
