@@ -938,6 +938,11 @@ fn compile_route(
             .as_ref()
             .and_then(|v| compile_validation(&field, v, issues))
             .map(Arc::new),
+        aggregate: rc
+            .aggregate
+            .as_ref()
+            .and_then(|a| compile_aggregate(&field, a, upstreams, issues))
+            .map(Arc::new),
         versions: rc
             .versions
             .as_ref()
@@ -1174,6 +1179,64 @@ fn compile_body_rules<T>(
         to_xml,
         max_bytes,
     })
+}
+
+/// A route's `aggregate` block.
+fn compile_aggregate(
+    field: &str,
+    spanned: &serde_saphyr::Spanned<crate::config::AggregateConfig>,
+    upstreams: &[Arc<UpstreamSpec>],
+    issues: &mut Issues,
+) -> Option<crate::router::Aggregation> {
+    use gateway_transform::{
+        aggregate::{Aggregate, Part, Policy},
+        rewrite::{PathRewrite, Rewrite},
+    };
+    let a = &spanned.value;
+    let at = format!("{field}.aggregate");
+    let mut b = Aggregate::builder().policy(match a.on_failure {
+        crate::config::AggregateFailureConfig::Fail => Policy::FailWhole,
+        crate::config::AggregateFailureConfig::Omit => Policy::OmitFailed,
+    });
+    if let Some(max) = a.max_bytes {
+        b = b.max_body(usize::try_from(max.0).unwrap_or(usize::MAX));
+    }
+    let mut calls = Vec::new();
+    let mut ok = true;
+    for (i, p) in a.parts.iter().enumerate() {
+        let timeout = p.timeout.map_or(Duration::from_secs(5), |t| t.0);
+        b = b.part(Part::new(p.name.clone(), timeout).required(p.required));
+        let Some(up) = upstreams.iter().position(|u| u.name == p.upstream) else {
+            issues.at(
+                spanned,
+                format!("{at}.parts[{i}].upstream"),
+                format!("unknown upstream `{}`", p.upstream),
+            );
+            ok = false;
+            continue;
+        };
+        match PathRewrite::template(&p.path) {
+            Ok(path) => calls.push((
+                up,
+                Rewrite {
+                    path: Some(path),
+                    ..Rewrite::default()
+                },
+            )),
+            Err(e) => {
+                issues.at(spanned, format!("{at}.parts[{i}].path"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    let aggregate = match b.build() {
+        Ok(agg) => agg,
+        Err(e) => {
+            issues.at(spanned, at, e.to_string());
+            return None;
+        }
+    };
+    ok.then_some(crate::router::Aggregation { aggregate, calls })
 }
 
 /// A route's `validate` block.

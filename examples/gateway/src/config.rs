@@ -1045,6 +1045,50 @@ pub enum ConvertConfig {
     JsonToXml,
 }
 
+/// Response aggregation: parts fetched concurrently, composed into one JSON object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The calls, one JSON section each.
+    pub parts: Vec<AggregatePartConfig>,
+    /// `fail` (default: any failed part fails the answer) or `omit` (failed optional parts are
+    /// left out and listed under `_errors`).
+    #[serde(default)]
+    pub on_failure: AggregateFailureConfig,
+    /// Largest part body read (default 1MiB).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+}
+
+/// One aggregated call: `GET path` on `upstream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatePartConfig {
+    /// The JSON key of its section.
+    pub name: String,
+    /// The upstream called.
+    pub upstream: String,
+    /// The path, a template (`/users/${path.id}`); values are encoded as one segment each.
+    pub path: String,
+    /// How long the call (its body included) may take (default 5s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// A failure fails the whole answer, whatever `on_failure` says.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// What a failed aggregated part does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateFailureConfig {
+    /// The answer is a `502`/`504` problem.
+    #[default]
+    Fail,
+    /// The part is left out and listed under `_errors`.
+    Omit,
+}
+
 /// Request validation.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1744,6 +1788,9 @@ pub struct RouteConfig {
     /// Request validation: JSON Schema for the body and parameters, or an OpenAPI document.
     #[serde(default)]
     pub validate: Option<Spanned<ValidateConfig>>,
+    /// Answer with one JSON object composed from several upstream calls made at once.
+    #[serde(default)]
+    pub aggregate: Option<Spanned<AggregateConfig>>,
     /// Remove the matched `path_prefix` before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,

@@ -407,6 +407,9 @@ impl Pipeline {
             .and_then(|u| upgrade_protocol(&u.0))
             .filter(|p| route.upgrades.contains(p));
         let mut res = match (upgrade, &route.cache) {
+            _ if route.aggregate.is_some() => {
+                Box::pin(self.aggregate(route, req, principal.as_ref())).await
+            }
             (Some(_), _) => Box::pin(self.tunnel(upstream, req)).await,
             (None, Some((cache, shared))) => {
                 // Owned, so a `stale-while-revalidate` refresh can run after the answer.
@@ -471,6 +474,53 @@ impl Pipeline {
             res.extensions_mut().insert(path);
         }
         (res, principal)
+    }
+
+    /// Answers with the route's aggregation: every part's `GET` at once, through its upstream's
+    /// own stack (bulkhead, breaker, retries), composed into one JSON object.
+    async fn aggregate(
+        &self,
+        route: &Route,
+        req: Request<ClientBody>,
+        principal: Option<&gateway_core::Principal>,
+    ) -> Response<ResponseBody> {
+        let Some(aggregation) = &route.aggregate else {
+            return self.forward(route.upstream, req).await;
+        };
+        let (parts, _body) = req.into_parts();
+        let ctx = transform_context(route, &parts, principal);
+        let mut headers = parts.headers.clone();
+        for h in [
+            http::header::CONTENT_LENGTH,
+            http::header::CONTENT_TYPE,
+            http::header::TRANSFER_ENCODING,
+            // Parts are read and re-encoded here: ask for them uncompressed.
+            http::header::ACCEPT_ENCODING,
+        ] {
+            headers.remove(h);
+        }
+        let composed = aggregation
+            .aggregate
+            .run(|i, _part| {
+                let target = aggregation
+                    .calls
+                    .get(i)
+                    .map(|(up, rw)| (*up, rw.apply("/", None, &ctx)));
+                let mut call = Request::new(ClientBody::buffered(Bytes::new()));
+                *call.headers_mut() = headers.clone();
+                *call.extensions_mut() = parts.extensions.clone();
+                async move {
+                    let (upstream, path) = match target {
+                        Some((up, Ok(path))) => (up, path),
+                        Some((_, Err(e))) => return Err(e.to_string()),
+                        None => return Err(String::from("no such part")),
+                    };
+                    *call.uri_mut() = Uri::from(path);
+                    Ok::<_, String>(self.forward(upstream, call).await)
+                }
+            })
+            .await;
+        composed.into_response().map(ResponseBody::boxed)
     }
 
     /// Proxies an upgrade request the route allows: the upstream gets it on a connection of its

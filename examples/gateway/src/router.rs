@@ -108,6 +108,8 @@ pub struct Route {
     pub(crate) response_body: Option<std::sync::Arc<crate::body::BodyRules>>,
     /// Request validation (`validate`).
     pub(crate) validation: Option<std::sync::Arc<crate::body::Validation>>,
+    /// Response aggregation (`aggregate`): the calls, their upstreams and paths.
+    pub(crate) aggregate: Option<std::sync::Arc<Aggregation>>,
     /// API versions (`versions`): selection, an upstream and a lifecycle per version.
     pub(crate) versions: Option<std::sync::Arc<Versions>>,
     /// Path and query rewrite (`transform.path`, `transform.query`), after every policy.
@@ -649,6 +651,7 @@ mod tests {
             response_body: None,
             validation: None,
             versions: None,
+            aggregate: None,
             uri_rewrite: None,
             lifecycle: None,
             rewrite: Rewrite::None,
@@ -953,4 +956,12 @@ pub(crate) struct Versions {
     )>,
     /// Request headers the version is read from (`Vary` on every answer).
     pub(crate) vary: Option<http::HeaderValue>,
+}
+
+/// A route's aggregation: the composition and, per part, its upstream and path.
+#[derive(Debug)]
+pub(crate) struct Aggregation {
+    pub(crate) aggregate: gateway_transform::aggregate::Aggregate,
+    /// (upstream index, path) per part, in part order.
+    pub(crate) calls: Vec<(usize, gateway_transform::rewrite::Rewrite)>,
 }

@@ -370,6 +370,18 @@ fn bad_validation_transform_and_version_config_names_the_field() {
             "    versions: { from: [ { header: v } ], map: { \"1\": { sunset_at: soon } } }",
             "routes[0].versions.map.1.sunset_at",
         ),
+        (
+            "    aggregate: { parts: [ { name: a, upstream: nope, path: /a } ] }",
+            "routes[0].aggregate.parts[0].upstream",
+        ),
+        (
+            "    aggregate: { parts: [ { name: a, upstream: up, path: \"/a?b\" } ] }",
+            "routes[0].aggregate.parts[0].path",
+        ),
+        (
+            "    aggregate: { parts: [ { name: a, upstream: up, path: /a }, { name: a, upstream: up, path: /b } ] }",
+            "routes[0].aggregate",
+        ),
     ] {
         let yaml = format!(
             "listeners:\n  - bind: 127.0.0.1:0\nupstreams:\n  up:\n    endpoints: [\"127.0.0.1:1\"]\nroutes:\n  - name: r\n    upstream: up\n{route}\n"
@@ -377,4 +389,54 @@ fn bad_validation_transform_and_version_config_names_the_field() {
         let err = support::config_error(&yaml);
         assert!(err.contains(want), "{route}: {err}");
     }
+}
+
+#[tokio::test]
+async fn aggregation_fans_out_and_composes_or_reports_failed_parts() {
+    let json = |body: &'static str| {
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            let mut res = http::Response::new(gateway_test::full(body));
+            res.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
+            res
+        }
+    };
+    let users = TestUpstream::start(json(r#"{"id":"42","name":"Ada"}"#)).await;
+    let orders = TestUpstream::start(json(r#"[{"id":1},{"id":2}]"#)).await;
+    let (stuck, _gate) = TestUpstream::gated().await;
+    let broken = TestUpstream::fixed("not json").await;
+    let gw = start(
+        &format!(
+            "  users:\n    endpoints: [\"{}\"]\n  orders:\n    endpoints: [\"{}\"]\n  stuck:\n    endpoints: [\"{}\"]\n  broken:\n    endpoints: [\"{}\"]\n",
+            users.addr(),
+            orders.addr(),
+            stuck.addr(),
+            broken.addr()
+        ),
+        "  - name: dashboard\n    match: { path_template: \"/dashboard/{id}\" }\n    upstream: users\n    aggregate:\n      on_failure: omit\n      parts:\n        - { name: user, upstream: users, path: \"/users/${path.id}\", required: true }\n        - { name: orders, upstream: orders, path: \"/users/${path.id}/orders\" }\n        - { name: recommendations, upstream: stuck, path: /recs, timeout: 200ms }\n  - name: strict\n    match: { path_template: \"/strict/{id}\" }\n    upstream: users\n    aggregate:\n      parts:\n        - { name: user, upstream: users, path: \"/users/${path.id}\" }\n        - { name: extra, upstream: broken, path: /x }\n",
+    );
+    let a = addr(&gw);
+    let res = send(a, "GET", "/dashboard/42", "x-trace-me: 1\r\n", "").await;
+    assert_eq!(status(&res), 200, "{res}");
+    let v: serde_json::Value = serde_json::from_str(body_of(&res)).unwrap();
+    assert_eq!(v["user"]["name"], "Ada");
+    assert_eq!(v["orders"][1]["id"], 2);
+    assert!(v.get("recommendations").is_none(), "{v}");
+    assert_eq!(v["_errors"]["recommendations"]["status"], 504, "{v}");
+    assert_eq!(users.last_request().uri, "/users/42");
+    assert_eq!(orders.last_request().uri, "/users/42/orders");
+    assert_eq!(
+        users.last_request().headers["x-trace-me"],
+        "1",
+        "the caller's headers go along"
+    );
+
+    // Under `fail`, one bad part fails the answer: a problem naming it, no upstream body echoed.
+    let res = send(a, "GET", "/strict/42", "", "").await;
+    assert_eq!(status(&res), 502, "{res}");
+    let p = problem(&res);
+    assert!(p["detail"].as_str().unwrap().contains("extra"), "{p}");
+    assert!(!res.contains("not json"), "{res}");
 }
