@@ -401,6 +401,8 @@ impl Pipeline {
                 HeaderValue::from_static("identity"),
             );
         }
+        // A `HEAD` answer has no body to transform (its headers describe the `GET` one).
+        let head = req.method() == http::Method::HEAD;
         let upgrade = req
             .extensions()
             .get::<UpgradeRequest>()
@@ -438,6 +440,7 @@ impl Pipeline {
             (None, None) => self.forward(upstream, req).await,
         };
         if let Some(rules) = &route.response_body
+            && !head
             && res.extensions().get::<gateway_core::Rejection>().is_none()
         {
             res = Box::pin(transform_response_body(rules, res)).await;

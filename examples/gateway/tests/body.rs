@@ -267,6 +267,9 @@ async fn json_bodies_are_edited_and_converted_to_and_from_xml() {
         "{xml}"
     );
     assert!(!xml.contains("s3cr3t"), "{xml}");
+    // HEAD has no body to transform: answered, not refused.
+    let head = send(a, "HEAD", "/legacy", "", "").await;
+    assert_eq!(status(&head), 200, "{head}");
     assert_eq!(
         json_api.last_request().headers["accept-encoding"],
         "identity",

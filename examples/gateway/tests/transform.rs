@@ -206,3 +206,31 @@ async fn paths_and_queries_are_rewritten_after_policy_and_the_rewritten_path_is_
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     assert_eq!(up.last_request().uri, "/v2/orders/7");
 }
+
+#[tokio::test]
+async fn the_access_log_shows_the_rewritten_path() {
+    let up = TestUpstream::fixed("ok").await;
+    let log = std::env::temp_dir().join(format!("gateway-rewrite-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{}\"]\nroutes:\n  - name: users\n    match: {{ path_template: \"/users/{{id}}\" }}\n    upstream: up\n    transform: {{ path: \"/internal/accounts/${{path.id}}\" }}\nobserve:\n  access_log:\n    to: \"{}\"\n",
+        up.addr(),
+        log.display()
+    );
+    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let res = request(addr(&gw), "/users/42", "").await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let mut line = String::new();
+    for _ in 0..200 {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let entry: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["path"], "/internal/accounts/42");
+    assert_eq!(entry["route"], "users");
+    let _ = std::fs::remove_file(&log);
+}

@@ -524,6 +524,10 @@ fn read_name(msg: &[u8], start: usize) -> Result<(String, usize), DnsError> {
                 let label = msg
                     .get(pos + 1..pos + 1 + usize::from(len))
                     .ok_or(DnsError::Malformed("cut short"))?;
+                // A label holding a dot would make two names compare equal.
+                if label.contains(&b'.') {
+                    return Err(DnsError::Malformed("a label holds a dot"));
+                }
                 if !name.is_empty() {
                     name.push('.');
                 }
