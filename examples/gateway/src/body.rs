@@ -258,8 +258,60 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> Problem {
         .reason(RejectReason::ValidationFailed, ResponseFlags::empty())
 }
 
+/// A request's one `Content-Type`, or a refusal when it has several (parsers disagree on which
+/// one counts).
+pub(crate) fn single_content_type(
+    headers: &HeaderMap,
+) -> Result<Option<&HeaderValue>, &'static str> {
+    let mut all = headers.get_all(header::CONTENT_TYPE).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err("several Content-Type fields");
+    }
+    Ok(first)
+}
+
+/// Whether a request body is coded (`Content-Encoding` other than `identity`): the gateway
+/// would read something else than the upstream decodes.
+pub(crate) fn is_coded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// Whether a request carries a body: a length above zero, or a stream that has not ended
+/// (chunked, or HTTP/2 without `Content-Length`; `Transfer-Encoding` itself is gone by now).
+pub(crate) fn carries_body(headers: &HeaderMap, body: Option<&ClientBody>) -> bool {
+    has_body(headers) || body.is_some_and(|b| !b.is_end_stream())
+}
+
+/// The declared length, when it is over `max`.
+fn declared_over(headers: &HeaderMap, max: usize) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+}
+
+fn too_large(max: usize) -> Problem {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
+        .detail(format!(
+            "the body is larger than this route accepts ({max} bytes)"
+        ))
+        .reason(RejectReason::PayloadTooLarge, ResponseFlags::empty())
+}
+
+fn unsupported(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        .detail(detail)
+        .reason(RejectReason::ValidationFailed, ResponseFlags::empty())
+}
+
 impl Validation {
-    /// Checks a request; reads its body when a schema needs it.
+    /// Checks a request: the operation (OpenAPI) and parameters first, then the body, read
+    /// only when a schema needs it.
     pub(crate) async fn check(
         &self,
         parts: &http::request::Parts,
@@ -267,28 +319,55 @@ impl Validation {
         body: &mut Option<ClientBody>,
     ) -> Checked {
         let query = parts.uri.query();
-        let content_type = parts.headers.get(header::CONTENT_TYPE);
-        let announced = has_body(&parts.headers);
-        let needs_body = self.body.is_some() || self.openapi.is_some();
+        let content_type = match single_content_type(&parts.headers) {
+            Ok(ct) => ct,
+            Err(why) => return Checked::Refused(problem(StatusCode::BAD_REQUEST, why)),
+        };
+        let announced = carries_body(&parts.headers, body.as_ref());
+        // The cheap checks first: no body is read for a request refused anyway.
+        let op = match &self.openapi {
+            Some(api) => match api.find(&parts.method, parts.uri.path()) {
+                Some(found) => Some(found),
+                None => {
+                    return Checked::Refused(problem(
+                        StatusCode::NOT_FOUND,
+                        "no operation of the API description matches this method and path",
+                    ));
+                }
+            },
+            None => None,
+        };
+        if !self.params.is_empty()
+            && let Err(v) = validate_params(&self.params, query, params, &parts.headers)
+        {
+            return Checked::Refused(refused(&v));
+        }
+        let needs_body = self.body.is_some() || op.is_some();
         let mut bytes = None;
         let mut value = None;
         if needs_body && announced {
-            // A body claiming JSON is read as JSON whatever its parameters; anything else on a
-            // validated route is 415 (OpenAPI: unless the operation declares it, see below).
-            let json = content_type.is_some_and(|ct| is_json_media_type(ct) && json_charset_ok(ct));
-            if json {
+            if is_coded(&parts.headers) {
+                return Checked::Refused(unsupported(
+                    "coded (compressed) request bodies are not accepted on this route",
+                ));
+            }
+            if declared_over(&parts.headers, self.max_bytes) {
+                return Checked::Refused(too_large(self.max_bytes));
+            }
+            // A body claiming JSON is read as JSON whatever its parameters; one that claims
+            // JSON in another charset, or anything else without an API description that
+            // declares it, is 415.
+            let claims_json = content_type.is_some_and(is_json_media_type);
+            if claims_json && !content_type.is_some_and(json_charset_ok) {
+                return Checked::Refused(unsupported("JSON bodies must be UTF-8"));
+            }
+            if claims_json {
                 let Some(b) = body.take() else {
                     return Checked::Refused(problem(StatusCode::BAD_REQUEST, "no body"));
                 };
                 let read = match read_whole(b, self.max_bytes).await {
                     Ok(read) => read,
-                    Err(ReadError::TooLarge) => {
-                        return Checked::Refused(
-                            Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
-                                .detail(format!("the body is larger than {} bytes", self.max_bytes))
-                                .reason(RejectReason::PayloadTooLarge, ResponseFlags::empty()),
-                        );
-                    }
+                    Err(ReadError::TooLarge) => return Checked::Refused(too_large(self.max_bytes)),
                     Err(ReadError::Failed) => {
                         return Checked::Refused(problem(
                             StatusCode::BAD_REQUEST,
@@ -310,30 +389,17 @@ impl Validation {
                     }
                 }
                 bytes = Some(read);
-            } else if self.openapi.is_none() {
-                return Checked::Refused(
-                    Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-                        .detail("this route accepts `application/json` bodies (UTF-8)")
-                        .reason(RejectReason::ValidationFailed, ResponseFlags::empty()),
-                );
+            } else if op.is_none() {
+                return Checked::Refused(unsupported(
+                    "this route accepts `application/json` bodies (UTF-8)",
+                ));
             }
         }
-        if let Some(api) = &self.openapi {
-            let Some((op, op_params)) = api.find(&parts.method, parts.uri.path()) else {
-                return Checked::Refused(problem(
-                    StatusCode::NOT_FOUND,
-                    "no operation of the API description matches this method and path",
-                ));
-            };
+        if let Some((op, op_params)) = &op {
             let ct = if announced { content_type } else { None };
-            if let Err(v) = op.validate(query, &op_params, &parts.headers, value.as_ref(), ct) {
+            if let Err(v) = op.validate(query, op_params, &parts.headers, value.as_ref(), ct) {
                 return Checked::Refused(refused(&v));
             }
-        }
-        if !self.params.is_empty()
-            && let Err(v) = validate_params(&self.params, query, params, &parts.headers)
-        {
-            return Checked::Refused(refused(&v));
         }
         if let Some(schema) = &self.body {
             match &value {
@@ -342,12 +408,18 @@ impl Validation {
                         return Checked::Refused(refused(&v));
                     }
                 }
-                None => {
+                // Methods that carry a body must send one; others may go without.
+                None if matches!(
+                    parts.method,
+                    http::Method::POST | http::Method::PUT | http::Method::PATCH
+                ) =>
+                {
                     return Checked::Refused(problem(
                         StatusCode::BAD_REQUEST,
                         "this route needs a JSON body",
                     ));
                 }
+                None => {}
             }
         }
         Checked::Valid(bytes)

@@ -941,7 +941,7 @@ fn compile_route(
         aggregate: rc
             .aggregate
             .as_ref()
-            .and_then(|a| compile_aggregate(&field, a, upstreams, issues))
+            .and_then(|a| compile_aggregate(&field, a, rc, upstreams, issues))
             .map(Arc::new),
         versions: rc
             .versions
@@ -1185,6 +1185,7 @@ fn compile_body_rules<T>(
 fn compile_aggregate(
     field: &str,
     spanned: &serde_saphyr::Spanned<crate::config::AggregateConfig>,
+    rc: &crate::config::RouteConfig,
     upstreams: &[Arc<UpstreamSpec>],
     issues: &mut Issues,
 ) -> Option<crate::router::Aggregation> {
@@ -1194,6 +1195,15 @@ fn compile_aggregate(
     };
     let a = &spanned.value;
     let at = format!("{field}.aggregate");
+    if rc.split.is_some() || rc.versions.is_some() || rc.cache.is_some() || !rc.upgrades.is_empty()
+    {
+        issues.at(
+            spanned,
+            at,
+            "an aggregating route answers itself: it has no `split`, `versions`, `cache` or `upgrades`",
+        );
+        return None;
+    }
     let mut b = Aggregate::builder().policy(match a.on_failure {
         crate::config::AggregateFailureConfig::Fail => Policy::FailWhole,
         crate::config::AggregateFailureConfig::Omit => Policy::OmitFailed,

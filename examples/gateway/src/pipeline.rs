@@ -320,7 +320,7 @@ impl Pipeline {
         // A split picks the upstream (after the policies: a tester's override header does not
         // skip them).
         let upstream = match (&route.split, version) {
-            (_, Some((up, _))) => up,
+            (_, Some((up, _, _))) => up,
             (Some(split), None) => split.choose(&mut req),
             (None, None) => route.upstream,
         };
@@ -387,19 +387,28 @@ impl Pipeline {
             req = Request::from_parts(parts, body);
         }
         if let Some(rules) = &route.request_body
-            && rules.applies(req.headers().get(http::header::CONTENT_TYPE))
+            && (rules.applies(req.headers().get(http::header::CONTENT_TYPE))
+                || req
+                    .headers()
+                    .get_all(http::header::CONTENT_TYPE)
+                    .iter()
+                    .count()
+                    > 1)
         {
             req = match Box::pin(transform_request_body(rules, req)).await {
                 Ok(req) => req,
                 Err(res) => return (res, principal),
             };
         }
-        // A response body to transform must come uncompressed.
+        // A response body to transform must come whole and uncompressed.
         if route.response_body.is_some() {
-            req.headers_mut().insert(
+            let headers = req.headers_mut();
+            headers.insert(
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            headers.remove(http::header::RANGE);
+            headers.remove(http::header::IF_RANGE);
         }
         // A `HEAD` answer has no body to transform (its headers describe the `GET` one).
         let head = req.method() == http::Method::HEAD;
@@ -423,7 +432,13 @@ impl Pipeline {
                 // On a split route each side has its own entries: a canary's answer is never
                 // served to the stable side.
                 let caller = principal.as_ref().filter(|_| !shared).map(|p| p.subject());
-                let side = route.split.as_ref().map(|_| upstream);
+                // Each API version has its own entries too (the key may not show it: a
+                // stripped path segment, a header, `Accept`).
+                let side = match (version, &route.split) {
+                    (Some((_, _, name)), _) => Some(format!("v={name}")),
+                    (None, Some(_)) => Some(upstream.to_string()),
+                    (None, None) => None,
+                };
                 let res = match (caller, side) {
                     (None, None) => Box::pin(cache.serve(req, origin)).await,
                     (Some(p), None) => Box::pin(cache.serve_scoped(req, p, origin)).await,
@@ -465,7 +480,7 @@ impl Pipeline {
         if let Some(lifecycle) = &route.lifecycle {
             lifecycle.annotate(res.headers_mut());
         }
-        if let Some((_, lifecycle)) = version {
+        if let Some((_, lifecycle, _)) = version {
             if let Some(lifecycle) = lifecycle {
                 lifecycle.annotate(res.headers_mut());
             }
@@ -490,18 +505,43 @@ impl Pipeline {
         let Some(aggregation) = &route.aggregate else {
             return self.forward(route.upstream, req).await;
         };
+        if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            let mut res = reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                RejectReason::BadRequest,
+                ResponseFlags::empty(),
+                "this route composes its answer from GET requests: use GET or HEAD",
+            );
+            res.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return res;
+        }
         let (parts, _body) = req.into_parts();
         let ctx = transform_context(route, &parts, principal);
         let mut headers = parts.headers.clone();
+        // Each part is a request of its own to another service: no body, no conditions or
+        // ranges meant for the composed answer, no client `Host`.
         for h in [
+            http::header::HOST,
             http::header::CONTENT_LENGTH,
             http::header::CONTENT_TYPE,
+            http::header::CONTENT_ENCODING,
             http::header::TRANSFER_ENCODING,
-            // Parts are read and re-encoded here: ask for them uncompressed.
-            http::header::ACCEPT_ENCODING,
+            http::header::EXPECT,
+            http::header::RANGE,
+            http::header::IF_RANGE,
+            http::header::IF_MATCH,
+            http::header::IF_NONE_MATCH,
+            http::header::IF_MODIFIED_SINCE,
+            http::header::IF_UNMODIFIED_SINCE,
         ] {
             headers.remove(h);
         }
+        // Parts are read and re-encoded here: ask for them uncompressed.
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let composed = aggregation
             .aggregate
             .run(|i, _part| {
@@ -855,12 +895,19 @@ fn transform_context<'a>(
 fn select_version<'r>(
     versions: &'r crate::router::Versions,
     req: &mut Request<ClientBody>,
-) -> Result<(usize, Option<&'r gateway_transform::lifecycle::Lifecycle>), Response<ResponseBody>> {
+) -> Result<
+    (
+        usize,
+        Option<&'r gateway_transform::lifecycle::Lifecycle>,
+        &'r str,
+    ),
+    Response<ResponseBody>,
+> {
     let selected = versions
         .selector
         .select(req.uri().path(), req.uri().query(), req.headers())
         .map_err(|e| versions.selector.problem(&e).into_response())?;
-    let Some((_, upstream, lifecycle)) = versions
+    let Some((name, upstream, lifecycle)) = versions
         .entries
         .iter()
         .find(|(name, _, _)| *name == selected.version)
@@ -888,7 +935,7 @@ fn select_version<'r>(
             *req.uri_mut() = Uri::from(pq);
         }
     }
-    Ok((*upstream, lifecycle.as_ref()))
+    Ok((*upstream, lifecycle.as_ref(), name.as_str()))
 }
 
 /// Reads, edits or converts a request body (`transform.request_body`).
@@ -897,6 +944,22 @@ async fn transform_request_body(
     req: Request<ClientBody>,
 ) -> Result<Request<ClientBody>, Response<ResponseBody>> {
     let (mut parts, body) = req.into_parts();
+    if crate::body::single_content_type(&parts.headers).is_err() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            RejectReason::BadRequest,
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "several Content-Type fields",
+        ));
+    }
+    if crate::body::is_coded(&parts.headers) {
+        return Err(reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RejectReason::TransformFailed,
+            ResponseFlags::empty(),
+            "coded (compressed) request bodies are not accepted on this route",
+        ));
+    }
     let bytes = match crate::body::read_whole(body, rules.max_bytes).await {
         Ok(bytes) => bytes,
         Err(crate::body::ReadError::TooLarge) => {
@@ -916,9 +979,15 @@ async fn transform_request_body(
             ));
         }
     };
+    // No body (a GET with a JSON type, say): nothing to transform.
+    if bytes.is_empty() {
+        return Ok(Request::from_parts(parts, ClientBody::buffered(bytes)));
+    }
     match rules.apply(&bytes) {
         Ok((body, content_type)) => {
             set_body_headers(&mut parts.headers, body.len(), content_type);
+            // Nothing to wait for: the body is already here.
+            parts.headers.remove(http::header::EXPECT);
             Ok(Request::from_parts(parts, ClientBody::buffered(body)))
         }
         Err(e) => Err(reject(
@@ -937,15 +1006,6 @@ async fn transform_response_body(
     res: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let status = res.status();
-    // Nothing to transform: no body, or part of one.
-    if matches!(
-        status,
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
-    ) || !rules.applies(res.headers().get(http::header::CONTENT_TYPE))
-    {
-        return res;
-    }
-    let (mut parts, body) = res.into_parts();
     let failed = |detail: &str| {
         reject(
             StatusCode::BAD_GATEWAY,
@@ -954,6 +1014,28 @@ async fn transform_response_body(
             detail,
         )
     };
+    // Nothing to transform: no body.
+    if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || res
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|l| l == "0")
+    {
+        return res;
+    }
+    // `Range` was not forwarded: a partial answer cannot be transformed, nor passed unedited.
+    if status == StatusCode::PARTIAL_CONTENT {
+        return failed("the upstream answered part of a body, which cannot be transformed");
+    }
+    if !rules.applies(res.headers().get(http::header::CONTENT_TYPE)) {
+        // Edits (a removed secret, say) are never skipped on a successful answer because the
+        // upstream chose another type (`Accept: application/xml`); errors pass as they are.
+        if status.is_success() && !rules.edits.is_empty() {
+            return failed("the upstream answered a type this route cannot edit");
+        }
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
     if parts
         .headers
         .get(http::header::CONTENT_ENCODING)
@@ -970,14 +1052,28 @@ async fn transform_response_body(
             return failed("the upstream's answer could not be read");
         }
     };
+    if bytes.is_empty() {
+        return Response::from_parts(parts, ResponseBody::full(bytes));
+    }
     match rules.apply(&bytes) {
         Ok((body, content_type)) => {
             set_body_headers(&mut parts.headers, body.len(), content_type);
-            // The representation changed: the upstream's validators no longer describe it.
-            parts.headers.remove(http::header::ETAG);
-            parts.headers.remove(http::header::LAST_MODIFIED);
+            // The representation changed: the upstream's validators and digests no longer
+            // describe it, and ranges of it are not offered.
+            for h in [
+                "etag",
+                "last-modified",
+                "accept-ranges",
+                "content-md5",
+                "content-digest",
+                "repr-digest",
+            ] {
+                parts.headers.remove(h);
+            }
             Response::from_parts(parts, ResponseBody::full(body))
         }
+        // An error answer that cannot be transformed stays the upstream's error.
+        Err(_) if !status.is_success() => Response::from_parts(parts, ResponseBody::full(bytes)),
         Err(_) => failed("the upstream's answer could not be transformed"),
     }
 }
@@ -985,6 +1081,7 @@ async fn transform_response_body(
 /// After a body was replaced: its length, its type, no transfer coding.
 fn set_body_headers(headers: &mut http::HeaderMap, len: usize, content_type: Option<&'static str>) {
     headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(http::header::CONTENT_ENCODING);
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Some(ct) = content_type {
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));

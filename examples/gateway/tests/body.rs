@@ -374,6 +374,10 @@ fn bad_validation_transform_and_version_config_names_the_field() {
             "routes[0].versions.map.1.sunset_at",
         ),
         (
+            "    cache: {}\n    aggregate: { parts: [ { name: a, upstream: up, path: /a } ] }",
+            "routes[0].aggregate",
+        ),
+        (
             "    aggregate: { parts: [ { name: a, upstream: nope, path: /a } ] }",
             "routes[0].aggregate.parts[0].upstream",
         ),
@@ -442,4 +446,156 @@ async fn aggregation_fans_out_and_composes_or_reports_failed_parts() {
     let p = problem(&res);
     assert!(p["detail"].as_str().unwrap().contains("extra"), "{p}");
     assert!(!res.contains("not json"), "{res}");
+}
+
+/// A request whose body is sent chunked (no `Content-Length`).
+async fn send_chunked(gw: std::net::SocketAddr, path: &str, headers: &str, body: &str) -> String {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: shop\r\n{headers}transfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    raw_exchange(gw, req.as_bytes()).await
+}
+
+#[tokio::test]
+async fn validation_cannot_be_sidestepped_by_framing_coding_or_content_type() {
+    let up = TestUpstream::echo().await;
+    let dir = std::env::temp_dir().join(format!("gateway-openapi-bypass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = dir.join("api.json");
+    std::fs::write(
+        &doc,
+        r#"{"openapi":"3.1.0","info":{"title":"t","version":"1"},"paths":{"/notes":{"post":{"requestBody":{"required":false,"content":{"application/json":{"schema":{"type":"object","required":["text"]}}}},"responses":{"200":{"description":"ok"}}}}}}"#,
+    )
+    .unwrap();
+    let gw = start(
+        &one_upstream(up.addr()),
+        &format!(
+            "  - name: orders\n    match: {{ path_prefix: /orders }}\n    upstream: up\n    validate:\n      body: {{ type: object, required: [name] }}\n  - name: notes\n    match: {{ path_prefix: /notes }}\n    upstream: up\n    validate: {{ openapi: \"{}\" }}\n",
+            doc.display()
+        ),
+    );
+    let a = addr(&gw);
+    // Chunked bodies are validated like any other.
+    let res = send_chunked(a, "/orders", JSON, r#"{"other":1}"#).await;
+    assert_eq!(status(&res), 422, "{res}");
+    let res = send_chunked(a, "/orders", JSON, r#"{"name":"tea"}"#).await;
+    assert_eq!(status(&res), 200, "{res}");
+    assert!(res.ends_with(r#"{"name":"tea"}"#), "{res}");
+    let res = send_chunked(a, "/notes", JSON, r#"{"other":1}"#).await;
+    assert_eq!(
+        status(&res),
+        422,
+        "an optional body is still checked when sent: {res}"
+    );
+    // A coded body, a second Content-Type, JSON in another charset: refused, not waved through.
+    let res = send(
+        a,
+        "POST",
+        "/orders",
+        "content-type: application/json\r\ncontent-encoding: br\r\n",
+        r#"{"name":"tea"}"#,
+    )
+    .await;
+    assert_eq!(status(&res), 415, "{res}");
+    let res = send(
+        a,
+        "POST",
+        "/orders",
+        "content-type: application/json\r\ncontent-type: text/plain\r\n",
+        r#"{"name":"tea"}"#,
+    )
+    .await;
+    assert_eq!(status(&res), 400, "{res}");
+    let res = send(
+        a,
+        "POST",
+        "/notes",
+        "content-type: application/json; charset=latin1\r\n",
+        r#"{"other":1}"#,
+    )
+    .await;
+    assert_eq!(status(&res), 415, "{res}");
+    // A declared length over the cap is refused before anything is read.
+    let res = raw_exchange(
+        a,
+        b"POST /orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\ncontent-length: 99999999\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&res), 413, "{res}");
+    // Methods without a body may go without one.
+    assert_eq!(status(&send(a, "GET", "/orders", JSON, "").await), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn response_edits_are_never_skipped_and_versions_keep_their_own_cache_entries() {
+    let json_api = TestUpstream::start(|req: http::Request<hyper::body::Incoming>| async move {
+        // An upstream that honours `Accept` and ranges, as many frameworks do.
+        let xml = req
+            .headers()
+            .get("accept")
+            .is_some_and(|a| a.as_bytes().starts_with(b"application/xml"));
+        let mut res = http::Response::new(gateway_test::full(if xml {
+            "<order><secret>s3cr3t</secret></order>"
+        } else {
+            r#"{"order":{"id":"7","secret":"s3cr3t"}}"#
+        }));
+        if req.headers().contains_key("range") {
+            *res.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+        }
+        res.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static(if xml {
+                "application/xml"
+            } else {
+                "application/json"
+            }),
+        );
+        res.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("max-age=60"),
+        );
+        res
+    })
+    .await;
+    let v1 = TestUpstream::fixed("v1").await;
+    let v2 = TestUpstream::fixed("v2").await;
+    let gw = start(
+        &format!(
+            "  api:\n    endpoints: [\"{}\"]\n  v1:\n    endpoints: [\"{}\"]\n  v2:\n    endpoints: [\"{}\"]\n",
+            json_api.addr(),
+            v1.addr(),
+            v2.addr()
+        ),
+        "  - name: redacted\n    match: { path_prefix: /orders }\n    upstream: api\n    transform:\n      response_body: { json: { remove: [/order/secret] } }\n  - name: versioned\n    match: { path_prefix: /api }\n    upstream: v2\n    cache: { default_ttl: 1h }\n    versions:\n      from: [ { header: api-version } ]\n      default: \"2\"\n      map: { \"1\": { upstream: v1 }, \"2\": {} }\n  - name: fanout\n    match: { path_prefix: /dash }\n    upstream: api\n    aggregate: { parts: [ { name: o, upstream: api, path: /orders } ] }\n",
+    );
+    let a = addr(&gw);
+    let res = send(a, "GET", "/orders", "range: bytes=0-\r\n", "").await;
+    assert_eq!(status(&res), 200, "{res}");
+    assert!(!res.contains("s3cr3t"), "{res}");
+    assert!(!json_api.last_request().headers.contains_key("range"));
+    let res = send(a, "GET", "/orders", "accept: application/xml\r\n", "").await;
+    assert_eq!(status(&res), 502, "{res}");
+    assert!(!res.contains("s3cr3t"), "{res}");
+
+    assert_eq!(
+        body_of(&send(a, "GET", "/api/x", "api-version: 1\r\n", "").await),
+        "v1"
+    );
+    assert_eq!(
+        body_of(&send(a, "GET", "/api/x", "api-version: 2\r\n", "").await),
+        "v2"
+    );
+    assert_eq!(
+        body_of(&send(a, "GET", "/api/x", "api-version: 1\r\n", "").await),
+        "v1"
+    );
+
+    let res = send(a, "POST", "/dash", JSON, "{}").await;
+    assert_eq!(status(&res), 405, "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("allow: get, head"),
+        "{res}"
+    );
 }
