@@ -86,7 +86,7 @@ use http::{StatusCode, uri::PathAndQuery};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use regex::{Regex, RegexBuilder};
 
-use crate::template::{Context, Template, TemplateError};
+use crate::template::{Context, Template, TemplateError, Token};
 
 /// The longest path and query a rewrite produces, in bytes.
 pub const MAX_LEN: usize = 16 * 1024;
@@ -258,44 +258,15 @@ impl PathTemplate {
             )));
         }
         let mut pieces = Vec::new();
-        let mut text = String::new();
-        let mut rest = source;
-        while let Some(at) = rest.find('$') {
-            text.push_str(rest.get(..at).unwrap_or_default());
-            let after = rest.get(at + 1..).unwrap_or_default();
-            if let Some(tail) = after.strip_prefix('$') {
-                text.push('$');
-                rest = tail;
-                continue;
-            }
-            let Some(inner) = after.strip_prefix('{') else {
-                text.push('$');
-                rest = after;
-                continue;
-            };
-            let Some((name, tail)) = inner.split_once('}') else {
-                return Err(RewriteError::Template(TemplateError::Syntax(format!(
-                    "unclosed `${{` in `{source}`"
-                ))));
-            };
-            if !text.is_empty() {
-                pieces.push(literal(std::mem::take(&mut text), source)?);
-            }
-            let name = name.trim();
-            if name == "path" {
-                pieces.push(Piece::WholePath);
-            } else {
-                let template = Template::parse(&format!("${{{name}}}"))?;
-                pieces.push(Piece::Value {
+        for token in crate::template::tokenize(source)? {
+            match token {
+                Token::Text(text) => pieces.push(literal(text, source)?),
+                Token::Var("path") => pieces.push(Piece::WholePath),
+                Token::Var(name) => pieces.push(Piece::Value {
                     name: name.to_owned(),
-                    template,
-                });
+                    template: Template::parse(&format!("${{{name}}}"))?,
+                }),
             }
-            rest = tail;
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            pieces.push(literal(text, source)?);
         }
         Ok(Self {
             source: source.to_owned(),

@@ -97,6 +97,51 @@ enum Part {
     Header(HeaderName),
 }
 
+/// A piece of a template's source: literal text, or a `${variable}` name (trimmed).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Token<'s> {
+    Text(String),
+    Var(&'s str),
+}
+
+/// Splits a template's source (the one syntax every template shares: `$$` is a literal `$`, a
+/// `$` not followed by `{` is literal, `${name}` is a variable).
+pub(crate) fn tokenize(source: &str) -> Result<Vec<Token<'_>>, TemplateError> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut rest = source;
+    // `$` is ASCII: every index `find` gives is a character boundary.
+    while let Some(at) = rest.find('$') {
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            text.push('$');
+            rest = tail;
+            continue;
+        }
+        let Some(inner) = after.strip_prefix('{') else {
+            text.push('$');
+            rest = after;
+            continue;
+        };
+        let Some((name, tail)) = inner.split_once('}') else {
+            return Err(TemplateError::Syntax(format!(
+                "unclosed `${{` in `{source}`"
+            )));
+        };
+        if !text.is_empty() {
+            out.push(Token::Text(std::mem::take(&mut text)));
+        }
+        out.push(Token::Var(name.trim()));
+        rest = tail;
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        out.push(Token::Text(text));
+    }
+    Ok(out)
+}
+
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
@@ -114,38 +159,18 @@ impl Template {
     /// that is not a valid header value.
     pub fn parse(source: &str) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = source;
-        while let Some(at) = rest.find('$') {
-            text.push_str(&rest[..at]);
-            let after = &rest[at + 1..];
-            if let Some(tail) = after.strip_prefix('$') {
-                text.push('$');
-                rest = tail;
-                continue;
+        for token in tokenize(source)? {
+            match token {
+                Token::Text(text) => {
+                    if HeaderValue::from_str(&text).is_err() {
+                        return Err(TemplateError::Syntax(format!(
+                            "`{source}` is not a valid header value"
+                        )));
+                    }
+                    parts.push(Part::Text(text));
+                }
+                Token::Var(name) => parts.push(variable(name)?),
             }
-            let Some(inner) = after.strip_prefix('{') else {
-                text.push('$');
-                rest = after;
-                continue;
-            };
-            let end = inner
-                .find('}')
-                .ok_or_else(|| TemplateError::Syntax(format!("unclosed `${{` in `{source}`")))?;
-            if !text.is_empty() {
-                parts.push(Part::Text(std::mem::take(&mut text)));
-            }
-            parts.push(variable(inner[..end].trim())?);
-            rest = &inner[end + 1..];
-        }
-        text.push_str(rest);
-        if !text.is_empty() {
-            if HeaderValue::from_str(&text).is_err() {
-                return Err(TemplateError::Syntax(format!(
-                    "`{source}` is not a valid header value"
-                )));
-            }
-            parts.push(Part::Text(text));
         }
         let fixed = match parts.as_slice() {
             [] => Some(HeaderValue::from_static("")),

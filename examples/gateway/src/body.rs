@@ -6,11 +6,6 @@
 //! (duplicate keys, depth, lone surrogates and integers that would lose precision are refused),
 //! and forwarded from memory with a fresh `Content-Length`.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use bytes::Bytes;
 use gateway_core::{Problem, RejectReason, ResponseFlags};
 use gateway_transform::{
@@ -20,77 +15,22 @@ use gateway_transform::{
     xml::{JsonToXml, XmlLimits, json_to_xml, xml_to_json},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxError = gateway_core::BoxError;
 
-pin_project_lite::pin_project! {
-    /// A request body on its way upstream: the client's, streamed (limited to
-    /// `limits.max_body_bytes`), or one a route read whole (validated, transformed).
-    #[project = ClientBodyProj]
-    #[derive(Debug)]
-    pub enum ClientBody {
-        /// Streamed from the client.
-        Streamed {
-            #[pin]
-            body: Limited<Incoming>,
-        },
-        /// Read whole.
-        Buffered {
-            data: Option<Bytes>,
-        },
-    }
+use crate::pipeline::ClientBody;
+
+/// The client's body, streamed, at most `max` bytes.
+pub(crate) fn streamed(body: Incoming, max: usize) -> ClientBody {
+    ClientBody::streaming(Limited::new(body, max))
 }
 
-impl ClientBody {
-    /// The client's body, streamed, at most `max` bytes.
-    pub(crate) fn streamed(body: Incoming, max: usize) -> Self {
-        Self::Streamed {
-            body: Limited::new(body, max),
-        }
-    }
-
-    /// A body held in memory.
-    pub(crate) fn buffered(data: Bytes) -> Self {
-        Self::Buffered {
-            data: (!data.is_empty()).then_some(data),
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ClientBodyProj::Streamed { body } => body.poll_frame(cx),
-            ClientBodyProj::Buffered { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Streamed { body } => body.is_end_stream(),
-            Self::Buffered { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Streamed { body } => body.size_hint(),
-            Self::Buffered { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
+/// A body held in memory.
+pub(crate) fn buffered(data: Bytes) -> ClientBody {
+    ClientBody::buffered(data)
 }
 
 /// Why a body could not be read whole.

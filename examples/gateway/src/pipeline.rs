@@ -32,8 +32,10 @@ use crate::{
     router::{Route, rewrite_path},
 };
 
-/// The client's body, counted against `limits.max_body_bytes` while it streams.
-pub type ClientBody = crate::body::ClientBody;
+/// A request body on its way upstream: the client's, streamed (limited to
+/// `limits.max_body_bytes`), or one a route read whole (validated, transformed). The retry
+/// layer's body is exactly that choice, so it serves here too.
+pub type ClientBody = ReplayBody<http_body_util::Limited<Incoming>>;
 
 /// The request body type forwarded upstream: the client's body, streamed through, or buffered by
 /// the retry layer for replay.
@@ -338,9 +340,9 @@ impl Pipeline {
                 }
                 crate::body::Checked::Valid(read) => {
                     let body = match (read, body) {
-                        (Some(bytes), _) => ClientBody::buffered(bytes),
+                        (Some(bytes), _) => crate::body::buffered(bytes),
                         (None, Some(body)) => body,
-                        (None, None) => ClientBody::buffered(Bytes::new()),
+                        (None, None) => crate::body::buffered(Bytes::new()),
                     };
                     req = Request::from_parts(parts, body);
                 }
@@ -549,7 +551,7 @@ impl Pipeline {
                     .calls
                     .get(i)
                     .map(|(up, rw)| (*up, rw.apply("/", None, &ctx)));
-                let mut call = Request::new(ClientBody::buffered(Bytes::new()));
+                let mut call = Request::new(crate::body::buffered(Bytes::new()));
                 *call.headers_mut() = headers.clone();
                 *call.extensions_mut() = parts.extensions.clone();
                 async move {
@@ -766,7 +768,7 @@ impl Pipeline {
         let max = usize::try_from(limits.max_body_bytes.0).unwrap_or(usize::MAX);
         Ok((
             route,
-            Request::from_parts(parts, ClientBody::streamed(body, max)),
+            Request::from_parts(parts, crate::body::streamed(body, max)),
         ))
     }
 }
@@ -981,14 +983,14 @@ async fn transform_request_body(
     };
     // No body (a GET with a JSON type, say): nothing to transform.
     if bytes.is_empty() {
-        return Ok(Request::from_parts(parts, ClientBody::buffered(bytes)));
+        return Ok(Request::from_parts(parts, crate::body::buffered(bytes)));
     }
     match rules.apply(&bytes) {
         Ok((body, content_type)) => {
             set_body_headers(&mut parts.headers, body.len(), content_type);
             // Nothing to wait for: the body is already here.
             parts.headers.remove(http::header::EXPECT);
-            Ok(Request::from_parts(parts, ClientBody::buffered(body)))
+            Ok(Request::from_parts(parts, crate::body::buffered(body)))
         }
         Err(e) => Err(reject(
             StatusCode::BAD_REQUEST,

@@ -24,6 +24,26 @@ async fn view(admin: std::net::SocketAddr) -> serde_json::Value {
     serde_json::from_str(get(admin, "/upstreams").await.text()).unwrap()
 }
 
+/// Polls `GET /upstreams` until `done` holds, for at most 10 s: background work (a health
+/// check, a reload, a DNS answer) lands on its own schedule. Panics with `what` otherwise.
+async fn view_until(
+    admin: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let v = view(admin).await;
+            if done(&v) {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"))
+}
+
 #[tokio::test]
 async fn weights_health_checks_and_ejections_through_the_gateway() {
     let good = TestUpstream::fixed("good").await;
@@ -44,13 +64,10 @@ async fn weights_health_checks_and_ejections_through_the_gateway() {
 
     // The flaky endpoint fails its checks: out of rotation for every worker.
     status.store(503, Ordering::SeqCst);
-    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while view(admin).await[0]["endpoints"][1]["healthy"] != false {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    view_until(admin, "the health check never failed the endpoint", |v| {
+        v[0]["endpoints"][1]["healthy"] == false
     })
     .await;
-    assert!(waited.is_ok(), "the health check never failed the endpoint");
     for _ in 0..8 {
         assert_eq!(get(a, "/x").await.text(), "good");
     }
@@ -230,17 +247,12 @@ async fn an_endpoints_file_moves_traffic_without_dropping_requests_in_flight() {
     let held = tokio::spawn(async move { get(a, "/slow").await });
     gate.arrived().await;
     std::fs::write(&list, format!("{} weight=2\n", new.addr())).unwrap();
-    let moved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let v = view(gw.admin_addr().unwrap()).await;
-            if v[0]["endpoints"][0]["endpoint"] == new.addr().to_string() {
-                return v;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the file change was applied");
+    let moved = view_until(
+        gw.admin_addr().unwrap(),
+        "the file change was not applied",
+        |v| v[0]["endpoints"][0]["endpoint"] == new.addr().to_string(),
+    )
+    .await;
     assert_eq!(moved[0]["endpoints"][0]["weight"], 2);
     assert_eq!(get(a, "/x").await.text(), "new");
     gate.open();
@@ -296,17 +308,10 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
     let held = tokio::spawn(async move { get(a, "/slow").await });
     gate.arrived().await;
     dns.set("_orders._tcp.test", 0, vec![srv(new.addr().port(), 4)]);
-    let moved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let v = view(admin).await;
-            if v[0]["endpoints"][0]["endpoint"] == new.addr().to_string() {
-                return v;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    let moved = view_until(admin, "the DNS change was not applied", |v| {
+        v[0]["endpoints"][0]["endpoint"] == new.addr().to_string()
     })
-    .await
-    .expect("the DNS change was applied");
+    .await;
     assert_eq!(moved[0]["endpoints"][0]["weight"], 4);
     assert_eq!(moved[0]["endpoints"].as_array().unwrap().len(), 1);
     assert_eq!(get(a, "/x").await.text(), "new");
@@ -344,13 +349,10 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
         0,
         vec![srv(new.addr().port(), 4), srv(old.addr().port(), 1)],
     );
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while view(admin).await[0]["endpoints"].as_array().unwrap().len() != 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    view_until(admin, "the second endpoint was not added", |v| {
+        v[0]["endpoints"].as_array().is_some_and(|e| e.len() == 2)
     })
-    .await
-    .expect("the second endpoint was added");
+    .await;
     assert_eq!(view(admin).await[0]["breaker"]["state"], "forced_open");
     assert_eq!(
         get(a, "/x").await.status,
@@ -361,17 +363,10 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
 
     // DNS fails: the endpoints stay, the errors are counted and shown.
     dns.fail_with(Some(2));
-    let failing = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let v = view(admin).await;
-            if v[0]["discovery"]["errors"].as_u64().unwrap_or(0) > 0 {
-                return v;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    let failing = view_until(admin, "the DNS failure was not seen", |v| {
+        v[0]["discovery"]["errors"].as_u64().unwrap_or(0) > 0
     })
-    .await
-    .expect("the DNS failure was seen");
+    .await;
     assert!(
         failing[0]["discovery"]["last_error"]
             .as_str()
