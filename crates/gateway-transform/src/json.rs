@@ -93,6 +93,10 @@ pub struct JsonLimits {
     pub max_depth: usize,
     /// The largest body accepted, in bytes. Default 1 MiB.
     pub max_bytes: usize,
+    /// The most values (scalars, arrays and objects) accepted. A parsed value takes tens of
+    /// bytes per value whatever its text, so `[0,0,0,...]` would cost ~40x its size in memory
+    /// without this bound. Default 100,000.
+    pub max_values: usize,
 }
 
 impl JsonLimits {
@@ -105,6 +109,7 @@ impl Default for JsonLimits {
         Self {
             max_depth: 64,
             max_bytes: 1 << 20,
+            max_values: 100_000,
         }
     }
 }
@@ -128,6 +133,8 @@ pub enum JsonErrorKind {
     TooLarge,
     /// Arrays and objects nest deeper than [`JsonLimits::max_depth`].
     TooDeep,
+    /// The document holds more values than [`JsonLimits::max_values`].
+    TooManyValues,
     /// An object has the same key twice (compared after unescaping: `"a"` and `"\u0061"` are
     /// the same key).
     DuplicateKey,
@@ -321,6 +328,7 @@ pub fn parse_strict(bytes: &[u8], limits: &JsonLimits) -> Result<Value, JsonErro
         bytes,
         pos: 0,
         max_depth: limits.max_depth,
+        values_left: limits.max_values,
     };
     let value = parser.value(0)?;
     parser.skip_whitespace();
@@ -340,6 +348,8 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
+    /// How many more values may be read.
+    values_left: usize,
 }
 
 impl Parser<'_> {
@@ -373,6 +383,14 @@ impl Parser<'_> {
     /// A value nested `depth` containers deep.
     fn value(&mut self, depth: usize) -> Result<Value, JsonError> {
         self.skip_whitespace();
+        let Some(left) = self.values_left.checked_sub(1) else {
+            return Err(self.error(
+                JsonErrorKind::TooManyValues,
+                self.pos,
+                "the document holds more values than allowed".to_owned(),
+            ));
+        };
+        self.values_left = left;
         match self.peek() {
             Some(b'{') => self.object(depth + 1),
             Some(b'[') => self.array(depth + 1),
@@ -1465,6 +1483,21 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_number_of_values_is_bounded() {
+        let limits = JsonLimits {
+            max_values: 10,
+            ..JsonLimits::default()
+        };
+        // An array and nine numbers: ten values.
+        assert!(parse_strict(b"[1,2,3,4,5,6,7,8,9]", &limits).is_ok());
+        let err = parse_strict(b"[1,2,3,4,5,6,7,8,9,10]", &limits).unwrap_err();
+        assert_eq!(err.kind(), JsonErrorKind::TooManyValues);
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        let err = parse_strict(br#"{"a":{"b":[0,0,0,0,0,0,0,0]}}"#, &limits).unwrap_err();
+        assert_eq!(err.kind(), JsonErrorKind::TooManyValues);
+    }
+
     fn parse(s: &[u8]) -> Result<Value, JsonError> {
         parse_strict(s, &JsonLimits::default())
     }
@@ -1556,6 +1589,7 @@ mod tests {
         let at_ceiling = JsonLimits {
             max_depth: JsonLimits::DEPTH_CEILING,
             max_bytes: 2_000_000,
+            ..JsonLimits::default()
         };
         assert!(parse_strict(deep(128).as_bytes(), &at_ceiling).is_ok());
         let e = parse_strict(&million, &at_ceiling).unwrap_err();
@@ -1587,7 +1621,8 @@ mod tests {
             serde_json::from_str::<JsonLimits>(r#"{"max_bytes":10}"#).unwrap(),
             JsonLimits {
                 max_depth: 64,
-                max_bytes: 10
+                max_bytes: 10,
+                max_values: 100_000,
             }
         );
     }

@@ -115,6 +115,14 @@ impl TransformError {
 }
 
 impl BodyRules {
+    /// The content type a conversion gives, if there is one.
+    pub(crate) fn converted_type(&self) -> Option<&'static str> {
+        match self.convert? {
+            Convert::XmlToJson => Some("application/json"),
+            Convert::JsonToXml => Some("application/xml"),
+        }
+    }
+
     /// Whether a body with this content type is transformed (others pass through untouched).
     pub(crate) fn applies(&self, content_type: Option<&HeaderValue>) -> bool {
         let Some(ct) = content_type else { return false };

@@ -457,10 +457,24 @@ impl Pipeline {
             (None, None) => self.forward(upstream, req).await,
         };
         if let Some(rules) = &route.response_body
-            && !head
             && res.extensions().get::<gateway_core::Rejection>().is_none()
         {
-            res = Box::pin(transform_response_body(rules, res)).await;
+            if !head {
+                res = Box::pin(transform_response_body(rules, res)).await;
+            } else if let Some(converted) = rules.converted_type()
+                && rules.applies(res.headers().get(http::header::CONTENT_TYPE))
+            {
+                // The headers a `GET` would get: the converted type, and no length or
+                // validators of the unconverted body.
+                let headers = res.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(converted),
+                );
+                for h in ["content-length", "etag", "last-modified", "accept-ranges"] {
+                    headers.remove(h);
+                }
+            }
         }
         // Whatever the answer (the upstream's, or the gateway's own 503/504), the request was
         // charged, so it carries the rate-limit headers.
@@ -933,8 +947,16 @@ fn select_version<'r>(
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
-        if let Ok(pq) = PathAndQuery::from_maybe_shared(Bytes::from(pq)) {
-            *req.uri_mut() = Uri::from(pq);
+        match PathAndQuery::from_maybe_shared(Bytes::from(pq)) {
+            Ok(pq) => *req.uri_mut() = Uri::from(pq),
+            Err(_) => {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    RejectReason::BadRequest,
+                    ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+                    "the path without its version is not a valid request target",
+                ));
+            }
         }
     }
     Ok((*upstream, lifecycle.as_ref(), name.as_str()))

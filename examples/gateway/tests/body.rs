@@ -267,9 +267,14 @@ async fn json_bodies_are_edited_and_converted_to_and_from_xml() {
         "{xml}"
     );
     assert!(!xml.contains("s3cr3t"), "{xml}");
-    // HEAD has no body to transform: answered, not refused.
+    // HEAD has no body to transform: answered with the headers a GET would get.
     let head = send(a, "HEAD", "/legacy", "", "").await;
     assert_eq!(status(&head), 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/xml"),
+        "{head}"
+    );
     assert_eq!(
         json_api.last_request().headers["accept-encoding"],
         "identity",
