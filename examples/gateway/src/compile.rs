@@ -232,6 +232,26 @@ impl Compiled {
         }
 
         let discovery = previous.map_or_else(Arc::default, |p| p.discovery.clone());
+        // Every followed name starts now; each is waited for below, from this instant.
+        let mut following = std::collections::HashMap::new();
+        for (name, spanned) in &config.upstreams {
+            let Some(d) = &spanned.value.discovery else {
+                continue;
+            };
+            let field = format!("upstreams.{name}");
+            if let Some((key, target, discover, wait)) = dns_discovery(&field, name, d, &mut issues)
+            {
+                match discovery.start(&key, target, discover) {
+                    Ok(followed) => {
+                        following.insert(name.clone(), (followed, wait));
+                    }
+                    Err(e) => issues.at(d, format!("{field}.discovery.dns"), e),
+                }
+            }
+        }
+        // The real clock: the first answers are awaited on a condition variable.
+        #[allow(clippy::disallowed_types)]
+        let started = std::time::Instant::now();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for (name, spanned) in &config.upstreams {
             let up = &spanned.value;
@@ -290,9 +310,9 @@ impl Compiled {
                 }
             }
             let discovered = up.discovery.as_ref().and_then(|d| {
-                let (key, target, discover, wait) = dns_discovery(&field, name, d, &mut issues)?;
-                match discovery.follow(&key, target, discover, wait) {
-                    Ok(followed) => {
+                let (followed, wait) = following.remove(name)?;
+                match followed.wait_first(started, wait) {
+                    Ok(()) => {
                         for (e, w) in followed.endpoints().iter() {
                             endpoints.push(e.clone());
                             weights.push(*w);

@@ -1,9 +1,10 @@
 //! Discovered endpoints (`upstreams.<name>.discovery.dns`).
 //!
 //! Each followed name gets a thread with a small runtime that runs
-//! [`gateway_lb::discover::EndpointSet`] over a [`DnsDiscover`]. Compiling a configuration asks
-//! [`Discovery::follow`] for the current endpoints: the first time a name is followed it waits
-//! (bounded) for the first answer, and an error there is a configuration error. When a
+//! [`gateway_lb::discover::EndpointSet`] over a [`DnsDiscover`]. Compiling a configuration
+//! starts every name it follows ([`Discovery::start`]) and then waits, bounded, for the first
+//! answers ([`Followed::wait_first`]), so names resolve at the same time; an error there is a
+//! configuration error. When a
 //! followed set changes, [`watch_changes`] re-applies the running configuration (the text it
 //! was loaded from, see [`crate::reload::refresh`]): the upstream is rebuilt with the new
 //! endpoints, keeping what was learnt about those it still has, and requests in flight finish
@@ -49,6 +50,9 @@ pub(crate) struct Followed {
     /// What is followed (`srv _api._tcp.example`, `dns api.example:8080`).
     pub(crate) target: String,
     state: Mutex<Arc<DiscoveryState>>,
+    /// The first outcome: the first endpoints, or the error that came before them.
+    first: Mutex<Option<Result<(), String>>>,
+    first_known: std::sync::Condvar,
     _stop: oneshot::Sender<()>,
 }
 
@@ -65,17 +69,49 @@ impl Followed {
     pub(crate) fn state(&self) -> Arc<DiscoveryState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Waits (until `wait` after `started`) for the first answer: `Ok` once there are
+    /// endpoints.
+    // A blocking wait on a condition variable: the real clock, not tokio's (pausable) one.
+    #[allow(clippy::disallowed_types)]
+    pub(crate) fn wait_first(
+        &self,
+        started: std::time::Instant,
+        wait: Duration,
+    ) -> Result<(), String> {
+        let deadline = started + wait;
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = first.as_ref() {
+                return outcome.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("no answer within {wait:?}"));
+            }
+            first = self
+                .first_known
+                .wait_timeout(first, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn settle(&self, outcome: Result<(), String>) {
+        *self.first.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.first_known.notify_all();
+    }
 }
 
 impl Discovery {
-    /// The followed entry for `key`, started (and its first answer awaited, at most `wait`)
-    /// if nobody follows it yet.
-    pub(crate) fn follow(
+    /// The followed entry for `key`, started if nobody follows it yet. It does not wait: see
+    /// [`Followed::wait_first`] (every name of a configuration is started before any is waited
+    /// for, so they resolve at the same time).
+    pub(crate) fn start(
         self: &Arc<Self>,
         key: &str,
         target: String,
         discover: DnsDiscover,
-        wait: Duration,
     ) -> Result<Arc<Followed>, String> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, w| w.strong_count() > 0);
@@ -83,23 +119,19 @@ impl Discovery {
             return Ok(live);
         }
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let followed = Arc::new(Followed {
             target,
             state: Mutex::default(),
+            first: Mutex::new(None),
+            first_known: std::sync::Condvar::new(),
             _stop: stop_tx,
         });
         let weak = Arc::downgrade(&followed);
         let registry = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("gateway-discovery".into())
-            .spawn(move || run(discover, weak, registry, stop_rx, &first_tx))
+            .spawn(move || run(discover, weak, registry, stop_rx))
             .map_err(|e| format!("cannot start discovery: {e}"))?;
-        match first_rx.recv_timeout(wait) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(format!("no answer within {wait:?}")),
-        }
         entries.insert(key.to_owned(), Arc::downgrade(&followed));
         Ok(followed)
     }
@@ -110,7 +142,6 @@ fn run(
     followed: Weak<Followed>,
     registry: Weak<Discovery>,
     mut stop: oneshot::Receiver<()>,
-    first: &std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -118,7 +149,9 @@ fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = first.send(Err(format!("cannot start discovery: {e}")));
+            if let Some(f) = followed.upgrade() {
+                f.settle(Err(format!("cannot start discovery: {e}")));
+            }
             return;
         }
     };
@@ -127,12 +160,12 @@ fn run(
         let ready = set.ready().await;
         let Some(f) = followed.upgrade() else { return };
         *f.state.lock().unwrap_or_else(|e| e.into_inner()) = set.state();
+        let failed = ready.is_err();
+        f.settle(ready.map(|_| ()).map_err(|e| e.to_string()));
         drop(f);
-        if let Err(e) = ready {
-            let _ = first.send(Err(e.to_string()));
+        if failed {
             return;
         }
-        let _ = first.send(Ok(()));
         loop {
             let state = tokio::select! {
                 _ = &mut stop => return,

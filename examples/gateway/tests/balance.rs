@@ -412,3 +412,36 @@ async fn dns_discovery_config_errors_name_the_field() {
         assert!(err.contains(want), "{block}: {err}");
     }
 }
+
+// Compiling waits (bounded) for the first DNS answers: the test's DNS server runs on another
+// worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_upstreams_follow_their_own_names() {
+    use gateway_test::dns::{Record, TestDns};
+    let (one, two) = (
+        TestUpstream::fixed("one").await,
+        TestUpstream::fixed("two").await,
+    );
+    let dns = TestDns::start().await;
+    dns.set("a.test", 30, vec![Record::A("127.0.0.1".parse().unwrap())]);
+    dns.set("b.test", 30, vec![Record::A("127.0.0.1".parse().unwrap())]);
+    let yaml = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  one:\n    discovery: {{ dns: {{ name: a.test, port: {}, family: ipv4, servers: [\"{s}\"] }} }}\n  two:\n    discovery: {{ dns: {{ name: b.test, port: {}, family: ipv4, servers: [\"{s}\"] }} }}\nroutes:\n  - name: one\n    match: {{ path_prefix: /one }}\n    upstream: one\n  - name: two\n    upstream: two\n",
+        one.addr().port(),
+        two.addr().port(),
+        s = dns.addr()
+    );
+    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    assert_eq!(get(addr(&gw), "/one").await.text(), "one");
+    assert_eq!(get(addr(&gw), "/two").await.text(), "two");
+    let v = view(gw.admin_addr().unwrap()).await;
+    assert_eq!(
+        v[0]["discovery"]["source"],
+        format!("dns a.test:{}", one.addr().port())
+    );
+    assert_eq!(
+        v[1]["discovery"]["source"],
+        format!("dns b.test:{}", two.addr().port())
+    );
+}
