@@ -238,6 +238,32 @@ async fn weights_shape_the_share_of_requests() {
 }
 
 #[tokio::test]
+async fn a_slowed_endpoint_loses_traffic_to_a_fast_one_under_peak_ewma() {
+    let fast = TestUpstream::fixed("fast").await;
+    // A real upstream that takes 40 ms to answer (its slowness, not a timing assertion here).
+    let slow = TestUpstream::start(|_req: http::Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        http::Response::new(gateway_test::full("slow"))
+    })
+    .await;
+    let upstream = builder(&[slow.addr(), fast.addr()])
+        .balance(Balance::PeakEwma)
+        .build::<Full<Bytes>>();
+    for _ in 0..40 {
+        assert_eq!(get(&upstream, &[]).await.0, StatusCode::OK);
+    }
+    // Once each has been measured, every pick compares the two latencies.
+    assert!(
+        slow.requests().len() <= 3,
+        "slow {} / fast {}",
+        slow.requests().len(),
+        fast.requests().len()
+    );
+    let status = upstream.balancer().status();
+    assert!(status[0].latency > status[1].latency, "{status:?}");
+}
+
+#[tokio::test]
 async fn a_sticky_cookie_pins_a_client_until_its_endpoint_goes_away() {
     let a = TestUpstream::fixed("a").await;
     let (b, status) = TestUpstream::switchable(200).await;
