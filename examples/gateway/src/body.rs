@@ -28,11 +28,6 @@ pub(crate) fn streamed(body: Incoming, max: usize) -> ClientBody {
     ClientBody::streaming(Limited::new(body, max))
 }
 
-/// A body held in memory.
-pub(crate) fn buffered(data: Bytes) -> ClientBody {
-    ClientBody::buffered(data)
-}
-
 /// Why a body could not be read whole.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -52,10 +47,8 @@ where
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
             // The client's own `max_body_bytes` limit (inner) or this cap (outer).
-            if e.is::<http_body_util::LengthLimitError>()
-                || e.source()
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
+            // Both `Limited` layers pass the inner error on as it is.
+            if e.is::<http_body_util::LengthLimitError>() {
                 Err(ReadError::TooLarge)
             } else {
                 Err(ReadError::Failed)
@@ -64,13 +57,13 @@ where
     }
 }
 
-/// Whether the headers announce a body (a length above zero, or chunked).
-pub(crate) fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim() != "0")
+/// Whether `Content-Length` announces a body (`Transfer-Encoding` is stripped before this runs;
+/// see [`carries_body`]).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
 }
 
 fn is_xml_media_type(v: &HeaderValue) -> bool {

@@ -340,9 +340,9 @@ impl Pipeline {
                 }
                 crate::body::Checked::Valid(read) => {
                     let body = match (read, body) {
-                        (Some(bytes), _) => crate::body::buffered(bytes),
+                        (Some(bytes), _) => ClientBody::buffered(bytes),
                         (None, Some(body)) => body,
-                        (None, None) => crate::body::buffered(Bytes::new()),
+                        (None, None) => ClientBody::buffered(Bytes::new()),
                     };
                     req = Request::from_parts(parts, body);
                 }
@@ -471,7 +471,8 @@ impl Pipeline {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static(converted),
                 );
-                for h in ["content-length", "etag", "last-modified", "accept-ranges"] {
+                headers.remove(http::header::CONTENT_LENGTH);
+                for h in DESCRIBE_THE_UNTRANSFORMED_BODY {
                     headers.remove(h);
                 }
             }
@@ -565,7 +566,7 @@ impl Pipeline {
                     .calls
                     .get(i)
                     .map(|(up, rw)| (*up, rw.apply("/", None, &ctx)));
-                let mut call = Request::new(crate::body::buffered(Bytes::new()));
+                let mut call = Request::new(ClientBody::buffered(Bytes::new()));
                 *call.headers_mut() = headers.clone();
                 *call.extensions_mut() = parts.extensions.clone();
                 async move {
@@ -1005,14 +1006,14 @@ async fn transform_request_body(
     };
     // No body (a GET with a JSON type, say): nothing to transform.
     if bytes.is_empty() {
-        return Ok(Request::from_parts(parts, crate::body::buffered(bytes)));
+        return Ok(Request::from_parts(parts, ClientBody::buffered(bytes)));
     }
     match rules.apply(&bytes) {
         Ok((body, content_type)) => {
             set_body_headers(&mut parts.headers, body.len(), content_type);
             // Nothing to wait for: the body is already here.
             parts.headers.remove(http::header::EXPECT);
-            Ok(Request::from_parts(parts, crate::body::buffered(body)))
+            Ok(Request::from_parts(parts, ClientBody::buffered(body)))
         }
         Err(e) => Err(reject(
             StatusCode::BAD_REQUEST,
@@ -1084,14 +1085,7 @@ async fn transform_response_body(
             set_body_headers(&mut parts.headers, body.len(), content_type);
             // The representation changed: the upstream's validators and digests no longer
             // describe it, and ranges of it are not offered.
-            for h in [
-                "etag",
-                "last-modified",
-                "accept-ranges",
-                "content-md5",
-                "content-digest",
-                "repr-digest",
-            ] {
+            for h in DESCRIBE_THE_UNTRANSFORMED_BODY {
                 parts.headers.remove(h);
             }
             Response::from_parts(parts, ResponseBody::full(body))
@@ -1101,6 +1095,17 @@ async fn transform_response_body(
         Err(_) => failed("the upstream's answer could not be transformed"),
     }
 }
+
+/// Response fields that describe an upstream's body and are wrong for a transformed one: its
+/// validators, digests, and the ranges it offered.
+const DESCRIBE_THE_UNTRANSFORMED_BODY: [&str; 6] = [
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "content-md5",
+    "content-digest",
+    "repr-digest",
+];
 
 /// After a body was replaced: its length, its type, no transfer coding.
 fn set_body_headers(headers: &mut http::HeaderMap, len: usize, content_type: Option<&'static str>) {

@@ -53,8 +53,7 @@ async fn weights_health_checks_and_ejections_through_the_gateway() {
         good.addr(),
         flaky.addr()
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let gw = support::launch(&yaml);
     let (a, admin) = (addr(&gw), gw.admin_addr().unwrap());
 
     let v = view(admin).await;
@@ -135,8 +134,7 @@ async fn a_split_sends_its_share_keeps_callers_sticky_and_honours_the_override_h
         stable.addr(),
         canary.addr()
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let gw = support::launch(&yaml);
     let a = addr(&gw);
     let send = |path: &'static str, headers: Vec<(String, String)>| async move {
         let mut req = http::Request::get(format!("http://{a}{path}"));
@@ -297,8 +295,7 @@ async fn dns_discovery_follows_srv_records_and_keeps_endpoints_through_dns_failu
         "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    discovery:\n      dns: {{ srv: _orders._tcp.test, servers: [\"{}\"], family: ipv4, min_ttl: 20ms }}\n    breaker: {{ consecutive_failures: 3, open_for: 1h }}\nroutes:\n  - name: all\n    upstream: up\n",
         dns.addr()
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let gw = support::launch(&yaml);
     let (a, admin) = (addr(&gw), gw.admin_addr().unwrap());
     let v = view(admin).await;
     assert_eq!(v[0]["endpoints"][0]["endpoint"], old.addr().to_string());
@@ -431,8 +428,7 @@ async fn several_upstreams_follow_their_own_names() {
         two.addr().port(),
         s = dns.addr()
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let gw = support::launch(&yaml);
     assert_eq!(get(addr(&gw), "/one").await.text(), "one");
     assert_eq!(get(addr(&gw), "/two").await.text(), "two");
     let v = view(gw.admin_addr().unwrap()).await;

@@ -10,9 +10,7 @@ fn start(upstreams: &str, routes: &str) -> gateway::RunningGateway {
     let yaml = format!(
         "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n{upstreams}routes:\n{routes}"
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap_or_else(|e| panic!("{e}")))
-        .unwrap()
+    support::launch(&yaml)
 }
 
 fn one_upstream(up: std::net::SocketAddr) -> String {

@@ -10,9 +10,7 @@ fn start(routes: &str, up: std::net::SocketAddr) -> gateway::RunningGateway {
         "listeners:\n  - bind: 127.0.0.1:0\nworkers: 1\nupstreams:\n  up:\n    endpoints: [\"{up}\"]\nconsumers:\n  - id: acme\n    api_keys: [\"{}\"]\nroutes:\n{routes}",
         gateway_auth::ApiKeyHash::of("acme-key")
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap_or_else(|e| panic!("{e}")))
-        .unwrap()
+    support::launch(&yaml)
 }
 
 async fn request(gw: std::net::SocketAddr, path: &str, extra: &str) -> String {
@@ -217,8 +215,7 @@ async fn the_access_log_shows_the_rewritten_path() {
         up.addr(),
         log.display()
     );
-    let config = gateway::Config::parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
-    let gw = gateway::start(gateway::Compiled::new(&config, "t.yaml").unwrap()).unwrap();
+    let gw = support::launch(&yaml);
     let res = request(addr(&gw), "/users/42", "").await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     let mut line = String::new();

@@ -8,8 +8,12 @@ use gateway::{Compiled, Config, RunningGateway};
 /// Starts a gateway from YAML with `{UPSTREAM}` replaced by `upstream`. Listeners and the admin
 /// listener bind port 0.
 pub fn start(yaml: &str, upstream: SocketAddr) -> RunningGateway {
-    let yaml = yaml.replace("{UPSTREAM}", &upstream.to_string());
-    let config = Config::parse(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+    launch(&yaml.replace("{UPSTREAM}", &upstream.to_string()))
+}
+
+/// Starts a gateway from YAML as it is.
+pub fn launch(yaml: &str) -> RunningGateway {
+    let config = Config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
     let compiled = Compiled::new(&config, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
     gateway::start(compiled).expect("gateway starts")
 }
